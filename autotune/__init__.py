@@ -1,0 +1,1 @@
+"""Autotuning with Optuna (issue 7)."""

@@ -1,0 +1,69 @@
+"""Chunkwise (SSD / FLA-style) strategy: a dispatcher over its stage families.
+
+How it is parallelised: time is split into chunks of ``C`` steps; inside a chunk the
+recurrence is a masked, decay-weighted attention-like product on tensor cores; across
+chunks a short sequential pass carries the ``[K, V]`` state (Mamba-2's SSD; Yang et al.,
+"Gated Linear Attention Transformers with Hardware-Efficient Training"; the delta rule via
+the WY/UT representation, Yang et al. 2024).
+
+Families, one module each:
+- ``chunk_scalar``: decay NONE or SCALAR (linear attention, retention, Mamba-2, mLSTM, ...)
+- ``chunk_vector``: decay KEY, VALUE or OUTER (GLA, RWKV-6, HGRN-2, GSA, DFW)
+- ``chunk_delta``: the delta-rule transition (DeltaNet, Gated DeltaNet)
+Each exposes ``supports``, ``run``, ``search_space`` and ``default_config``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from scandsl._core import CoreInputs, CoreSig, Decay, Transition
+
+__all__ = ["supports", "run", "search_space", "default_config"]
+
+
+def _family_name(sig: CoreSig) -> str | None:
+    if sig.decay is Decay.CHANNEL:
+        return None
+    if sig.transition is Transition.DELTA:
+        return "chunk_delta"
+    if sig.decay in (Decay.NONE, Decay.SCALAR):
+        return "chunk_scalar"
+    return "chunk_vector"
+
+
+def _family(sig: CoreSig) -> ModuleType | None:
+    name = _family_name(sig)
+    if name is None:
+        return None
+    try:
+        return importlib.import_module(f"scandsl.lowering.{name}")
+    except ModuleNotFoundError as err:
+        if err.name == f"scandsl.lowering.{name}":
+            return None
+        raise
+
+
+def supports(sig: CoreSig) -> str | None:
+    if sig.decay is Decay.CHANNEL:
+        return "a per-element (channel) decay does not factor along K and V, so it has no chunked form"
+    fam = _family(sig)
+    if fam is None:
+        return f"the chunked kernels for {sig.describe()} are not built yet"
+    return fam.supports(sig)
+
+
+def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
+    fam = _family(sig)
+    if fam is None:
+        raise NotImplementedError(supports(sig))
+    return fam.run(sig, x, config)
+
+
+def search_space(sig: CoreSig, shape):
+    return _family(sig).search_space(sig, shape)
+
+
+def default_config(sig: CoreSig, shape) -> dict:
+    return _family(sig).default_config(sig, shape)

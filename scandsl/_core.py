@@ -1,0 +1,240 @@
+"""The kernel-level normal form: one linear recurrence with fixed tensor roles.
+
+Every spec is classified into a small DAG of *core recurrences* (usually one) plus
+elementwise prologue / epilogue expressions evaluated in PyTorch.  Each lowering
+strategy implements exactly this contract, forward and backward, and nothing
+model-specific.  Per (batch, head), with the state ``S`` in math orientation
+``[V, K]`` (it crosses the API transposed, as ``[K, V]``)::
+
+    S_t = Λ_t ⊙ S_{t-1} · T_t + U_t
+    o_t = S_t q_t            (Readout.AFTER)
+    o_t = S_{t-1} q_t        (Readout.BEFORE)
+
+- ``Λ_t`` is kept in log space, by :class:`Decay`:
+  ``NONE``; ``SCALAR`` ``g [B,T,H]``; ``KEY`` ``gk [B,T,H,K]``; ``VALUE`` ``gv [B,T,H,V]``;
+  ``OUTER`` both ``gk`` and ``gv`` (``log Λ[v,k] = gv[v] + gk[k]``); ``CHANNEL``
+  ``log Λ[v,k] = gv[v] * A[h,v,k]`` with ``A [H,V,K]`` time-invariant (Mamba / S4's
+  ``−dt ⊗ e^{A_log}``), ``gv`` per step ``[B,T,H,V]`` or static ``[H,V]``.
+- ``T_t`` is the identity, or for :class:`Transition.DELTA` ``I − β_t k_t k_t^T``
+  (``beta [B,T,H]``), only with ``NONE`` / ``SCALAR`` decay.
+- ``U_t = v_t k_t^T`` (any coefficients are folded into ``v`` and ``k`` by the prologue),
+  or with ``key_static`` ``U_t[v,k] = v_t[v] · k[h,v,k]`` (S4's input matrix ``B``).
+- With ``query_static`` the read-out is ``o_t[v] = Σ_k S_t[v,k] q[h,v,k]`` (S4's ``C``).
+- ``scale`` multiplies ``q`` inside the kernel.
+
+Varlen: with ``cu_seqlens`` (``[N+1]``, ``B == 1``) each sequence starts from its own
+``initial_state[n]`` (or zero) and returns its own final state.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, fields
+
+import torch
+
+__all__ = ["Decay", "Transition", "Readout", "CoreSig", "CoreInputs", "core_reference"]
+
+
+class Decay(enum.Enum):
+    NONE = "none"
+    SCALAR = "scalar"
+    KEY = "key"
+    VALUE = "value"
+    OUTER = "outer"
+    CHANNEL = "channel"
+
+    @property
+    def factorable(self) -> bool:
+        """Decays that factor along K and/or V, the condition for the chunked form."""
+        return self is not Decay.CHANNEL
+
+
+class Transition(enum.Enum):
+    IDENTITY = "identity"
+    DELTA = "delta"
+
+
+class Readout(enum.Enum):
+    AFTER = "after"
+    BEFORE = "before"
+
+
+@dataclass(frozen=True, slots=True)
+class CoreSig:
+    """What a generated kernel is specialised on (everything but sizes and tiles)."""
+
+    decay: Decay = Decay.NONE
+    transition: Transition = Transition.IDENTITY
+    readout: Readout = Readout.AFTER
+    key_static: bool = False
+    query_static: bool = False
+    decay_static: bool = False
+
+    def __post_init__(self) -> None:
+        if self.transition is Transition.DELTA and self.decay not in (Decay.NONE, Decay.SCALAR):
+            raise ValueError(
+                f"CoreSig.decay: a delta-rule transition takes decay NONE or SCALAR, got {self.decay.name}"
+            )
+        statics = self.key_static or self.query_static or self.decay_static
+        if statics and self.decay is not Decay.CHANNEL:
+            raise ValueError(
+                "CoreSig: key_static / query_static / decay_static are per-channel (CHANNEL decay) "
+                f"forms; got decay {self.decay.name}"
+            )
+
+    @property
+    def uses(self) -> frozenset[str]:
+        """Names of the optional CoreInputs tensors this signature reads."""
+        need = set()
+        if self.decay is Decay.SCALAR:
+            need.add("g")
+        if self.decay in (Decay.KEY, Decay.OUTER):
+            need.add("gk")
+        if self.decay in (Decay.VALUE, Decay.OUTER, Decay.CHANNEL):
+            need.add("gv")
+        if self.decay is Decay.CHANNEL:
+            need.add("A")
+        if self.transition is Transition.DELTA:
+            need.add("beta")
+        return frozenset(need)
+
+    def describe(self) -> str:
+        bits = [f"decay={self.decay.value}", f"transition={self.transition.value}", f"readout={self.readout.value}"]
+        bits += [name for name in ("key_static", "query_static", "decay_static") if getattr(self, name)]
+        return ", ".join(bits)
+
+
+@dataclass(slots=True)
+class CoreInputs:
+    """Tensors of one core recurrence call. Shapes as in the module docstring.
+
+    ``q``/``k`` are ``[B,T,H,K]`` (or ``[H,V,K]`` when static), ``v`` is ``[B,T,H,V]``.
+    ``initial_state`` is ``[B or N, H, K, V]`` float32. ``o`` comes back in ``out_dtype``.
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    g: torch.Tensor | None = None
+    gk: torch.Tensor | None = None
+    gv: torch.Tensor | None = None
+    A: torch.Tensor | None = None
+    beta: torch.Tensor | None = None
+    scale: float = 1.0
+    initial_state: torch.Tensor | None = None
+    output_final_state: bool = False
+    cu_seqlens: torch.Tensor | None = None
+    out_dtype: torch.dtype | None = None
+
+    @property
+    def B(self) -> int:
+        return self.v.shape[0]
+
+    @property
+    def T(self) -> int:
+        return self.v.shape[1]
+
+    @property
+    def H(self) -> int:
+        return self.v.shape[2]
+
+    @property
+    def V(self) -> int:
+        return self.v.shape[3]
+
+    @property
+    def K(self) -> int:
+        return self.q.shape[-1]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+
+
+def _log_decay(sig: CoreSig, x: CoreInputs, b: int, t: int) -> torch.Tensor | None:
+    """log Λ_t for batch row ``b``, step ``t``: ``[H, V, K]`` (broadcastable), or None."""
+    d = sig.decay
+    if d is Decay.NONE:
+        return None
+    if d is Decay.SCALAR:
+        return x.g[b, t][:, None, None]
+    if d is Decay.KEY:
+        return x.gk[b, t][:, None, :]
+    if d is Decay.VALUE:
+        return x.gv[b, t][:, :, None]
+    if d is Decay.OUTER:
+        return x.gv[b, t][:, :, None] + x.gk[b, t][:, None, :]
+    gv = x.gv if sig.decay_static else x.gv[b, t]
+    return gv[:, :, None] * x.A
+
+
+def core_reference(sig: CoreSig, x: CoreInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The core recurrence as a literal PyTorch loop (autograd-capable, float64-capable).
+
+    Kernels are tested against this at the core level; the spec-level reference
+    (``scandsl.reference``) interprets the traced spec itself, independently.
+    """
+    cdt = torch.float64 if x.v.dtype == torch.float64 else torch.float32
+    B, T, H, V, K = x.B, x.T, x.H, x.V, x.K
+    bounds = _sequence_bounds(x.cu_seqlens, B, T)
+    outs = torch.zeros(B, T, H, V, dtype=cdt, device=x.v.device)
+    finals = []
+    q_all = x.q.to(cdt) * x.scale
+    k_all = x.k.to(cdt)
+    v_all = x.v.to(cdt)
+    rows = []
+    for n, (b, start, end) in enumerate(bounds):
+        if x.initial_state is not None:
+            S = x.initial_state[n].to(cdt).transpose(-1, -2)  # [H, V, K]
+        else:
+            S = torch.zeros(H, V, K, dtype=cdt, device=x.v.device)
+        seq_out = []
+        for t in range(start, end):
+            kt = k_all if sig.key_static else k_all[b, t]  # [H,V,K] or [H,K]
+            qt = q_all if sig.query_static else q_all[b, t]
+            vt = v_all[b, t]  # [H, V]
+            prev = S
+            ld = _log_decay(sig, x, b, t)
+            if ld is not None:
+                S = S * torch.exp(ld.to(cdt))
+            if sig.transition is Transition.DELTA:
+                beta = x.beta[b, t].to(cdt)[:, None]
+                Sk = torch.einsum("hvk,hk->hv", S, kt)
+                S = S - beta[:, :, None] * Sk[:, :, None] * kt[:, None, :]
+            U = vt[:, :, None] * (kt if sig.key_static else kt[:, None, :])
+            S = S + U
+            read = prev if sig.readout is Readout.BEFORE else S
+            if sig.query_static:
+                seq_out.append((read * qt).sum(-1))
+            else:
+                seq_out.append(torch.einsum("hvk,hk->hv", read, qt))
+        if seq_out:
+            rows.append((b, start, end, torch.stack(seq_out, 0)))
+        finals.append(S.transpose(-1, -2))
+    if rows:
+        outs = outs.index_put(
+            tuple(_row_index(rows, x.v.device)), torch.cat([r[3] for r in rows], 0)
+        )
+    out_dtype = x.out_dtype or x.v.dtype
+    final = torch.stack(finals, 0).to(torch.float64 if cdt == torch.float64 else torch.float32)
+    return outs.to(out_dtype), (final if x.output_final_state else None)
+
+
+def _row_index(rows, device) -> tuple[torch.Tensor, torch.Tensor]:
+    bs, ts = [], []
+    for b, start, end, _ in rows:
+        bs.append(torch.full((end - start,), b, dtype=torch.long))
+        ts.append(torch.arange(start, end))
+    return torch.cat(bs).to(device), torch.cat(ts).to(device)
+
+
+def _sequence_bounds(cu_seqlens: torch.Tensor | None, B: int, T: int) -> list[tuple[int, int, int]]:
+    """(batch row, start, end) per independent sequence."""
+    if cu_seqlens is None:
+        return [(b, 0, T) for b in range(B)]
+    cu = cu_seqlens.tolist()
+    return [(0, cu[i], cu[i + 1]) for i in range(len(cu) - 1)]
