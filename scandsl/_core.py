@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import torch
 
-__all__ = ["Decay", "Transition", "Readout", "CoreSig", "CoreInputs", "core_reference"]
+__all__ = ["Decay", "Transition", "Readout", "CoreSig", "CoreInputs", "Shape", "core_reference"]
 
 
 class Decay(enum.Enum):
@@ -238,3 +239,13 @@ def _sequence_bounds(cu_seqlens: torch.Tensor | None, B: int, T: int) -> list[tu
         return [(b, 0, T) for b in range(B)]
     cu = cu_seqlens.tolist()
     return [(0, cu[i], cu[i + 1]) for i in range(len(cu) - 1)]
+
+
+class Shape(NamedTuple):
+    """Problem size a kernel is tuned for (``K`` is ``N`` for per-channel rows)."""
+
+    B: int
+    T: int
+    H: int
+    K: int
+    V: int
