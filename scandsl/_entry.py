@@ -1,0 +1,195 @@
+"""The one generic entry point every public op goes through.
+
+Validation lives here once (not per model): shapes, dtypes, devices, gate signs,
+``cu_seqlens``. Then either the reference interpreter runs the spec, or each core stage
+of its normal form runs on a kernel strategy between PyTorch prologue / epilogue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from scandsl._classify import Stage
+from scandsl._core import CoreInputs, Decay, Shape
+from scandsl._expr import Input, Node, evaluate
+from scandsl._validate import check_inputs, check_strategy, initial_states
+from scandsl.lowering import load_strategy
+
+__all__ = ["apply", "OPTIONS"]
+
+OPTIONS = ("scale", "initial_state", "output_final_state", "strategy", "cu_seqlens", "feature_map")
+
+
+def apply(spec, args: Mapping[str, Any]):
+    """Run ``spec`` on the public op's ``locals()``: model inputs plus the common options."""
+    args = dict(args)
+    opts = {k: args.pop(k) for k in OPTIONS if k in args}
+    spec = spec.with_feature_map(opts.get("feature_map"))
+    strategy = opts.get("strategy", "auto")
+    cu_seqlens = opts.get("cu_seqlens")
+    inputs, sizes, n_seq = check_inputs(spec, args, cu_seqlens=cu_seqlens, strategy=strategy)
+    if spec.scaled is not None:
+        scale = opts.get("scale")
+        scale = sizes[spec.input_decls[spec.scaled].axes[0]] ** -0.5 if scale is None else float(scale)
+    elif opts.get("scale") is not None:
+        raise ValueError(f"scale: {spec.name} has no query to scale; pass scale=None")
+    else:
+        scale = 1.0
+    initial = initial_states(spec, opts.get("initial_state"), sizes, n_seq, inputs)
+    strategy = check_strategy(spec, strategy)
+    out_dtype = _out_dtype(spec, inputs)
+    if strategy == "reference":
+        o, finals = _run_reference(spec, inputs, sizes, initial, scale, cu_seqlens)
+    else:
+        o, finals = _run_kernels(spec, strategy, inputs, sizes, initial, scale, cu_seqlens)
+    o = o.to(out_dtype)
+    if not opts.get("output_final_state", False):
+        return o, None
+    return o, _api_states(spec, finals)
+
+
+def _out_dtype(spec, inputs) -> torch.dtype:
+    for name in ("v", "x"):
+        if name in inputs:
+            return inputs[name].dtype
+    return next(t.dtype for n, t in inputs.items() if spec.input_decls[n].time)
+
+
+def _api_states(spec, finals: Mapping[str, torch.Tensor]):
+    """Math-orientation ``[N, H, V, K]`` -> API ``[N, H, K, V]`` (vectors stay ``[N, H, K]``)."""
+    out = tuple(finals[name].transpose(-1, -2) if len(d.axes) == 2 else finals[name] for name, d in spec.states)
+    return out[0] if len(out) == 1 else out
+
+
+def _scaled_inputs(spec, inputs, scale: float) -> dict[str, torch.Tensor]:
+    if spec.scaled is None or scale == 1.0:
+        return dict(inputs)
+    return {**inputs, spec.scaled: inputs[spec.scaled] * scale}
+
+
+def _run_reference(spec, inputs, sizes, initial, scale, cu_seqlens):
+    from scandsl.reference import run_reference
+
+    return run_reference(spec, _scaled_inputs(spec, inputs, scale), sizes, initial, cu_seqlens)
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+def _leaf_env(spec, inputs: Mapping[str, torch.Tensor]) -> dict[Node, torch.Tensor]:
+    env: dict[Node, torch.Tensor] = {}
+    for name, decl in spec.inputs:
+        x = inputs[name]
+        env[Input(name, decl.axes, decl.time)] = x if decl.time else x[None, None]
+    return env
+
+
+def _eval_operand(node: Node, env, sizes, lead: tuple[int, int, int], per_step: bool) -> torch.Tensor:
+    """Evaluate an operand node as ``[B,T,H,*]`` (or ``[H,*]`` when the core takes it static)."""
+    t = evaluate(node, env, sizes)
+    B, T, H = lead
+    shape = tuple(sizes[a] for a in node.axes)
+    if not per_step:
+        return t.reshape(t.shape[-1 - len(shape) :]).expand((H,) + shape) if t.dim() else t.expand(H)
+    return t.expand((B, T, H) + shape)
+
+
+def _stage_inputs(stage: Stage, env, sizes, lead, scale: float, raw_q: Node | None, inputs, initial, cu_seqlens):
+    sig = stage.sig
+    ops = {}
+    for name, node in stage.operand_nodes().items():
+        static = (name == "q" and sig.query_static) or (name == "k" and sig.key_static)
+        static = static or (name == "gv" and sig.decay_static) or name == "A"
+        ops[name] = _eval_operand(node, env, sizes, lead, per_step=not static)
+    core_scale = 1.0
+    if raw_q is not None and stage.q == raw_q:
+        core_scale = scale  # fold scale into the kernel instead of an extra pass over q
+        ops["q"] = inputs[raw_q.name]
+    cols = []
+    for node in stage.values:
+        col = _eval_operand(node, env, sizes, lead, per_step=True)
+        cols.append(col if node.axes else col.unsqueeze(-1))
+    v = cols[0] if len(cols) == 1 else torch.cat([c.to(torch.promote_types(c.dtype, cols[0].dtype)) for c in cols], -1)
+    init = None
+    if initial is not None:
+        parts = [initial[s] if initial[s].dim() == 4 else initial[s].unsqueeze(-2) for s in stage.states]
+        init = torch.cat(parts, -2).transpose(-1, -2).contiguous().float()  # [N, H, K, V_total]
+    fused = len(stage.values) > 1
+    return CoreInputs(
+        q=ops["q"],
+        k=ops["k"],
+        v=v if v.is_contiguous() else v.contiguous(),
+        g=ops.get("g"),
+        gk=ops.get("gk"),
+        gv=ops.get("gv"),
+        A=ops.get("A"),
+        beta=ops.get("beta"),
+        scale=core_scale,
+        initial_state=init,
+        output_final_state=True,
+        cu_seqlens=cu_seqlens,
+        out_dtype=torch.float32 if fused else None,
+    )
+
+
+def _run_kernels(spec, strategy: str, inputs, sizes, initial, scale, cu_seqlens):
+    nf = spec.normal_form
+    raw_q = Input(spec.scaled, spec.input_decls[spec.scaled].axes, True) if spec.scaled else None
+    v_any = next(t for n, t in inputs.items() if spec.input_decls[n].time)
+    lead = tuple(v_any.shape[:3])
+    env = _leaf_env(spec, _scaled_inputs(spec, inputs, scale))
+    finals: dict[str, torch.Tensor] = {}
+    for stage in nf.stages:
+        x = _stage_inputs(stage, env, sizes, lead, scale, raw_q, inputs, initial, cu_seqlens)
+        x = _contiguous(x)
+        chosen, config = _choose(spec, stage, strategy, x)
+        module = load_strategy(chosen)
+        o, final = module.run(stage.sig, x, config)
+        col = 0
+        for state, read, node in zip(stage.states, stage.reads(), stage.values):
+            width = sizes[node.axes[0]] if node.axes else 1
+            piece = o[..., col : col + width]
+            env[read] = piece if node.axes else piece.squeeze(-1)
+            fs = final[..., col : col + width].transpose(-1, -2)  # [N, H, V, K] math orientation
+            finals[state] = fs if node.axes else fs.squeeze(-2)
+            col += width
+    return evaluate(spec.output, env, sizes), finals
+
+
+def _contiguous(x: CoreInputs) -> CoreInputs:
+    for name in ("q", "k", "v", "g", "gk", "gv", "A", "beta"):
+        t = getattr(x, name)
+        if t is not None and not t.is_contiguous():
+            setattr(x, name, t.contiguous())
+    return x
+
+
+def _choose(spec, stage: Stage, strategy: str, x: CoreInputs) -> tuple[str, dict | None]:
+    legal = tuple(s for s in spec.normal_form.kernel_strategies if _supported(s, stage))
+    if strategy != "auto":
+        return strategy, None
+    shape = Shape(x.B, x.T, x.H, x.K, x.V)
+    try:
+        from scandsl.autotune import choose
+    except ImportError:
+        choose = None
+    if choose is not None:
+        return choose(spec.key, stage.sig, shape, x.v.dtype, legal)
+    return _heuristic(stage, shape, legal), None
+
+
+def _supported(strategy: str, stage: Stage) -> bool:
+    module = load_strategy(strategy)
+    return module is not None and module.supports(stage.sig) is None
+
+
+def _heuristic(stage: Stage, shape: Shape, legal: tuple[str, ...]) -> str:
+    if stage.sig.decay is Decay.CHANNEL and "scan" in legal:
+        return "scan"
+    if "chunk" in legal and shape.T >= 64:
+        return "chunk"
+    return "sequential" if "sequential" in legal else legal[0]
+
