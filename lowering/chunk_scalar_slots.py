@@ -1,0 +1,115 @@
+"""Named code slots of the chunked scalar-decay kernels: where a :class:`CoreSig` changes the source.
+
+The kernels hold the state transposed, ``h = S^T`` (``[K, V]``, the API layout), and work on a
+chunk of ``C`` steps at a time. Within a chunk, with ``g`` the per-step log-decay:
+
+- ``b_gc[i]`` = inclusive cumulative log-decay from the chunk start to step ``i`` (``<= 0``);
+- ``b_gq[i]`` = the log-decay the read-out at step ``i`` sees: ``b_gc[i]`` when reading ``S_t``
+  (:attr:`Readout.AFTER`), ``b_gc[i] - b_g[i]`` when reading ``S_{t-1}`` (:attr:`Readout.BEFORE`);
+- ``b_gn``   = log-decay of the whole chunk.
+
+Every factor a slot applies is ``exp`` of a difference that is ``<= 0`` on the causal side
+(``gq[s] - gc[j]`` for ``j <= s``, ``gn - gc[j]``, ``gq[s]``), so nothing overflows however long
+the sequence; non-causal entries are discarded by ``tl.where`` before they are used.
+
+Slots (each a function of the signature returning Triton source text):
+
+- ``gates``        load ``g`` for the chunk and build ``b_gc``, ``b_gq``, ``b_gn`` (nothing for NONE);
+- ``causal_qk`` / ``causal_kq``  which (query ``s``, key ``j``) pairs interact: ``j <= s`` after, ``j < s`` before;
+- ``decay_qk`` / ``decay_kq``   the pair decay ``exp(gq[s] - gc[j])`` on a ``[C, C]`` matrix, rows ``s``
+  (``qk``) or rows ``j`` (``kq``);
+- ``decay_q``      the per-row factor ``exp(gq[s])`` of a term read from the chunk-start state;
+- ``k_to_end``     keys decayed to the chunk end, ``k_j exp(gn - gc[j])``, in the input dtype;
+- ``q_decayed``    queries decayed from the chunk start, ``q_s exp(gq[s])`` (fp32);
+- ``decay_state``  the whole-chunk factor ``exp(gn)`` on a carried state;
+- ``dg_forward`` / ``dg_init`` / ``dg_reverse``  the log-decay gradient (nothing for NONE), see
+  :mod:`scandsl.lowering.chunk_scalar_source`.
+"""
+
+from __future__ import annotations
+
+from scandsl._core import CoreSig, Decay, Readout
+
+__all__ = ["tag", "slots", "fill"]
+
+
+def tag(sig: CoreSig) -> str:
+    """Readable kernel-module name suffix: ``none``, ``scalar_before``."""
+    return sig.decay.value + ("_before" if sig.readout is Readout.BEFORE else "")
+
+
+def _gates(sig: CoreSig) -> str:
+    if sig.decay is Decay.NONE:
+        return ""
+    gq = "b_gc" if sig.readout is Readout.AFTER else "b_gc - b_g  # the read-out at s sees S_{s-1}"
+    return (
+        "b_g = tl.load(g + row, mask=m_t, other=0.0).to(tl.float32)  # [C] log-decay per step\n"
+        "b_gc = tl.cumsum(b_g, axis=0)  # [C] log-decay from the chunk start, inclusive\n"
+        f"b_gq = {gq}\n"
+        "b_gn = tl.sum(b_g, axis=0)  # log-decay of the whole chunk"
+    )
+
+
+def _dg_reverse(sig: CoreSig) -> str:
+    if sig.decay is Decay.NONE:
+        return ""
+    lines = [
+        "# dg_t = sum_{s >= t} (q_s.dq_s - k_s.dk_s) + <S_T, dS_T>  (a reverse cumulative sum)",
+        "b_qdq = tl.load(dg + p_dg, mask=m_t, other=0.0)  # [C] q.dq written by the forward sweep",
+        "b_x = b_qdq - tl.sum(b_k.to(tl.float32) * b_dk, axis=1)  # [C]",
+        "b_dg = b_dg_carry + tl.sum(b_x, axis=0) - tl.cumsum(b_x, axis=0) + b_x  # [C] sum over steps >= t",
+    ]
+    if sig.readout is Readout.BEFORE:
+        lines.append("b_dg -= b_qdq  # the read-out at t reads S_{t-1}: its own q.dq does not see g_t")
+    lines += [
+        "tl.store(dg + p_dg, b_dg, mask=m_t)",
+        "b_dg_carry += tl.sum(b_x, axis=0)",
+    ]
+    return "\n".join(lines)
+
+
+def slots(sig: CoreSig) -> dict[str, str]:
+    """Slot name -> source text for this signature (decay NONE or SCALAR, identity transition)."""
+    scalar = sig.decay is Decay.SCALAR
+    after = sig.readout is Readout.AFTER
+    return {
+        "gates": _gates(sig),
+        "causal_qk": "o_c[:, None] >= o_c[None, :]" if after else "o_c[:, None] > o_c[None, :]",
+        "causal_kq": "o_c[:, None] <= o_c[None, :]" if after else "o_c[:, None] < o_c[None, :]",
+        "decay_qk": " * tl.exp(b_gq[:, None] - b_gc[None, :])" if scalar else "",
+        "decay_kq": " * tl.exp(b_gq[None, :] - b_gc[:, None])" if scalar else "",
+        "decay_q": " * tl.exp(b_gq)[:, None]" if scalar else "",
+        "k_to_end": "(b_k * tl.exp(b_gn - b_gc)[:, None]).to(b_k.dtype)" if scalar else "b_k",
+        "q_decayed": "b_q * tl.exp(b_gq)[:, None]" if scalar else "b_q",
+        "decay_state": " * tl.exp(b_gn)" if scalar else "",
+        "dg_forward": (
+            "tl.store(dg + p_dg, tl.sum(b_q.to(tl.float32) * b_dq, axis=1), mask=m_t)  # q.dq, for dg"
+            if scalar
+            else ""
+        ),
+        "dg_init": (
+            "b_dg_carry = tl.sum(tl.sum(b_h * b_dh, axis=1), axis=0)  # <S_T, dS_T>: b_h is now S_T"
+            if scalar
+            else ""
+        ),
+        "dg_reverse": _dg_reverse(sig),
+    }
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    """Substitute ``@name@`` markers. A marker alone on its line is a block slot: its text is
+    indented like the marker (and an empty slot drops the line); otherwise it is inline."""
+    out: list[str] = []
+    for line in template.splitlines():
+        stripped = line.strip()
+        name = stripped[1:-1]
+        if len(stripped) > 2 and stripped[0] == stripped[-1] == "@" and name in values:
+            pad = line[: len(line) - len(line.lstrip())]
+            out += [pad + text for text in values[name].splitlines()]
+            continue
+        for key, text in values.items():
+            line = line.replace(f"@{key}@", text)
+        if "@" in line.split("#")[0] and "@triton" not in line:
+            raise ValueError(f"unfilled slot in generated line: {line.strip()!r}")
+        out.append(line)
+    return "\n".join(out) + "\n"
