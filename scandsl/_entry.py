@@ -116,7 +116,8 @@ def _stage_inputs(stage: Stage, env, sizes, lead, scale: float, raw_q: Node | No
     init = None
     if initial is not None:
         parts = [initial[s] if initial[s].dim() == 4 else initial[s].unsqueeze(-2) for s in stage.states]
-        init = torch.cat(parts, -2).transpose(-1, -2).contiguous().float()  # [N, H, K, V_total]
+        state_dtype = torch.promote_types(v.dtype, torch.float32)  # fp32 state; fp64 stays exact
+        init = torch.cat(parts, -2).transpose(-1, -2).contiguous().to(state_dtype)  # [N, H, K, V_total]
     fused = len(stage.values) > 1
     return CoreInputs(
         q=ops["q"],
@@ -131,7 +132,7 @@ def _stage_inputs(stage: Stage, env, sizes, lead, scale: float, raw_q: Node | No
         initial_state=init,
         output_final_state=True,
         cu_seqlens=cu_seqlens,
-        out_dtype=torch.float32 if fused else None,
+        out_dtype=torch.promote_types(v.dtype, torch.float32) if fused else None,
     )
 
 

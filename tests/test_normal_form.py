@@ -1,0 +1,89 @@
+"""The normal form computes the spec: every row, run through its core stages with the core
+reference loop standing in for a kernel, equals the spec interpreter (float64)."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+import scandsl.lowering as lowering
+import scandsl._entry as entry
+import scandsl._validate as validate
+from scandsl import ops
+from scandsl._core import Decay, Readout, Transition, core_reference
+from test_reference_taxonomy import case
+
+EXPECTED = {
+    "linear_attn": [("none", "identity", "after", 2)],
+    "deltanet": [("none", "delta", "after", 1)],
+    "gated_rfa": [("scalar", "identity", "after", 2)],
+    "s4": [("channel", "identity", "after", 1)],
+    "abc": [("none", "identity", "after", 1)] * 2,
+    "dfw": [("outer", "identity", "after", 1)],
+    "retention": [("scalar", "identity", "after", 1)],
+    "mamba": [("channel", "identity", "after", 1)],
+    "gla": [("key", "identity", "after", 1)],
+    "rwkv6": [("key", "identity", "before", 1)],
+    "hgrn2": [("key", "identity", "after", 1)],
+    "mlstm": [("scalar", "identity", "after", 2)],
+    "mamba2": [("scalar", "identity", "after", 1)],
+    "gsa": [("value", "identity", "after", 1), ("key", "identity", "after", 1)],
+    "gated_deltanet": [("scalar", "delta", "after", 1)],
+}
+
+
+@pytest.mark.parametrize("name", list(ops.TAXONOMY))
+def test_classification(name):
+    spec = ops.TAXONOMY[name][1][-1]
+    got = [
+        (s.sig.decay.value, s.sig.transition.value, s.sig.readout.value, len(s.states))
+        for s in spec.normal_form.stages
+    ]
+    assert got == EXPECTED[name]
+    legal = set(spec.legal_strategies)
+    assert {"reference", "sequential"} <= legal
+    assert ("chunk" in legal) == (name not in ("mamba", "s4"))
+    assert ("scan" in legal) == (name not in ("deltanet", "gated_deltanet"))
+
+
+def _fake_strategy():
+    return types.SimpleNamespace(supports=lambda sig: None, run=lambda sig, x, config: core_reference(sig, x))
+
+
+@pytest.fixture
+def core_loop_as_kernel(monkeypatch):
+    fake = _fake_strategy()
+    monkeypatch.setattr(lowering, "load_strategy", lambda name: fake)
+    monkeypatch.setattr(entry, "load_strategy", lambda name: fake)
+    monkeypatch.setattr(validate, "load_strategy", lambda name: fake)
+    # the stand-in kernel is exact, so let float64 through to compare at 1e-10
+    monkeypatch.setattr(validate, "KERNEL_DTYPES", validate.KERNEL_DTYPES + (torch.float64,))
+
+
+@pytest.mark.parametrize("name", list(ops.TAXONOMY))
+def test_stages_compute_the_spec(name, core_loop_as_kernel):
+    gen = torch.Generator().manual_seed(7)
+    kw, init, _, sc = case(name, gen)
+    fn = ops.TAXONOMY[name][0]
+    init_arg = init[0] if len(init) == 1 else init
+    common = dict(scale=sc, initial_state=init_arg, output_final_state=True)
+    o_ref, s_ref = fn(**kw, **common, strategy="reference")
+    o, s = fn(**kw, **common, strategy="sequential")
+    assert (o - o_ref).abs().max() <= 1e-10 * o_ref.abs().max()
+    for a, b in zip((s,) if len(init) == 1 else s, (s_ref,) if len(init) == 1 else s_ref):
+        assert a.shape == b.shape and (a - b).abs().max() <= 1e-10 * b.abs().max()
+    leaves = [t for t in list(kw.values()) + list(init) if isinstance(t, torch.Tensor) and t.requires_grad]
+    w = torch.randn_like(o)
+    ga = torch.autograd.grad((o * w).sum(), leaves, allow_unused=True)
+    gb = torch.autograd.grad((o_ref * w).sum(), leaves, allow_unused=True)
+    for a, b in zip(ga, gb):
+        if b is not None:
+            assert (a - b).abs().max() <= 1e-9 * max(1.0, b.abs().max().item())
+
+
+def test_enums_are_closed():
+    assert {d.value for d in Decay} == {"none", "scalar", "key", "value", "outer", "channel"}
+    assert {t.value for t in Transition} == {"identity", "delta"}
+    assert {r.value for r in Readout} == {"after", "before"}
