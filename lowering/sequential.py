@@ -1,0 +1,217 @@
+"""Sequential (fused-recurrent) strategy: the recurrence walked step by step, state in registers.
+
+How it is parallelised: one Triton program per (sequence, head, V-block of ``BV`` value
+columns); the program keeps its ``[K, BV]`` slice of ``S^T`` as an fp32 register tile and
+walks the time axis, loading step ``t+1``'s operands while step ``t`` computes. Nothing
+crosses programs except per-V-block partial sums of key-indexed gradients, reduced in
+PyTorch. Any :class:`CoreSig` lowers this way (it is the one strategy legal for every
+taxonomy row) and the same forward kernel with ``T == 1`` is the decoding step.
+
+Algorithm (FLA's ``fused_recurrent`` kernels follow the same plan):
+
+- forward: ``S_t = Λ_t ⊙ S_{t-1} · T_t + U_t``, ``o_t = S_t q_t`` (or ``S_{t-1} q_t``);
+- backward: the gradient of a linear recurrence is a linear recurrence in reverse time,
+  ``dS_{t-1} = Λ_t ⊙ (dS_t T_t^T) [+ do_t q_t^T]``. One kernel runs it backwards (``dk``,
+  ``dv``, delta-rule ``du``, ``dS_0``) and then forwards again, recomputing ``S_t`` for
+  ``dq`` and the delta-rule terms ``dk −= β P^T du``, ``dβ = −(P k)·du``
+  (``P_t = Λ_t ⊙ S_{t-1}``; ``u_t = v_t − β_t P_t k_t`` is saved by the forward).
+- log-gate gradients of factorable decays: reverse cumulative sums of
+  ``q ⊙ dq − k ⊙ dk`` (per-key), ``do ⊙ o − v ⊙ dv`` (per-value), or their totals
+  (scalar), shifted one step for ``Readout.BEFORE``, plus ``S_T ⊙ dS_T`` for a final-state
+  gradient (see ``sequential_launch``); exact with the delta transition too.
+- per-channel decays (``A``-weighted, no such identity): states recomputed from
+  checkpoints every ``CK`` steps (see ``sequential_codegen_channel``).
+
+K is not split (``BK = next_pow2(K)``): the read-out reduces over all of K in-register.
+
+``python -m scandsl.lowering.sequential --write-golden`` rewrites ``lowering/golden/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import triton
+from scandsl.autotune._space import Param, SearchSpace
+from scandsl.lowering import sequential_launch as _launch
+
+from scandsl._core import CoreInputs, CoreSig, Decay, Shape, Transition
+
+__all__ = ["supports", "run", "search_space", "default_config", "generate_source", "decode_step"]
+
+_NAMES = ("q", "k", "v", "g", "gk", "gv", "A", "beta", "initial_state")
+GOLDEN = {
+    "seq_fwd_scalar": CoreSig(decay=Decay.SCALAR),
+    "seq_fwd_key": CoreSig(decay=Decay.KEY),
+    "seq_fwd_scalar_delta": CoreSig(decay=Decay.SCALAR, transition=Transition.DELTA),
+    "seq_bwd_key": CoreSig(decay=Decay.KEY),
+    "seq_bwd_channel": CoreSig(decay=Decay.CHANNEL),
+}
+
+
+def supports(sig: CoreSig) -> str | None:
+    """Every valid CoreSig lowers sequentially."""
+    return None
+
+
+def default_config(sig: CoreSig, shape: Shape) -> dict:
+    """Heuristic from the H100 sweep (bench/gpu_check_sequential.py): small V-blocks, few warps.
+
+    Small tiles give many independent programs (the time loop is latency-bound) and keep
+    the reductions over K inside one or two warps.
+    """
+    BK = triton.next_power_of_2(shape.K)
+    BV = min(triton.next_power_of_2(shape.V), 16 if BK >= 128 else 32)
+    warps = 1 if BK * BV <= 1024 else 2 if BK * BV <= 2048 else 4
+    return {
+        "BV": BV,
+        "num_warps": warps,
+        "num_stages": 1,
+        "BV_bwd": BV,
+        "num_warps_bwd": max(warps, 2) if BK * BV > 1024 else warps,
+        "CK": 32,
+    }
+
+
+def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
+    BK = triton.next_power_of_2(shape.K)
+    vmax = triton.next_power_of_2(shape.V)
+    bvs = tuple(b for b in (8, 16, 32, 64, 128) if b <= max(vmax, 8))
+    params = [
+        Param("BV", bvs),
+        Param("num_warps", (1, 2, 4, 8)),
+        Param("num_stages", (1, 2)),
+        Param("BV_bwd", bvs),
+        Param("num_warps_bwd", (1, 2, 4, 8)),
+    ]
+    if sig.decay is Decay.CHANNEL:
+        params.append(Param("CK", (16, 32, 64)))
+
+    def valid(cfg) -> str | None:
+        # fp32 tiles held per thread: forward 1 (+ A / static tiles), backward ~3
+        tiles = 1 + (sig.decay is Decay.CHANNEL) + sig.key_static + sig.query_static
+        fwd = BK * cfg["BV"] * tiles / (32 * cfg["num_warps"])
+        bwd = BK * cfg["BV_bwd"] * (tiles + 2) / (32 * cfg["num_warps_bwd"])
+        if fwd > 160 or bwd > 192:
+            return f"register tile too large ({fwd:.0f} fwd / {bwd:.0f} bwd fp32 per thread)"
+        if BK * cfg["BV"] < 32 * cfg["num_warps"] or BK * cfg["BV_bwd"] < 32 * cfg["num_warps_bwd"]:
+            return "more threads than tile elements"
+        return None
+
+    return SearchSpace("sequential", tuple(params), valid)
+
+
+def generate_source(sig: CoreSig, config: dict | None = None) -> dict[str, str]:
+    """Kernel name -> Triton module source (forward, backward). Tiles are launch-time
+    constexprs, so the text does not depend on ``config``."""
+    return _launch.kernel_sources(sig)
+
+
+def _meta(x: CoreInputs) -> dict:
+    return {
+        "scale": float(x.scale),
+        "output_final_state": bool(x.output_final_state),
+        "cu_seqlens": x.cu_seqlens,
+        "out_dtype": x.out_dtype or x.v.dtype,
+    }
+
+
+def _check(sig: CoreSig, x: CoreInputs) -> None:
+    missing = sorted(n for n in sig.uses if getattr(x, n) is None)
+    if missing:
+        raise ValueError(f"sequential: CoreSig({sig.describe()}) reads {missing}, which are None")
+    if x.cu_seqlens is not None and x.B != 1:
+        raise ValueError(f"sequential: cu_seqlens needs B == 1, got B = {x.B}")
+    if x.K > 256 or x.V > 256:
+        raise ValueError(f"sequential: K and V must be <= 256, got K={x.K}, V={x.V}")
+
+
+class _SequentialFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, sig, cfg, meta, *tensors):
+        t = {n: (x.contiguous() if x is not None else None) for n, x in zip(_NAMES, tensors)}
+        t = {n: x for n, x in t.items() if x is not None}
+        o, ht, u = _launch.forward(sig, t, meta, cfg, save_u=any(ctx.needs_input_grad[3:]))
+        ctx.sig, ctx.cfg, ctx.meta = sig, cfg, meta
+        ctx.names = list(t)
+        ctx.save_for_backward(*t.values(), ht, u)
+        ctx.set_materialize_grads(False)
+        if ht is not None:
+            return o, ht
+        return o
+
+    @staticmethod
+    def backward(ctx, do, dht=None):
+        *saved, ht, u = ctx.saved_tensors
+        t = dict(zip(ctx.names, saved))
+        if do is None:
+            do = torch.zeros_like(t["v"], dtype=ctx.meta["out_dtype"])
+        grads = _launch.backward(
+            ctx.sig,
+            t,
+            ctx.meta,
+            ctx.cfg,
+            do.contiguous(),
+            dht.contiguous() if dht is not None else None,
+            ht,
+            u,
+        )
+        out = []
+        for i, name in enumerate(_NAMES):
+            gr = grads.get(name) if ctx.needs_input_grad[3 + i] else None
+            out.append(gr.to(t[name].dtype) if gr is not None else None)
+        return (None, None, None, *out)
+
+
+def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
+    """(o, final_state or None); differentiable for every tensor in ``x``."""
+    _check(sig, x)
+    cfg = {**default_config(sig, Shape(x.B, x.T, x.H, x.K, x.V)), **(config or {})}
+    res = _SequentialFn.apply(sig, cfg, _meta(x), *(getattr(x, n) for n in _NAMES))
+    if x.output_final_state:
+        return res[0], res[1]
+    return res, None
+
+
+def decode_step(
+    sig: CoreSig, x: CoreInputs, state: torch.Tensor, *, inplace: bool = False, config: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token (``T == 1``): ``(o [B,1,H,V], new_state [B,H,K,V] fp32)``, one kernel launch.
+
+    ``x.initial_state`` / ``x.output_final_state`` are ignored: ``state`` is the state.
+    With ``inplace=True`` the new state is written into ``state`` itself (each program
+    reads its tile before it writes it, and no two programs share a tile) and returned.
+    Not differentiable: it is the inference path.
+    """
+    if x.T != 1:
+        raise ValueError(f"decode_step: one token per call, got T = {x.T}")
+    if state.dtype != torch.float32 or not state.is_contiguous():
+        raise ValueError("decode_step: state must be a contiguous float32 [B, H, K, V] tensor")
+    _check(sig, x)
+    cfg = {**default_config(sig, Shape(x.B, 1, x.H, x.K, x.V)), **(config or {})}
+    t = {n: getattr(x, n).detach().contiguous() for n in _NAMES[:-1] if getattr(x, n) is not None}
+    t["initial_state"] = state
+    meta = {**_meta(x), "output_final_state": True, "cu_seqlens": None}
+    with torch.no_grad():
+        o, ht, _ = _launch.forward(sig, t, meta, cfg, save_u=False, ht=state if inplace else None)
+    return o, ht
+
+
+def _write_golden(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, sig in GOLDEN.items():
+        (folder / f"{name}.py").write_text(generate_source(sig)[name])
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m scandsl.lowering.sequential")
+    ap.add_argument("--write-golden", action="store_true", help="rewrite lowering/golden/seq_*.py")
+    args = ap.parse_args(argv)
+    if args.write_golden:
+        _write_golden(Path(__file__).parent / "golden")
+
+
+if __name__ == "__main__":
+    main()
