@@ -20,11 +20,11 @@ import functools
 from types import ModuleType
 
 import torch
-
-from scandsl._core import CoreInputs, CoreSig, Decay, Shape, Transition
 from scandsl.autotune._space import Param, SearchSpace
 from scandsl.lowering._source import load_source
 from scandsl.lowering.chunk_scalar_source import generate_source, module_name
+
+from scandsl._core import CoreInputs, CoreSig, Decay, Shape, Transition
 
 __all__ = ["supports", "run", "search_space", "default_config", "generate_source"]
 
@@ -50,7 +50,7 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
     """Heuristic tiles: the state slice each program carries stays near 64 fp32 registers a thread."""
     kp, vp = _pow2(shape.K), _pow2(shape.V)
     return {
-        "chunk": 64,
+        "chunk": 64 if max(kp, vp) <= 128 else 32,
         "block_v": min(vp, 64 if kp <= 128 else 32),
         "num_warps": 4,
         "num_stages": 2,
@@ -78,11 +78,16 @@ def _check_config(cfg: dict, shape: Shape) -> str | None:
     for kernel, (elems, n) in tiles.items():
         if elems / n > 160:
             return f"{kernel}: state + score tiles need {elems // n} fp32 registers a thread (> 160)"
-    # shared memory of the pipelined 16-bit input tiles (q, k, v / do) per stage
-    stages = max(cfg["num_stages"], cfg["bwd_num_stages"])
-    smem = stages * c * (2 * kp + 2 * vp) * 2
-    if smem > 200 * 1024:
-        return f"pipelined input tiles need {smem // 1024} KiB of shared memory (> 200)"
+    # shared memory (16-bit): pipelined input tiles per stage, plus the state staged as a dot operand
+    bk, bv, bvb = cfg["bwd_block_k"], cfg["block_v"], cfg["bwd_block_v"]
+    smem = {
+        "fwd": cfg["num_stages"] * c * (2 * kp + bv) * 2 + kp * bv * 2,
+        "bwd_k": cfg["bwd_num_stages"] * c * (2 * bk + 2 * vp) * 2 + bk * vp * 2,
+        "bwd_v": cfg["bwd_num_stages"] * c * (2 * kp + bvb) * 2 + kp * bvb * 2,
+    }
+    for kernel, nbytes in smem.items():
+        if nbytes > 200 * 1024:
+            return f"{kernel}: pipelined tiles need {nbytes // 1024} KiB of shared memory (> 200)"
     return None
 
 
@@ -105,7 +110,7 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kernels(sig: CoreSig, fp32_dot: str) -> ModuleType:
     source = generate_source(sig, {"fp32_dot": fp32_dot})
     return load_source(source, name=module_name(sig))
@@ -222,6 +227,10 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
     _validate(sig, x)
     shape = Shape(x.B, x.T, x.H, x.K, x.V)
     cfg = {**default_config(sig, shape), **(config or {})}
+    kp, vp = _pow2(x.K), _pow2(x.V)
+    # a block wider than the padded feature size is the same launch as the full width
+    cfg.update(block_v=min(cfg["block_v"], vp), bwd_block_k=min(cfg["bwd_block_k"], kp))
+    cfg.update(bwd_block_v=min(cfg["bwd_block_v"], vp))
     reason = _check_config(cfg, shape)
     if reason is not None and config is not None:
         raise ValueError(f"chunk_scalar config {config}: {reason}")

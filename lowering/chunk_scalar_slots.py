@@ -10,14 +10,15 @@ chunk of ``C`` steps at a time. Within a chunk, with ``g`` the per-step log-deca
 
 Every factor a slot applies is ``exp`` of a difference that is ``<= 0`` on the causal side
 (``gq[s] - gc[j]`` for ``j <= s``, ``gn - gc[j]``, ``gq[s]``), so nothing overflows however long
-the sequence; non-causal entries are discarded by ``tl.where`` before they are used.
+the sequence.
 
 Slots (each a function of the signature returning Triton source text):
 
 - ``gates``        load ``g`` for the chunk and build ``b_gc``, ``b_gq``, ``b_gn`` (nothing for NONE);
 - ``causal_qk`` / ``causal_kq``  which (query ``s``, key ``j``) pairs interact: ``j <= s`` after, ``j < s`` before;
-- ``decay_qk`` / ``decay_kq``   the pair decay ``exp(gq[s] - gc[j])`` on a ``[C, C]`` matrix, rows ``s``
-  (``qk``) or rows ``j`` (``kq``);
+- ``mask_qk`` / ``mask_kq``   causal mask and pair decay ``exp(gq[s] - gc[j])`` on the ``[C, C]`` score
+  matrix ``b_s`` (rows ``s``, columns ``j``) or ``b_st`` (rows ``j``, columns ``s``); the exponent is
+  masked to ``-inf`` first, so no ``exp`` of a positive difference is ever taken;
 - ``decay_q``      the per-row factor ``exp(gq[s])`` of a term read from the chunk-start state;
 - ``k_to_end``     keys decayed to the chunk end, ``k_j exp(gn - gc[j])``, in the input dtype;
 - ``q_decayed``    queries decayed from the chunk start, ``q_s exp(gq[s])`` (fp32);
@@ -76,8 +77,16 @@ def slots(sig: CoreSig) -> dict[str, str]:
         "gates": _gates(sig),
         "causal_qk": "o_c[:, None] >= o_c[None, :]" if after else "o_c[:, None] > o_c[None, :]",
         "causal_kq": "o_c[:, None] <= o_c[None, :]" if after else "o_c[:, None] < o_c[None, :]",
-        "decay_qk": " * tl.exp(b_gq[:, None] - b_gc[None, :])" if scalar else "",
-        "decay_kq": " * tl.exp(b_gq[None, :] - b_gc[:, None])" if scalar else "",
+        "mask_qk": (
+            'b_s = b_s * tl.exp(tl.where(m_qk, b_gq[:, None] - b_gc[None, :], float("-inf")))'
+            if scalar
+            else "b_s = tl.where(m_qk, b_s, 0.0)"
+        ),
+        "mask_kq": (
+            'b_st = b_st * tl.exp(tl.where(m_kq, b_gq[None, :] - b_gc[:, None], float("-inf")))'
+            if scalar
+            else "b_st = tl.where(m_kq, b_st, 0.0)"
+        ),
         "decay_q": " * tl.exp(b_gq)[:, None]" if scalar else "",
         "k_to_end": "(b_k * tl.exp(b_gn - b_gc)[:, None]).to(b_k.dtype)" if scalar else "b_k",
         "q_decayed": "b_q * tl.exp(b_gq)[:, None]" if scalar else "b_q",

@@ -31,8 +31,9 @@ Dot operands are in the input dtype (fp32 inputs use ``DOT_PRECISION``), accumul
 
 from __future__ import annotations
 
-from scandsl._core import CoreSig, Decay, Transition
 from scandsl.lowering.chunk_scalar_slots import fill, slots, tag
+
+from scandsl._core import CoreSig, Decay, Transition
 
 __all__ = ["generate_source", "module_name"]
 
@@ -57,7 +58,7 @@ def _bounds(cu_seqlens, i_n, T, IS_VARLEN: tl.constexpr):
     return bos, eos
 '''
 
-_FWD = '''
+_FWD = """
 
 @triton.jit
 def chunk_scalar_fwd(
@@ -93,9 +94,9 @@ def chunk_scalar_fwd(
         b_v = tl.load(v + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)  # [C, BV]
         @gates@
         # intra-chunk: causal, decay-weighted scores on tensor cores
-        b_A = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)  # [C, C]
-        b_A = tl.where(m_qk, b_A@decay_qk@, 0.0)
-        b_o = tl.dot(b_A.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)  # [C, BV]
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)  # [C, C] q_s . k_j
+        @mask_qk@
+        b_o = tl.dot(b_s.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)  # [C, BV]
         # inter-chunk: read the carried state (before this chunk's inputs)
         b_o += tl.dot(b_q, b_h.to(b_q.dtype), input_precision=DOT_PRECISION)@decay_q@
         tl.store(o + row[:, None] * V + o_v[None, :], (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
@@ -104,9 +105,9 @@ def chunk_scalar_fwd(
         b_h = b_h@decay_state@ + tl.dot(tl.trans(b_kd), b_v, input_precision=DOT_PRECISION)
     if STORE_HT:
         tl.store(ht + p_hv, b_h, mask=m_hv)
-'''
+"""
 
-_BWD_K = '''
+_BWD_K = """
 
 @triton.jit
 def chunk_scalar_bwd_k(
@@ -147,9 +148,9 @@ def chunk_scalar_bwd_k(
         b_v = tl.load(v + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)  # [C, BV]
         b_do = tl.load(do + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)  # [C, BV]
         @gates@
-        b_dA = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PRECISION)  # [C, C] do_s . v_j
-        b_dA = tl.where(m_qk, b_dA@decay_qk@, 0.0)
-        b_dq = tl.dot(b_dA.to(b_k.dtype), b_k, input_precision=DOT_PRECISION)  # [C, BK]
+        b_s = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PRECISION)  # [C, C] do_s . v_j
+        @mask_qk@
+        b_dq = tl.dot(b_s.to(b_k.dtype), b_k, input_precision=DOT_PRECISION)  # [C, BK]
         b_dq += tl.dot(b_do, tl.trans(b_h).to(b_do.dtype), input_precision=DOT_PRECISION)@decay_q@
         b_dq = b_dq * scale
         tl.store(dq + row[:, None] * K + o_k[None, :], b_dq.to(dq.dtype.element_ty), mask=m_tk)
@@ -177,9 +178,9 @@ def chunk_scalar_bwd_k(
         b_v = tl.load(v + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)  # [C, BV]
         b_do = tl.load(do + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)  # [C, BV]
         @gates@
-        b_dAt = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PRECISION)  # [C, C] v_j . do_s
-        b_dAt = tl.where(m_kq, b_dAt@decay_kq@, 0.0)
-        b_dk = tl.dot(b_dAt.to(b_q.dtype), b_q, input_precision=DOT_PRECISION) * scale  # [C, BK]
+        b_st = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PRECISION)  # [C, C] v_j . do_s
+        @mask_kq@
+        b_dk = tl.dot(b_st.to(b_q.dtype), b_q, input_precision=DOT_PRECISION) * scale  # [C, BK]
         b_dk += tl.dot(b_v, tl.trans(b_dh).to(b_v.dtype), input_precision=DOT_PRECISION)@decay_k_end@
         tl.store(dk + row[:, None] * K + o_k[None, :], b_dk.to(dk.dtype.element_ty), mask=m_tk)
         @dg_reverse@
@@ -187,9 +188,9 @@ def chunk_scalar_bwd_k(
         b_dh = b_dh@decay_state@ + tl.dot(tl.trans(b_qd), b_do, input_precision=DOT_PRECISION)
     if STORE_DH0:
         tl.store(dh0 + p_hv, b_dh, mask=m_hv)
-'''
+"""
 
-_BWD_V = '''
+_BWD_V = """
 
 @triton.jit
 def chunk_scalar_bwd_v(
@@ -226,15 +227,15 @@ def chunk_scalar_bwd_v(
         b_k = tl.load(k + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)  # [C, BK]
         b_do = tl.load(do + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)  # [C, BV]
         @gates@
-        b_At = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PRECISION)  # [C, C] k_j . q_s
-        b_At = tl.where(m_kq, b_At@decay_kq@, 0.0) * scale
-        b_dv = tl.dot(b_At.to(b_do.dtype), b_do, input_precision=DOT_PRECISION)  # [C, BV]
+        b_st = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PRECISION)  # [C, C] k_j . q_s
+        @mask_kq@
+        b_dv = tl.dot((b_st * scale).to(b_do.dtype), b_do, input_precision=DOT_PRECISION)  # [C, BV]
         b_kd = @k_to_end@  # [C, BK]
         b_dv += tl.dot(b_kd, b_dh.to(b_kd.dtype), input_precision=DOT_PRECISION)
         tl.store(dv + row[:, None] * V + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_tv)
         b_qd = (@q_decayed@ * scale).to(b_do.dtype)  # [C, BK]
         b_dh = b_dh@decay_state@ + tl.dot(tl.trans(b_qd), b_do, input_precision=DOT_PRECISION)
-'''
+"""
 
 
 def generate_source(sig: CoreSig, config: dict | None = None) -> str:
@@ -244,7 +245,9 @@ def generate_source(sig: CoreSig, config: dict | None = None) -> str:
     ``tl.dot`` on fp32 inputs. Tile sizes are launch-time constexprs, not part of the text.
     """
     if sig.decay not in (Decay.NONE, Decay.SCALAR) or sig.transition is not Transition.IDENTITY:
-        raise ValueError(f"chunk_scalar generates decay NONE/SCALAR with identity transition, got {sig.describe()}")
+        raise ValueError(
+            f"chunk_scalar generates decay NONE/SCALAR with identity transition, got {sig.describe()}"
+        )
     precision = (config or {}).get("fp32_dot", "ieee")
     if precision not in ("ieee", "tf32", "tf32x3"):
         raise ValueError(f"config['fp32_dot']: expected 'ieee', 'tf32' or 'tf32x3', got {precision!r}")
@@ -258,4 +261,3 @@ def generate_source(sig: CoreSig, config: dict | None = None) -> str:
 
 def module_name(sig: CoreSig) -> str:
     return f"chunk_scalar_{tag(sig)}"
-
