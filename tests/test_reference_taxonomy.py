@@ -26,7 +26,7 @@ def _mt(x):  # API state [B,H,K,V] -> math [B,H,V,K]
     return x.transpose(-1, -2)
 
 
-def case(name, gen):
+def case(name, gen, B=B, T=T):
     """(op kwargs, literal(scaled inputs) -> (o, [math states]), api->math state converters, scale)."""
     sc = 0.7
     q, k, v = _r(gen, B, T, H, K), _r(gen, B, T, H, K, scale=0.5), _r(gen, B, T, H, V)
