@@ -12,8 +12,9 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
-from scandsl._core import CoreSig, Decay, Shape, core_reference
 from scandsl.autotune import Param, SearchSpace
+
+from scandsl._core import CoreSig, Decay, Shape, core_reference
 
 _REF_MEMO: dict[int, tuple] = {}
 
@@ -45,7 +46,9 @@ def make_fake(
         calls["run"] += 1
         cfg = dict(default if config is None else config)
         if crash(cfg):
-            raise RuntimeError(f"triton.runtime.errors.OutOfResources: out of resource: shared memory ({cfg})")
+            raise RuntimeError(
+                f"triton.runtime.errors.OutOfResources: out of resource: shared memory ({cfg})"
+            )
         if x.q.requires_grad:
             o, s = core_reference(sig, x)
         else:
