@@ -1,0 +1,269 @@
+"""Chunked delta rule (DeltaNet, Gated DeltaNet): ``Transition.DELTA`` with decay NONE or SCALAR.
+
+How it is parallelised: time is cut into chunks of ``C`` steps that never cross a sequence
+boundary (``cu_seqlens`` varlen: each sequence's chunks start at its own first step). Work that
+needs no state runs with one program per (chunk, head): the UT transform of every chunk
+(``delta_prepare``), the read-out (``delta_fwd_out``, also per V-block) and the gradients
+(``delta_bwd_chunk``). Only the state hand-off is sequential: one program per (V-block,
+sequence, head) walks its chunks carrying a ``[K, BV]`` slice of the fp32 state in registers,
+forwards (``delta_fwd_state``) and backwards for the state gradient (``delta_bwd_state``);
+columns of the state never mix under the delta rule, so V-blocks are independent.
+
+Algorithm: the WY / UT representation of Yang et al., "Parallelizing Linear Transformers with the
+Delta Rule over Sequence Length" (2024), with Gated DeltaNet's scalar decay (Yang, Kautz &
+Hatamizadeh, 2024); the equations, forward and backward, are in
+:mod:`scandsl.lowering.chunk_delta_source`, which generates the Triton text from the signature.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from scandsl.autotune._space import Param, SearchSpace
+from scandsl._core import CoreInputs, CoreSig, Decay, Readout, Shape, Transition
+from scandsl.lowering._source import load_source
+from scandsl.lowering.chunk_delta_source import generate_source
+
+__all__ = ["supports", "run", "search_space", "default_config", "generate_source"]
+
+# Tests turn this on: every buffer a kernel is meant to fill starts as NaN.
+POISON = False
+_SMEM_BYTES = 227 * 1024  # Hopper's per-block shared memory
+
+
+def supports(sig: CoreSig) -> str | None:
+    if sig.transition is not Transition.DELTA:
+        return "chunk_delta runs the delta-rule transition only"
+    if sig.decay not in (Decay.NONE, Decay.SCALAR):
+        return f"the chunked delta rule takes decay NONE or SCALAR, not {sig.decay.name}"
+    if sig.readout is not Readout.AFTER:
+        return "the chunked delta rule reads the state after the update (Readout.AFTER) only"
+    if sig.key_static or sig.query_static or sig.decay_static:
+        return "static (per-channel) keys, queries or decays have no chunked delta-rule form"
+    return None
+
+
+def _pow2(n: int) -> int:
+    return max(16, 1 << (max(n, 1) - 1).bit_length())
+
+
+def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
+    bk, bv_max = _pow2(shape.K), _pow2(shape.V)
+
+    def valid(cfg) -> str | None:
+        c, bv = cfg["chunk"], cfg["bv"]
+        if bv > bv_max:
+            return f"bv={bv} is wider than the padded V={bv_max}"
+        # delta_bwd_chunk keeps three [C, BK] fp32 accumulators in registers (<= ~160 per thread)
+        if 3 * c * bk * 4 > 160 * 4 * 32 * cfg["bwd_warps"]:
+            return f"chunk={c} with K={shape.K} spills delta_bwd_chunk's accumulators at {cfg['bwd_warps']} warps"
+        stage = (2 * bk * bv + 3 * c * bv) * 2
+        if stage * cfg["num_stages"] + 4 * c * bk * 2 + 2 * c * c * 4 > _SMEM_BYTES:
+            return "tiles exceed shared memory"
+        return None
+
+    return SearchSpace(
+        strategy="chunk",
+        params=(
+            Param("chunk", (64, 32, 16)),
+            Param("bv", (64, 32, 16, 128)),
+            Param("num_warps", (4, 8)),
+            Param("num_stages", (2, 1, 3)),
+            Param("bwd_warps", (8, 4)),
+        ),
+        valid=valid,
+    )
+
+
+def default_config(sig: CoreSig, shape: Shape) -> dict:
+    return {
+        "chunk": 64 if shape.K <= 128 else 32,
+        "bv": min(64, _pow2(shape.V)),
+        "num_warps": 4,
+        "num_stages": 2,
+        "bwd_warps": 8,
+    }
+
+
+@functools.lru_cache(maxsize=64)
+def _module(sig: CoreSig, chunk: int, precision: str, dtype: torch.dtype):
+    src = generate_source(sig, {"chunk": chunk, "fp32_precision": precision}, dtype=dtype)
+    return load_source(src, name=f"chunk_delta_{sig.decay.value}_c{chunk}_{str(dtype)[6:]}")
+
+
+def _empty(*shape: int, dtype: torch.dtype, device, zero: bool = False) -> torch.Tensor:
+    if zero:
+        return torch.zeros(*shape, dtype=dtype, device=device)
+    t = torch.empty(*shape, dtype=dtype, device=device)
+    return t.fill_(float("nan")) if POISON and t.is_floating_point() else t
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything about a call that is not a tensor to differentiate."""
+
+    sig: CoreSig
+    cfg: tuple
+    scale: float
+    N: int  # sequences
+    T: int  # steps per sequence (non-varlen)
+    NT: int  # chunks per sequence (non-varlen)
+    NC: int  # chunks in all
+    varlen: bool
+    covers_all: bool  # every row belongs to some sequence (else untouched rows must be zero)
+    out_dtype: torch.dtype
+    output_final_state: bool
+    need_grad: bool
+
+    @property
+    def config(self) -> dict:
+        return dict(self.cfg)
+
+
+def _tables(cu: torch.Tensor | None, B: int, T: int, C: int, device):
+    """(chunk_offsets [N+1], chunk_seq [NC], chunk_start [NC]) on the device, or dummies."""
+    if cu is None:
+        dummy = torch.zeros(1, dtype=torch.int32, device=device)
+        return dummy, dummy, dummy, B * math.ceil(T / C)
+    bounds = cu.tolist()
+    counts = [math.ceil((e - s) / C) for s, e in zip(bounds[:-1], bounds[1:])]
+    offsets = [0]
+    seq, start = [], []
+    for n, (s, cnt) in enumerate(zip(bounds[:-1], counts)):
+        offsets.append(offsets[-1] + cnt)
+        seq += [n] * cnt
+        start += [s + i * C for i in range(cnt)]
+    mk = lambda xs: torch.tensor(xs or [0], dtype=torch.int32, device=device)
+    return mk(offsets), mk(seq), mk(start), offsets[-1]
+
+
+class _ChunkDelta(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, beta, g, h0, cu, tables, plan: _Plan):
+        B, Tn, H, K = q.shape
+        V = v.shape[-1]
+        cfg, C = plan.config, plan.config["chunk"]
+        dev = q.device
+        mod = _module(plan.sig, C, cfg.get("fp32_precision", "tf32x3"), q.dtype)
+        q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
+        g = g.contiguous() if g is not None else beta
+        offsets, cseq, cstart = tables
+        cu_arg = cu if cu is not None else offsets
+        BK, BV = _pow2(K), min(cfg["bv"], _pow2(V))
+        launch = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        shapes = dict(H=H, K=K, V=V, C=C, BK=BK, BV=BV, IS_VARLEN=plan.varlen)
+        w = _empty(B, Tn, H, K, dtype=k.dtype, device=dev)
+        u = _empty(B, Tn, H, V, dtype=v.dtype, device=dev)
+        tmat = _empty(B, Tn, H, C, dtype=torch.float32, device=dev) if plan.need_grad else w
+        hs = _empty(max(plan.NC, 1), H, K, V, dtype=k.dtype, device=dev)
+        ht = _empty(plan.N, H, K, V, dtype=torch.float32, device=dev)
+        o = _empty(B, Tn, H, V, dtype=plan.out_dtype, device=dev, zero=not plan.covers_all)
+        if plan.NC:
+            mod.delta_prepare[(plan.NC, H)](
+                k, v, beta, g, w, u, tmat, cu_arg, cseq, cstart, plan.T, plan.NT,
+                STORE_T=plan.need_grad, **shapes, **launch,
+            )  # fmt: skip
+        mod.delta_fwd_state[(triton_cdiv(V, BV), plan.N * H)](
+            k, w, u, g, h0 if h0 is not None else ht, hs, ht, cu_arg, offsets, plan.T, plan.NT,
+            USE_H0=h0 is not None, STORE_HT=True, **shapes, **launch,
+        )  # fmt: skip
+        if plan.NC:
+            mod.delta_fwd_out[(plan.NC, triton_cdiv(V, BV), H)](
+                q, k, u, g, hs, o, cu_arg, cseq, cstart, plan.scale, plan.T, plan.NT, **shapes, **launch,
+            )  # fmt: skip
+        ctx.save_for_backward(q, k, beta, g, h0, w, u, tmat, hs, cu, *tables)
+        ctx.plan = plan
+        ctx.has_g = plan.sig.decay is Decay.SCALAR
+        ctx.v_dtype = v.dtype
+        return o, (ht if plan.output_final_state else None)
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, beta, g, h0, w, u, tmat, hs, cu, offsets, cseq, cstart = ctx.saved_tensors
+        plan = ctx.plan
+        cfg, C = plan.config, plan.config["chunk"]
+        B, Tn, H, K = q.shape
+        V = u.shape[-1]
+        dev = q.device
+        mod = _module(plan.sig, C, cfg.get("fp32_precision", "tf32x3"), q.dtype)
+        cu_arg = cu if cu is not None else offsets
+        BK, BV = _pow2(K), min(cfg["bv"], _pow2(V))
+        launch = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        shapes = dict(H=H, K=K, V=V, C=C, BK=BK, BV=BV, IS_VARLEN=plan.varlen)
+        do = do.contiguous()
+        want_dh0 = h0 is not None and ctx.needs_input_grad[5]
+        du = _empty(B, Tn, H, V, dtype=u.dtype, device=dev)
+        dhs = _empty(max(plan.NC, 1), H, K, V, dtype=hs.dtype, device=dev)
+        dh0 = _empty(plan.N, H, K, V, dtype=torch.float32, device=dev) if want_dh0 else None
+        mod.delta_bwd_state[(triton_cdiv(V, BV), plan.N * H)](
+            q, k, w, g, do, du, dhs, dht if dht is not None else hs, dh0 if want_dh0 else hs,
+            cu_arg, offsets, plan.scale, plan.T, plan.NT,
+            USE_DHT=dht is not None, STORE_DH0=want_dh0, **shapes, **launch,
+        )  # fmt: skip
+        zero = not plan.covers_all
+        dq = _empty(B, Tn, H, K, dtype=q.dtype, device=dev, zero=zero)
+        dk = _empty(B, Tn, H, K, dtype=k.dtype, device=dev, zero=zero)
+        dv = _empty(B, Tn, H, V, dtype=ctx.v_dtype, device=dev, zero=zero)
+        dbeta = _empty(B, Tn, H, dtype=beta.dtype, device=dev, zero=zero)
+        dg = _empty(B, Tn, H, dtype=g.dtype, device=dev, zero=zero) if ctx.has_g else None
+        if plan.NC:
+            mod.delta_bwd_chunk[(plan.NC, H)](
+                q, k, beta, g, tmat, hs, dhs, u, du, do, dq, dk, dv, dbeta, dg if dg is not None else dbeta,
+                cu_arg, cseq, cstart, plan.scale, plan.T, plan.NT,
+                **shapes, num_warps=cfg["bwd_warps"], num_stages=cfg["num_stages"],
+            )  # fmt: skip
+        return dq, dk, dv, dbeta, dg, dh0, None, None, None
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
+    """``(o, final_state)`` of the core recurrence; differentiable in q, k, v, beta, g, initial_state."""
+    reason = supports(sig)
+    if reason is not None:
+        raise NotImplementedError(reason)
+    if x.beta is None:
+        raise ValueError("CoreInputs.beta: the delta rule needs beta [B, T, H], got None")
+    if sig.decay is Decay.SCALAR and x.g is None:
+        raise ValueError("CoreInputs.g: decay SCALAR needs g [B, T, H], got None")
+    B, T, H, K, V = x.B, x.T, x.H, x.K, x.V
+    if K > 256 or V > 256:
+        raise ValueError(f"chunk_delta: K and V up to 256, got K={K}, V={V}")
+    cfg = default_config(sig, Shape(B, T, H, K, V)) | dict(config or {})
+    cu = x.cu_seqlens
+    if cu is not None:
+        if B != 1:
+            raise ValueError(f"CoreInputs.cu_seqlens: varlen needs B == 1, got B={B}")
+        cu = cu.to(device=x.v.device, dtype=torch.int32)
+    N = B if cu is None else len(cu) - 1
+    h0 = x.initial_state
+    if h0 is not None and tuple(h0.shape) != (N, H, K, V):
+        raise ValueError(f"CoreInputs.initial_state: expected {(N, H, K, V)}, got {tuple(h0.shape)}")
+    offsets, cseq, cstart, nc = _tables(cu, B, T, cfg["chunk"], x.v.device)
+    tensors = [x.q, x.k, x.v, x.beta, x.g, h0]
+    need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    dtype = x.v.dtype
+    plan = _Plan(
+        sig=sig,
+        cfg=tuple(sorted(cfg.items())),
+        scale=float(x.scale),
+        N=N,
+        T=T,
+        NT=triton_cdiv(T, cfg["chunk"]),
+        NC=nc,
+        varlen=cu is not None,
+        covers_all=cu is None or int(cu[-1]) == T,
+        out_dtype=x.out_dtype or dtype,
+        output_final_state=x.output_final_state,
+        need_grad=need_grad,
+    )
+    q, k = x.q.to(dtype), x.k.to(dtype)
+    g = x.g if sig.decay is Decay.SCALAR else None
+    h0 = h0.float() if h0 is not None else None
+    return _ChunkDelta.apply(q, k, x.v, x.beta, g, h0, cu, (offsets, cseq, cstart), plan)
