@@ -22,11 +22,11 @@ import math
 from dataclasses import dataclass
 
 import torch
-
 from scandsl.autotune._space import Param, SearchSpace
-from scandsl._core import CoreInputs, CoreSig, Decay, Readout, Shape, Transition
 from scandsl.lowering._source import load_source
 from scandsl.lowering.chunk_delta_source import generate_source
+
+from scandsl._core import CoreInputs, CoreSig, Decay, Readout, Shape, Transition
 
 __all__ = ["supports", "run", "search_space", "default_config", "generate_source"]
 

@@ -39,8 +39,6 @@ Kernels (one generated module):
 from __future__ import annotations
 
 import torch
-
-from scandsl._core import CoreSig
 from scandsl.lowering.chunk_delta_slots import (
     block_beta_gamma,
     block_gates,
@@ -49,6 +47,8 @@ from scandsl.lowering.chunk_delta_slots import (
     slots,
 )
 from scandsl.lowering.chunk_delta_templates import BWD_CHUNK, BWD_STATE, FWD_OUT, FWD_STATE, HEADER
+
+from scandsl._core import CoreSig
 
 __all__ = ["generate_source", "SUB"]
 

@@ -91,7 +91,7 @@ def delta_fwd_state(
     """
 '''
     + _SEQ_PROLOGUE
-    + '''\
+    + """\
     b_h = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_H0:
         b_h += tl.load(h0 + p_nh + p_hv, mask=m_hv, other=0.0).to(tl.float32)
@@ -113,7 +113,7 @@ def delta_fwd_state(
         b_h = b_h@decay_state@ + _dot(tl.trans(b_k@times_tail@), b_u)  # [BK, BV]
     if STORE_HT:
         tl.store(ht + p_nh + p_hv, b_h, mask=m_hv)
-'''
+"""
 )
 
 FWD_OUT = '''
@@ -170,7 +170,7 @@ def delta_bwd_state(
     """
 '''
     + _SEQ_PROLOGUE
-    + '''\
+    + """\
     causal = o_c[:, None] >= o_c[None, :]  # [C, C] query step t (row) reads key step s (column)
     b_dh = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_DHT:
@@ -199,7 +199,7 @@ def delta_bwd_state(
         b_dh = b_dh@decay_state@ + _dot(tl.trans(b_qg), b_do) - _dot(tl.trans(b_w), b_du)
     if STORE_DH0:
         tl.store(dh0 + p_nh + p_hv, b_dh, mask=m_hv)
-'''
+"""
 )
 
 BWD_CHUNK = '''
