@@ -169,9 +169,9 @@ def _contiguous(x: CoreInputs) -> CoreInputs:
 
 
 def _choose(spec, stage: Stage, strategy: str, x: CoreInputs) -> tuple[str, dict | None]:
-    legal = tuple(s for s in spec.normal_form.kernel_strategies if _supported(s, stage))
     if strategy != "auto":
         return strategy, None
+    legal = tuple(s for s in spec.normal_form.kernel_strategies if _supported(s, stage))
     shape = Shape(x.B, x.T, x.H, x.K, x.V)
     try:
         from scandsl.autotune import choose

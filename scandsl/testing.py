@@ -137,3 +137,48 @@ def random_core_inputs(
         output_final_state=True,
         cu_seqlens=None if cu_seqlens is None else cu_seqlens.to(device),
     )
+
+
+def random_spec_inputs(
+    spec,
+    *,
+    B: int = 1,
+    T: int = 19,
+    H: int = 2,
+    sizes: dict[str, int] | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Well-conditioned random inputs for any spec, from its declarations (never zeros).
+
+    Gates are log-sigmoids near 0, ``beta``-like scalars lie in (0, 1), keys of delta-rule
+    specs are L2-normalised, and normalised specs get positive q/k so zᵀq stays away from 0.
+    """
+    from scandsl._core import Transition
+
+    sizes = {"K": 12, "V": 20, "M": 6} | (sizes or {})
+    gen = torch.Generator().manual_seed(seed)
+    stages = spec.normal_form.stages
+    delta = any(s.sig.transition is Transition.DELTA for s in stages)
+    normalised = any(len(s.values) > 1 for s in stages)
+    out = {}
+    for name, d in spec.inputs:
+        shape = ((B, T, H) if d.time else (H,)) + tuple(sizes[a] for a in d.axes)
+        x = torch.randn(*shape, generator=gen, dtype=torch.float64)
+        if d.is_log_gate:
+            x = F.logsigmoid(x + 2.5)
+        elif d.is_positive:
+            x = torch.rand(*shape, generator=gen, dtype=torch.float64) * 0.5 + 0.05
+        elif d.is_nonneg:
+            x = torch.rand(*shape, generator=gen, dtype=torch.float64)
+        elif name == "beta" or (not d.axes and name not in ("i",)):
+            x = torch.sigmoid(x)
+        elif name in ("q", "k") and normalised:
+            x = x.abs() + 0.5
+        elif name == "k" and delta:
+            x = F.normalize(x, dim=-1)
+        elif name == "k":
+            x = x * shape[-1] ** -0.5
+        out[name] = x.to(device=device, dtype=dtype)
+    return out

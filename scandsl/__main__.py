@@ -1,0 +1,5 @@
+import sys
+
+from scandsl.cli import main
+
+sys.exit(main())
