@@ -14,6 +14,17 @@ def abc_spec(Sk: State[Slot, Key], Sv: State[Value, Slot], q: Key, k: Key, v: Va
     return Sv @ softmax(Sk @ q), Sk, Sv
 
 
-def abc(q, k, v, phi, *, scale=None, initial_state=None, output_final_state=False, strategy="auto", cu_seqlens=None):
+def abc(
+    q,
+    k,
+    v,
+    phi,
+    *,
+    scale=None,
+    initial_state=None,
+    output_final_state=False,
+    strategy="auto",
+    cu_seqlens=None,
+):
     """ABC with M memory slots (``phi`` ``[B,T,H,M]`` >= 0); state ``(S^k [B,H,K,M], S^v [B,H,M,V])``."""
     return apply(abc_spec, locals())

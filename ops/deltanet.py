@@ -10,6 +10,17 @@ def deltanet_spec(S: State[Value, Key], q: Key, k: Key, v: Value, beta: Scalar):
     return S @ q, S
 
 
-def deltanet(q, k, v, beta, *, scale=None, initial_state=None, output_final_state=False, strategy="auto", cu_seqlens=None):
+def deltanet(
+    q,
+    k,
+    v,
+    beta,
+    *,
+    scale=None,
+    initial_state=None,
+    output_final_state=False,
+    strategy="auto",
+    cu_seqlens=None,
+):
     """DeltaNet; ``beta`` ``[B,T,H]`` is the writing strength (usually in (0, 1))."""
     return apply(deltanet_spec, locals())

@@ -10,6 +10,18 @@ def dfw_spec(S: State[Value, Key], q: Key, k: Key, v: Value, gv: Value.log_gate,
     return S @ q, S
 
 
-def dfw(q, k, v, gv, gk, *, scale=None, initial_state=None, output_final_state=False, strategy="auto", cu_seqlens=None):
+def dfw(
+    q,
+    k,
+    v,
+    gv,
+    gk,
+    *,
+    scale=None,
+    initial_state=None,
+    output_final_state=False,
+    strategy="auto",
+    cu_seqlens=None,
+):
     """DFW with per-value ``gv`` and per-key ``gk`` log-decays."""
     return apply(dfw_spec, locals())

@@ -10,6 +10,18 @@ def gated_deltanet_spec(S: State[Value, Key], q: Key, k: Key, v: Value, g: Scala
     return S @ q, S
 
 
-def gated_deltanet(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False, strategy="auto", cu_seqlens=None):
+def gated_deltanet(
+    q,
+    k,
+    v,
+    g,
+    beta,
+    *,
+    scale=None,
+    initial_state=None,
+    output_final_state=False,
+    strategy="auto",
+    cu_seqlens=None,
+):
     """Gated DeltaNet with scalar log-decay ``g`` and writing strength ``beta`` (both ``[B,T,H]``)."""
     return apply(gated_deltanet_spec, locals())

@@ -13,6 +13,8 @@ def gated_rfa_spec(S: State[Value, Key], z: State[Key], q: Key, k: Key, v: Value
     return (S @ q) / dot(z, q), S, z
 
 
-def gated_rfa(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False, strategy="auto", cu_seqlens=None):
+def gated_rfa(
+    q, k, v, g, *, scale=None, initial_state=None, output_final_state=False, strategy="auto", cu_seqlens=None
+):
     """Gated RFA; the final state is ``(S, z)``."""
     return apply(gated_rfa_spec, locals())

@@ -10,6 +10,8 @@ def gla_spec(S: State[Value, Key], q: Key, k: Key, v: Value, gk: Key.log_gate):
     return S @ q, S
 
 
-def gla(q, k, v, gk, *, scale=None, initial_state=None, output_final_state=False, strategy="auto", cu_seqlens=None):
+def gla(
+    q, k, v, gk, *, scale=None, initial_state=None, output_final_state=False, strategy="auto", cu_seqlens=None
+):
     """GLA with per-key log-decay ``gk`` ``[B,T,H,K]``."""
     return apply(gla_spec, locals())

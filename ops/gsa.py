@@ -16,6 +16,18 @@ def gsa_spec(
     return Sv @ softmax(Sk @ q), Sk, Sv
 
 
-def gsa(q, k, v, phi, g, *, scale=None, initial_state=None, output_final_state=False, strategy="auto", cu_seqlens=None):
+def gsa(
+    q,
+    k,
+    v,
+    phi,
+    g,
+    *,
+    scale=None,
+    initial_state=None,
+    output_final_state=False,
+    strategy="auto",
+    cu_seqlens=None,
+):
     """GSA with M slots (``phi`` >= 0 and log-decay ``g`` ``[B,T,H,M]``); state ``(S^k [B,H,K,M], S^v [B,H,M,V])``."""
     return apply(gsa_spec, locals())

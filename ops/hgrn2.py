@@ -10,6 +10,8 @@ def hgrn2_spec(S: State[Value, Key], q: Key, v: Value, gk: Key.log_gate):
     return S @ q, S
 
 
-def hgrn2(q, v, gk, *, scale=None, initial_state=None, output_final_state=False, strategy="auto", cu_seqlens=None):
+def hgrn2(
+    q, v, gk, *, scale=None, initial_state=None, output_final_state=False, strategy="auto", cu_seqlens=None
+):
     """HGRN-2: no ``k``; the key is ``1 − e^{gk}``."""
     return apply(hgrn2_spec, locals())

@@ -21,8 +21,17 @@ def linear_attn_normalized_spec(S: State[Value, Key], z: State[Key], q: Key, k: 
 
 
 def linear_attn(
-    q, k, v, feature_map=None, normalize=False, *,
-    scale=None, initial_state=None, output_final_state=False, strategy="auto", cu_seqlens=None,
+    q,
+    k,
+    v,
+    feature_map=None,
+    normalize=False,
+    *,
+    scale=None,
+    initial_state=None,
+    output_final_state=False,
+    strategy="auto",
+    cu_seqlens=None,
 ):
     """Linear attention; ``normalize=True`` adds the normaliser ``z`` (state: ``(S, z)``)."""
     args = dict(locals())

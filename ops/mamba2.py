@@ -10,6 +10,8 @@ def mamba2_spec(S: State[Value, Key], q: Key, k: Key, v: Value, g: Scalar.log_ga
     return S @ q, S
 
 
-def mamba2(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False, strategy="auto", cu_seqlens=None):
+def mamba2(
+    q, k, v, g, *, scale=None, initial_state=None, output_final_state=False, strategy="auto", cu_seqlens=None
+):
     """Mamba-2 with scalar log-decay ``g`` ``[B,T,H]``."""
     return apply(mamba2_spec, locals())

@@ -13,6 +13,18 @@ def mlstm_spec(S: State[Value, Key], z: State[Key], q: Key, k: Key, v: Value, i:
     return (S @ q) / maximum(1, abs_(dot(z, q))), S, z
 
 
-def mlstm(q, k, v, i, f, *, scale=None, initial_state=None, output_final_state=False, strategy="auto", cu_seqlens=None):
+def mlstm(
+    q,
+    k,
+    v,
+    i,
+    f,
+    *,
+    scale=None,
+    initial_state=None,
+    output_final_state=False,
+    strategy="auto",
+    cu_seqlens=None,
+):
     """mLSTM with log input gate ``i`` and log forget gate ``f`` (both ``[B,T,H]``); state ``(S, z)``."""
     return apply(mlstm_spec, locals())

@@ -19,7 +19,18 @@ def retnet_gamma(H: int, device=None) -> torch.Tensor:
     return torch.tensor([math.log(1 - 2 ** (-5 - h)) for h in range(H)], dtype=torch.float32, device=device)
 
 
-def retention(q, k, v, gamma=None, *, scale=None, initial_state=None, output_final_state=False, strategy="auto", cu_seqlens=None):
+def retention(
+    q,
+    k,
+    v,
+    gamma=None,
+    *,
+    scale=None,
+    initial_state=None,
+    output_final_state=False,
+    strategy="auto",
+    cu_seqlens=None,
+):
     """Retention; ``gamma`` ``[H]`` log-decay, ``None`` = RetNet's ``log(1 − 2^{−5−h})``."""
     if gamma is None and isinstance(q, torch.Tensor) and q.dim() == 4:
         gamma = retnet_gamma(q.shape[2], q.device).to(q.dtype if q.dtype == torch.float64 else torch.float32)

@@ -10,6 +10,18 @@ def rwkv6_spec(S: State[Value, Key], q: Key, k: Key, v: Value, gk: Key.log_gate,
     return o, S * exp(gk) + outer(v, k)
 
 
-def rwkv6(q, k, v, gk, u, *, scale=None, initial_state=None, output_final_state=False, strategy="auto", cu_seqlens=None):
+def rwkv6(
+    q,
+    k,
+    v,
+    gk,
+    u,
+    *,
+    scale=None,
+    initial_state=None,
+    output_final_state=False,
+    strategy="auto",
+    cu_seqlens=None,
+):
     """RWKV-6 with per-key log-decay ``gk`` and bonus ``u`` ``[H,K]``."""
     return apply(rwkv6_spec, locals())

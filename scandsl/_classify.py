@@ -229,7 +229,9 @@ def extract_stages(spec) -> list[Stage]:
             raise NotLowerable(f"{name}: states have at most two axes")
         got = reads.get(name, set())
         if len(got) != 1:
-            raise NotLowerable(f"{name}: the kernels read each state exactly once; it is read {len(got)} times")
+            raise NotLowerable(
+                f"{name}: the kernels read each state exactly once; it is read {len(got)} times"
+            )
         ((version, query),) = got
         value, key, key_static = _input(name, aff)
         d = _decay(name, aff)
@@ -261,7 +263,16 @@ def fuse_normalisers(stages: list[Stage]) -> list[Stage]:
     out = [s for s in stages if s.values[0].axes]
     for z in (s for s in stages if not s.values[0].axes):
         for i, s in enumerate(out):
-            same = (s.sig, s.k, s.q, s.g, s.gk, s.gv, s.A, s.beta) == (z.sig, z.k, z.q, z.g, z.gk, z.gv, z.A, z.beta)
+            same = (s.sig, s.k, s.q, s.g, s.gk, s.gv, s.A, s.beta) == (
+                z.sig,
+                z.k,
+                z.q,
+                z.g,
+                z.gk,
+                z.gv,
+                z.A,
+                z.beta,
+            )
             if same:
                 out[i] = replace(s, states=s.states + z.states, values=s.values + z.values)
                 break

@@ -101,7 +101,11 @@ class CoreSig:
         return frozenset(need)
 
     def describe(self) -> str:
-        bits = [f"decay={self.decay.value}", f"transition={self.transition.value}", f"readout={self.readout.value}"]
+        bits = [
+            f"decay={self.decay.value}",
+            f"transition={self.transition.value}",
+            f"readout={self.readout.value}",
+        ]
         bits += [name for name in ("key_static", "query_static", "decay_static") if getattr(self, name)]
         return ", ".join(bits)
 
@@ -217,9 +221,7 @@ def core_reference(sig: CoreSig, x: CoreInputs) -> tuple[torch.Tensor, torch.Ten
             rows.append((b, start, end, torch.stack(seq_out, 0)))
         finals.append(S.transpose(-1, -2))
     if rows:
-        outs = outs.index_put(
-            tuple(_row_index(rows, x.v.device)), torch.cat([r[3] for r in rows], 0)
-        )
+        outs = outs.index_put(tuple(_row_index(rows, x.v.device)), torch.cat([r[3] for r in rows], 0))
     out_dtype = x.out_dtype or x.v.dtype
     final = torch.stack(finals, 0).to(torch.float64 if cdt == torch.float64 else torch.float32)
     return outs.to(out_dtype), (final if x.output_final_state else None)

@@ -477,7 +477,7 @@ def trace(fn: Callable) -> tuple[dict[str, StateDecl], dict[str, In], Node, dict
         raise SpecError(f"{fn.__name__}: the read-out is a state; read it, e.g. `S @ q`")
     out_node = _lift(out)
     new_states: dict[str, Affine] = {}
-    for (name, decl), s in zip(states.items(), new):
+    for name, s in zip(states, new):
         if not isinstance(s, StateSym) or s.name != name:
             raise SpecError(f"{fn.__name__}: return value for state {name!r} must be its new value")
         if not s.aff.addends:

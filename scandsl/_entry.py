@@ -60,7 +60,9 @@ def _out_dtype(spec, inputs) -> torch.dtype:
 
 def _api_states(spec, finals: Mapping[str, torch.Tensor]):
     """Math-orientation ``[N, H, V, K]`` -> API ``[N, H, K, V]`` (vectors stay ``[N, H, K]``)."""
-    out = tuple(finals[name].transpose(-1, -2) if len(d.axes) == 2 else finals[name] for name, d in spec.states)
+    out = tuple(
+        finals[name].transpose(-1, -2) if len(d.axes) == 2 else finals[name] for name, d in spec.states
+    )
     return out[0] if len(out) == 1 else out
 
 
@@ -97,7 +99,9 @@ def _eval_operand(node: Node, env, sizes, lead: tuple[int, int, int], per_step: 
     return t.expand((B, T, H) + shape)
 
 
-def _stage_inputs(stage: Stage, env, sizes, lead, scale: float, raw_q: Node | None, inputs, initial, cu_seqlens):
+def _stage_inputs(
+    stage: Stage, env, sizes, lead, scale: float, raw_q: Node | None, inputs, initial, cu_seqlens
+):
     sig = stage.sig
     ops = {}
     for name, node in stage.operand_nodes().items():
@@ -112,7 +116,11 @@ def _stage_inputs(stage: Stage, env, sizes, lead, scale: float, raw_q: Node | No
     for node in stage.values:
         col = _eval_operand(node, env, sizes, lead, per_step=True)
         cols.append(col if node.axes else col.unsqueeze(-1))
-    v = cols[0] if len(cols) == 1 else torch.cat([c.to(torch.promote_types(c.dtype, cols[0].dtype)) for c in cols], -1)
+    v = (
+        cols[0]
+        if len(cols) == 1
+        else torch.cat([c.to(torch.promote_types(c.dtype, cols[0].dtype)) for c in cols], -1)
+    )
     init = None
     if initial is not None:
         parts = [initial[s] if initial[s].dim() == 4 else initial[s].unsqueeze(-2) for s in stage.states]
@@ -193,4 +201,3 @@ def _heuristic(stage: Stage, shape: Shape, legal: tuple[str, ...]) -> str:
     if "chunk" in legal and shape.T >= 64:
         return "chunk"
     return "sequential" if "sequential" in legal else legal[0]
-

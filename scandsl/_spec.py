@@ -107,7 +107,9 @@ class Spec:
             make = lambda x: _instantiate(template, x)
             label = f"custom:{getattr(feature_map, '__name__', 'fn')}:{hash(template) & 0xFFFFFFFF:08x}"
         else:
-            raise ValueError(f"feature_map: expected None, a name or a callable, got {type(feature_map).__name__}")
+            raise ValueError(
+                f"feature_map: expected None, a name or a callable, got {type(feature_map).__name__}"
+            )
 
         def bind(n: Node) -> Node | None:
             if isinstance(n, Op) and n.fn == "phi":
@@ -148,7 +150,9 @@ def _instantiate(template: Node, x: Node) -> Node:
     return template
 
 
-def recurrence(fn: Callable | None = None, *, name: str | None = None, formula: str = "", scaled: str | None = "q"):
+def recurrence(
+    fn: Callable | None = None, *, name: str | None = None, formula: str = "", scaled: str | None = "q"
+):
     """Decorator: trace ``fn`` into a :class:`Spec` (errors surface here, at definition time).
 
     ``scaled`` names the input that the op's ``scale=`` multiplies (``q`` by default).

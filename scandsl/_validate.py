@@ -65,7 +65,9 @@ def check_inputs(spec, args: Mapping[str, Any], *, cu_seqlens, strategy: str):
             tail = x.shape[1:]
         for axis, n in zip(decl.axes, tail):
             if sizes.setdefault(axis, n) != n:
-                raise _fail(name, f"{axis} = {sizes[axis]} (from the other inputs)", f"{n} in shape {tuple(x.shape)}")
+                raise _fail(
+                    name, f"{axis} = {sizes[axis]} (from the other inputs)", f"{n} in shape {tuple(x.shape)}"
+                )
         _check_values(name, decl, x)
         tensors[name] = x
     if lead is None:
@@ -86,7 +88,12 @@ def check_inputs(spec, args: Mapping[str, Any], *, cu_seqlens, strategy: str):
 def _check_values(name: str, decl, x: torch.Tensor) -> None:
     # one fused reduction per constrained input; a sync is the price of a clear error
     if decl.is_log_gate and bool((x > 0).any()):
-        raise _fail(name, "a log-space decay (all values <= 0)", f"max {x.max().item():.4g}", "pass log(gate), e.g. F.logsigmoid(x)")
+        raise _fail(
+            name,
+            "a log-space decay (all values <= 0)",
+            f"max {x.max().item():.4g}",
+            "pass log(gate), e.g. F.logsigmoid(x)",
+        )
     if decl.is_positive and bool((x <= 0).any()):
         raise _fail(name, "positive values", f"min {x.min().item():.4g}")
     if decl.is_nonneg and bool((x < 0).any()):
@@ -145,7 +152,9 @@ def check_strategy(spec, strategy: Any) -> str:
         return "auto" if built else "reference"
     if strategy not in legal:
         why = spec.normal_form.reason or f"its normal form ({spec.normal_form.describe()}) does not allow it"
-        raise ValueError(f"strategy: {strategy!r} is not legal for {spec.name}: {why}. Legal strategies: {legal}")
+        raise ValueError(
+            f"strategy: {strategy!r} is not legal for {spec.name}: {why}. Legal strategies: {legal}"
+        )
     if strategy != "reference" and not _built_for(spec, strategy):
         module = load_strategy(strategy)
         reasons = (
@@ -180,7 +189,9 @@ def initial_states(spec, given: Any, sizes, n_seq: int, inputs) -> dict[str, tor
         if not isinstance(t, torch.Tensor):
             raise _fail(f"initial_state[{name}]", f"a tensor {list(want)}", type(t).__name__)
         if tuple(t.shape) != want:
-            raise _fail(f"initial_state[{name}]", f"shape {list(want)} (float32, [N,H,K,V])", f"{list(t.shape)}")
+            raise _fail(
+                f"initial_state[{name}]", f"shape {list(want)} (float32, [N,H,K,V])", f"{list(t.shape)}"
+            )
         if t.device != device:
             raise _fail(f"initial_state[{name}]", f"a tensor on {device}", str(t.device))
         out[name] = t.transpose(-1, -2) if len(axes) == 2 else t

@@ -50,7 +50,11 @@ def verify(names, *, width=None) -> int:
 
     specs = all_specs()
     out_tol, grad_tol = TOLERANCES[torch.float32]
-    where = "GPU" if torch.cuda.is_available() else ("Triton interpreter" if os.environ.get("TRITON_INTERPRET") == "1" else "CPU")
+    where = (
+        "GPU"
+        if torch.cuda.is_available()
+        else ("Triton interpreter" if os.environ.get("TRITON_INTERPRET") == "1" else "CPU")
+    )
     table = Table(title=f"scandsl verify — fp32 kernels vs float64 reference ({where})")
     for col in ("spec", "strategy", "out/state err", "grad err", "s", "result"):
         table.add_column(col)

@@ -1,10 +1,10 @@
 """The ``scandsl`` command: list / show specs, verify kernels, tune, benchmark, write docs.
 
-    scandsl list                         every spec, its formula and legal strategies
-    scandsl show NAME [--strategy S]     its normal form (and the generated Triton source)
-    scandsl verify [NAME ...]            every spec × built strategy against the reference
-    scandsl tune NAME --shape B,T,H,K,V  Optuna autotuning (see docs/autotune.md)
-    scandsl docs                         regenerate docs/taxonomy.md from the specs
+scandsl list                         every spec, its formula and legal strategies
+scandsl show NAME [--strategy S]     its normal form (and the generated Triton source)
+scandsl verify [NAME ...]            every spec × built strategy against the reference
+scandsl tune NAME --shape B,T,H,K,V  Optuna autotuning (see docs/autotune.md)
+scandsl docs                         regenerate docs/taxonomy.md from the specs
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ def cmd_list(args) -> int:
     for name, (_, spec) in all_specs().items():
         legal = spec.legal_strategies
         built = [s for s in legal[1:] if _built_for(spec, s)]
-        table.add_row(name, spec.formula, spec.normal_form.describe(), ", ".join(legal), ", ".join(built) or "-")
+        table.add_row(
+            name, spec.formula, spec.normal_form.describe(), ", ".join(legal), ", ".join(built) or "-"
+        )
     Console(width=args.width).print(table)
     return 0
 
@@ -55,13 +57,23 @@ def cmd_show(args) -> int:
     con.print(spec.formula)
     con.print("\n[bold]inputs[/bold]")
     for n, d in spec.inputs:
-        flags = [f for f, on in (("log-gate", d.is_log_gate), ("positive", d.is_positive),
-                                 ("non-negative", d.is_nonneg), ("optional", d.is_optional)) if on]
+        flags = [
+            f
+            for f, on in (
+                ("log-gate", d.is_log_gate),
+                ("positive", d.is_positive),
+                ("non-negative", d.is_nonneg),
+                ("optional", d.is_optional),
+            )
+            if on
+        ]
         con.print(f"  {n:8s} {d.shape_doc():16s} {' '.join(flags)}")
     con.print("\n[bold]normal form[/bold]")
     con.print(spec.normal_form.describe())
     for i, st in enumerate(spec.normal_form.stages):
-        for role, node in list(st.operand_nodes().items()) + [(f"v[{j}]", v) for j, v in enumerate(st.values)]:
+        for role, node in list(st.operand_nodes().items()) + [
+            (f"v[{j}]", v) for j, v in enumerate(st.values)
+        ]:
             con.print(f"  stage {i} {role:6s} = {_pretty(node)}")
     con.print(f"legal strategies: {', '.join(spec.legal_strategies)}")
     if args.strategy:
@@ -72,7 +84,7 @@ def cmd_show(args) -> int:
             raise SystemExit(f"strategy {args.strategy!r}: no generated source in this install")
         for st in spec.normal_form.stages:
             sources = module.generate_source(st.sig, None)
-            for kname, src in (sources.items() if isinstance(sources, dict) else [("kernel", sources)]):
+            for kname, src in sources.items() if isinstance(sources, dict) else [("kernel", sources)]:
                 con.rule(f"{args.strategy}: {kname} ({st.sig.describe()})")
                 print(src)
     return 0
@@ -137,7 +149,9 @@ def _tune_resolver(name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scandsl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="scandsl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--width", type=int, default=None, help="terminal width for tables")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="every spec, formula, legal strategies").set_defaults(func=cmd_list)

@@ -6,14 +6,14 @@ from __future__ import annotations
 import types
 
 import pytest
-import torch
-
 import scandsl.lowering as lowering
+import torch
+from test_reference_taxonomy import case
+
 import scandsl._entry as entry
 import scandsl._validate as validate
 from scandsl import ops
 from scandsl._core import Decay, Readout, Transition, core_reference
-from test_reference_taxonomy import case
 
 EXPECTED = {
     "linear_attn": [("none", "identity", "after", 2)],

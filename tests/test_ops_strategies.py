@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_reference_taxonomy import case
 
 from scandsl import ops
 from scandsl._validate import _built_for
 from scandsl.testing import TOLERANCES, rel_err
-from test_reference_taxonomy import case
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 OUT_TOL, GRAD_TOL = TOLERANCES[torch.float32]
@@ -40,7 +40,14 @@ def _as_tuple(s):
 
 def _run(fn, kw, init, sc, strategy, cu_seqlens=None):
     init_arg = init[0] if len(init) == 1 else tuple(init)
-    return fn(**kw, scale=sc, initial_state=init_arg, output_final_state=True, strategy=strategy, cu_seqlens=cu_seqlens)
+    return fn(
+        **kw,
+        scale=sc,
+        initial_state=init_arg,
+        output_final_state=True,
+        strategy=strategy,
+        cu_seqlens=cu_seqlens,
+    )
 
 
 @pytest.mark.parametrize("name, strategy", list(_rows_and_strategies()))
@@ -65,7 +72,9 @@ def test_strategy_matches_reference(name, strategy, T):
         return (out * w.to(out)).sum() + sum((x * wi.to(x)).sum() for x, wi in zip(_as_tuple(states), ws))
 
     leaves = [t for t in list(kw.values()) + init if isinstance(t, torch.Tensor) and t.requires_grad]
-    leaves64 = [t for t in list(kw64.values()) + list(init64) if isinstance(t, torch.Tensor) and t.requires_grad]
+    leaves64 = [
+        t for t in list(kw64.values()) + list(init64) if isinstance(t, torch.Tensor) and t.requires_grad
+    ]
     ga = torch.autograd.grad(loss(o, s), leaves, allow_unused=True)
     gb = torch.autograd.grad(loss(o_ref, s_ref), leaves64, allow_unused=True)
     for i, (a, b) in enumerate(zip(ga, gb)):
@@ -99,7 +108,9 @@ def test_varlen_and_hand_off(name, strategy):
     time_args = {k for k, d in ops.TAXONOMY[name][1][-1].inputs if d.time}
 
     def piece(lo, hi):
-        return {k: (v[:, lo:hi] if k in time_args and isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+        return {
+            k: (v[:, lo:hi] if k in time_args and isinstance(v, torch.Tensor) else v) for k, v in kw.items()
+        }
 
     init1 = [_f32(x)[:1] for x in init64]
     o_all, s_all = _run(fn, kw, init1, sc, strategy)

@@ -3,11 +3,11 @@ literal loop of the table's formula, float64, outputs + final states + gradients
 
 from __future__ import annotations
 
+import literal as L
 import pytest
 import torch
 import torch.nn.functional as F
 
-import literal as L
 from scandsl import ops
 
 B, T, H, K, V, M, N = 2, 7, 2, 5, 6, 3, 4

@@ -8,7 +8,10 @@ from scandsl import ops
 
 def _ok(B=1, T=5, H=2, K=4, V=3):
     return dict(
-        q=torch.randn(B, T, H, K), k=torch.randn(B, T, H, K), v=torch.randn(B, T, H, V), g=-torch.rand(B, T, H)
+        q=torch.randn(B, T, H, K),
+        k=torch.randn(B, T, H, K),
+        v=torch.randn(B, T, H, V),
+        g=-torch.rand(B, T, H),
     )
 
 
@@ -42,8 +45,14 @@ def test_illegal_strategy_names_legal_ones():
         ops.deltanet(a["q"], a["k"], a["v"], torch.rand(1, 5, 2), strategy="scan")
     x = torch.randn(1, 5, 2, 3)
     with pytest.raises(ValueError, match=r"'chunk' is not legal for mamba"):
-        ops.mamba(torch.randn(1, 5, 2, 4), torch.randn(1, 5, 2, 4), x, torch.rand(1, 5, 2, 3) + 0.1,
-                  torch.randn(2, 3, 4), strategy="chunk")
+        ops.mamba(
+            torch.randn(1, 5, 2, 4),
+            torch.randn(1, 5, 2, 4),
+            x,
+            torch.rand(1, 5, 2, 3) + 0.1,
+            torch.randn(2, 3, 4),
+            strategy="chunk",
+        )
 
 
 def test_float64_needs_reference():
@@ -86,8 +95,16 @@ def test_cu_seqlens_needs_batch_one():
 def test_scale_on_s4_is_refused():
     H, V, N = 2, 3, 4
     with pytest.raises(ValueError, match="scale: s4 has no query"):
-        ops.s4(torch.randn(1, 5, H, V), torch.rand(H, V) + 0.1, torch.randn(H, V, N), torch.randn(H, V, N),
-               torch.randn(H, V, N), torch.randn(H, V), scale=2.0, strategy="reference")
+        ops.s4(
+            torch.randn(1, 5, H, V),
+            torch.rand(H, V) + 0.1,
+            torch.randn(H, V, N),
+            torch.randn(H, V, N),
+            torch.randn(H, V, N),
+            torch.randn(H, V),
+            scale=2.0,
+            strategy="reference",
+        )
 
 
 def test_feature_map_validation():
