@@ -1,0 +1,133 @@
+"""Chunked delta-rule kernels against ``core_reference``, on the Triton interpreter.
+
+DeltaNet (``delta``) and Gated DeltaNet (``scalar_delta``): outputs, final states and the gradient
+of q, k, v, beta, g and the initial state, with every buffer the kernels fill poisoned with NaN.
+Chunks of 16 keep the interpreter fast; one case runs chunks of 64 so the block substitution
+below the diagonal of the triangular solve (four 16-step sub-blocks) is exercised too.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported anywhere
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from scandsl.lowering import chunk_delta  # noqa: E402
+
+from scandsl._core import CoreInputs, CoreSig, Shape, core_reference  # noqa: E402
+from scandsl.testing import TAXONOMY_SIGS, TOLERANCES, assert_close, random_core_inputs  # noqa: E402
+
+CFG = {"chunk": 16, "bv": 16, "num_warps": 1, "num_stages": 1, "bwd_warps": 1}
+NAMES = ("q", "k", "v", "g", "beta", "initial_state")
+SIGS = ("delta", "scalar_delta")
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    monkeypatch.setattr(chunk_delta, "POISON", True)
+
+
+def _compare(sig: CoreSig, x: CoreInputs, cfg: dict = CFG) -> None:
+    """Outputs, final state and every gradient against the fp32 reference."""
+    tol_out, tol_grad = TOLERANCES[torch.float32]
+    o, ht = chunk_delta.run(sig, x, cfg)
+    ro, rht = core_reference(sig, x)
+    assert_close(o, ro, tol_out, "o")
+    assert_close(ht, rht, tol_out, "final state")
+    named = [(n, getattr(x, n)) for n in NAMES if getattr(x, n) is not None and getattr(x, n).requires_grad]
+    gen = torch.Generator().manual_seed(7)
+    do = torch.randn(ro.shape, generator=gen)
+    dht = torch.randn(rht.shape, generator=gen)
+    got = torch.autograd.grad((o * do).sum() + (ht * dht).sum(), [t for _, t in named])
+    ref = torch.autograd.grad((ro * do).sum() + (rht * dht).sum(), [t for _, t in named])
+    for (name, _), a, b in zip(named, got, ref):
+        assert_close(a, b, tol_grad, f"d{name}")
+
+
+@pytest.mark.parametrize("name", SIGS)
+@pytest.mark.parametrize("T", [1, 37, 67])
+def test_matches_reference(name, T):
+    sig = TAXONOMY_SIGS[name]
+    _compare(sig, random_core_inputs(sig, B=2, T=T, H=2, K=24, V=40, seed=T, requires_grad=True))
+
+
+@pytest.mark.parametrize("name", SIGS)
+def test_small_heads(name):
+    sig = TAXONOMY_SIGS[name]
+    _compare(sig, random_core_inputs(sig, B=1, T=37, H=2, K=16, V=16, seed=3, requires_grad=True))
+
+
+def test_chunk_64_block_solve():
+    sig = TAXONOMY_SIGS["scalar_delta"]
+    x = random_core_inputs(sig, B=1, T=67, H=1, K=24, V=40, seed=5, requires_grad=True)
+    _compare(sig, x, CFG | {"chunk": 64, "bv": 32})
+
+
+@pytest.mark.parametrize("name", SIGS)
+def test_varlen(name):
+    sig = TAXONOMY_SIGS[name]
+    cu = torch.tensor([0, 0, 1, 6, 37])  # lengths 0, 1, 5, 31
+    _compare(sig, random_core_inputs(sig, T=37, H=2, K=24, V=40, seed=11, cu_seqlens=cu, requires_grad=True))
+
+
+def test_state_handoff():
+    """Two halves through the final/initial state give the same as one pass."""
+    sig = TAXONOMY_SIGS["scalar_delta"]
+    x = random_core_inputs(sig, B=2, T=37, H=2, K=24, V=40, seed=13)
+    o, ht = chunk_delta.run(sig, x, CFG)
+
+    def part(sl, h0):
+        cut = {n: getattr(x, n)[:, sl] for n in ("q", "k", "v", "g", "beta")}
+        return CoreInputs(**cut, scale=x.scale, initial_state=h0, output_final_state=True)
+
+    o1, h1 = chunk_delta.run(sig, part(slice(0, 21), x.initial_state), CFG)
+    o2, h2 = chunk_delta.run(sig, part(slice(21, 37), h1), CFG)
+    tol = TOLERANCES[torch.float32][0]
+    assert_close(torch.cat([o1, o2], 1), o, tol, "o of the halves")
+    assert_close(h2, ht, tol, "final state of the halves")
+
+
+def test_no_state_no_final_no_grad():
+    """Without an initial state or a final-state gradient, and the inference path (no T kept)."""
+    sig = TAXONOMY_SIGS["delta"]
+    x = random_core_inputs(sig, B=2, T=37, H=2, K=24, V=40, seed=17, with_state=False, requires_grad=True)
+    x.output_final_state = False
+    o, ht = chunk_delta.run(sig, x, CFG)
+    ro, _ = core_reference(sig, x)
+    assert ht is None
+    assert_close(o, ro, TOLERANCES[torch.float32][0], "o")
+    do = torch.randn_like(ro)
+    got = torch.autograd.grad((o * do).sum(), [x.q, x.k, x.v, x.beta])
+    ref = torch.autograd.grad((ro * do).sum(), [x.q, x.k, x.v, x.beta])
+    for name, a, b in zip("q k v beta".split(), got, ref):
+        assert_close(a, b, TOLERANCES[torch.float32][1], f"d{name}")
+    with torch.no_grad():
+        o2, _ = chunk_delta.run(sig, x, CFG)
+    assert_close(o2, ro, TOLERANCES[torch.float32][0], "o without grad")
+
+
+def test_generated_source_slots():
+    src_none = chunk_delta.generate_source(TAXONOMY_SIGS["delta"], {"chunk": 32})
+    src_scalar = chunk_delta.generate_source(TAXONOMY_SIGS["scalar_delta"], {"chunk": 32})
+    for src in (src_none, src_scalar):
+        ast.parse(src)
+        assert "@" not in src.replace("@triton.jit", "").replace("a @ b", "")
+        assert "b_T10 = -_dot32(b_T11, _dot32(b_A10, b_T00))" in src  # the unrolled block solve
+    assert "tl.exp" not in src_none and "b_G" not in src_none  # no decay at all for DeltaNet
+    assert "b_G = tl.cumsum(b_g, axis=0)" in src_scalar
+
+
+def test_supports_and_space():
+    assert chunk_delta.supports(TAXONOMY_SIGS["delta"]) is None
+    assert chunk_delta.supports(TAXONOMY_SIGS["scalar_delta"]) is None
+    assert chunk_delta.supports(TAXONOMY_SIGS["scalar"]) is not None
+    shape = Shape(B=4, T=4096, H=16, K=128, V=128)
+    space = chunk_delta.search_space(TAXONOMY_SIGS["delta"], shape)
+    grid = space.grid()
+    assert grid and all(c["chunk"] % 16 == 0 for c in grid)
+    default = chunk_delta.default_config(TAXONOMY_SIGS["delta"], shape)
+    assert space.valid(default) is None
+    assert space.valid(default | {"bv": 128, "chunk": 64, "bwd_warps": 4}) is not None
