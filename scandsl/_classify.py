@@ -125,7 +125,7 @@ def log_of(node: Node) -> Node:
 # ----------------------------------------------------------------------------- passes
 
 
-def _decay(name: str, aff: Affine) -> dict[str, Node | None]:
+def _decay(name: str, aff: Affine) -> tuple[Decay, dict[str, Node]]:
     va, ka = (aff.axes[0], aff.axes[1]) if len(aff.axes) == 2 else (None, aff.axes[0])
     scalar = key = value = None
     channel: tuple[Node, Node] | None = None
@@ -149,20 +149,20 @@ def _decay(name: str, aff: Affine) -> dict[str, Node | None]:
             gv: Node | None = None
             for p in per_v:
                 gv = _mul(gv, p)
-            channel = (gv if gv is not None else Const(1.0, (va,)), mats[0])
+            channel = (gv if gv is not None else Const(1.0, aff.axes[:1]), mats[0])
     if channel is not None:
         if scalar is not None or key is not None or value is not None:
             raise NotLowerable(f"{name}: a per-element decay cannot be combined with other gates")
-        return {"decay": Decay.CHANNEL, "gv": channel[0], "A": channel[1]}
+        return Decay.CHANNEL, {"gv": channel[0], "A": channel[1]}
     if key is not None and value is not None:
-        return {"decay": Decay.OUTER, "gk": _add(key, scalar), "gv": value}
+        return Decay.OUTER, {"gk": _add(key, scalar) or key, "gv": value}
     if key is not None:
-        return {"decay": Decay.KEY, "gk": _add(key, scalar)}
+        return Decay.KEY, {"gk": _add(key, scalar) or key}
     if value is not None:
-        return {"decay": Decay.VALUE, "gv": _add(value, scalar)}
+        return Decay.VALUE, {"gv": _add(value, scalar) or value}
     if scalar is not None:
-        return {"decay": Decay.SCALAR, "g": scalar}
-    return {"decay": Decay.NONE}
+        return Decay.SCALAR, {"g": scalar}
+    return Decay.NONE, {}
 
 
 def _input(name: str, aff: Affine) -> tuple[Node, Node, bool]:
@@ -189,7 +189,7 @@ def _input(name: str, aff: Affine) -> tuple[Node, Node, bool]:
     if static_key is not None:
         if outers or key is not None:
             raise NotLowerable(f"{name}: an input matrix cannot be combined with a key vector")
-        return value if value is not None else Const(1.0, (va,)), static_key, True
+        return value if value is not None else Const(1.0, aff.axes[:1]), static_key, True
     if key is None or (va is not None and (value is None or value.axes != (va,))):
         raise NotLowerable(f"{name}: the input term is not (value)(key)ᵀ")
     return value if value is not None else Const(1.0), key, False
@@ -234,12 +234,11 @@ def extract_stages(spec) -> list[Stage]:
             )
         ((version, query),) = got
         value, key, key_static = _input(name, aff)
-        d = _decay(name, aff)
+        decay, d = _decay(name, aff)
         beta = _transition(name, aff, key)
         query_static = len(query.axes) == 2
         if query_static and not is_static(query):
             raise NotLowerable(f"{name}: a matrix read-out must be a per-head parameter")
-        decay = d.pop("decay")
         decay_static = decay is Decay.CHANNEL and is_static(d["gv"])
         if (key_static or query_static) and decay is not Decay.CHANNEL:
             raise NotLowerable(f"{name}: input / read-out matrices need a per-channel decay")

@@ -166,15 +166,22 @@ def _log_decay(sig: CoreSig, x: CoreInputs, b: int, t: int) -> torch.Tensor | No
     if d is Decay.NONE:
         return None
     if d is Decay.SCALAR:
-        return x.g[b, t][:, None, None]
+        return _need(x.g, "g")[b, t][:, None, None]
     if d is Decay.KEY:
-        return x.gk[b, t][:, None, :]
+        return _need(x.gk, "gk")[b, t][:, None, :]
+    gv = _need(x.gv, "gv")
     if d is Decay.VALUE:
-        return x.gv[b, t][:, :, None]
+        return gv[b, t][:, :, None]
     if d is Decay.OUTER:
-        return x.gv[b, t][:, :, None] + x.gk[b, t][:, None, :]
-    gv = x.gv if sig.decay_static else x.gv[b, t]
-    return gv[:, :, None] * x.A
+        return gv[b, t][:, :, None] + _need(x.gk, "gk")[b, t][:, None, :]
+    gv_t = gv if sig.decay_static else gv[b, t]
+    return gv_t[:, :, None] * _need(x.A, "A")
+
+
+def _need(t: torch.Tensor | None, name: str) -> torch.Tensor:
+    if t is None:
+        raise ValueError(f"CoreInputs.{name}: this signature needs it, got None")
+    return t
 
 
 def core_reference(sig: CoreSig, x: CoreInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -207,7 +214,7 @@ def core_reference(sig: CoreSig, x: CoreInputs) -> tuple[torch.Tensor, torch.Ten
             if ld is not None:
                 S = S * torch.exp(ld.to(cdt))
             if sig.transition is Transition.DELTA:
-                beta = x.beta[b, t].to(cdt)[:, None]
+                beta = _need(x.beta, "beta")[b, t].to(cdt)[:, None]
                 Sk = torch.einsum("hvk,hk->hv", S, kt)
                 S = S - beta[:, :, None] * Sk[:, :, None] * kt[:, None, :]
             U = vt[:, :, None] * (kt if sig.key_static else kt[:, None, :])

@@ -109,7 +109,7 @@ def _stage_inputs(
         static = static or (name == "gv" and sig.decay_static) or name == "A"
         ops[name] = _eval_operand(node, env, sizes, lead, per_step=not static)
     core_scale = 1.0
-    if raw_q is not None and stage.q == raw_q:
+    if isinstance(raw_q, Input) and stage.q == raw_q:
         core_scale = scale  # fold scale into the kernel instead of an extra pass over q
         ops["q"] = inputs[raw_q.name]
     cols = []

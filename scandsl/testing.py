@@ -123,10 +123,14 @@ def random_core_inputs(
         return t.requires_grad_(requires_grad)
 
     gate_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    def need(t: torch.Tensor | None) -> torch.Tensor:
+        assert t is not None
+        return t
+
     return CoreInputs(
-        q=finish(x["q"], dtype),
-        k=finish(x["k"], dtype),
-        v=finish(x["v"], dtype),
+        q=need(finish(x["q"], dtype)),
+        k=need(finish(x["k"], dtype)),
+        v=need(finish(x["v"], dtype)),
         g=finish(x.get("g"), gate_dtype),
         gk=finish(x.get("gk"), gate_dtype),
         gv=finish(x.get("gv"), gate_dtype),
