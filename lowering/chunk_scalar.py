@@ -3,7 +3,7 @@
 How it is parallelised: fused-chunk. The forward runs one program per (V-block, sequence, head);
 each walks its sequence's chunks of ``C`` steps in order with its ``[K, BV]`` slice of the fp32
 state in registers, doing per chunk the causal decayed intra-chunk product and the read of the
-carried state on tensor cores. The backward runs two kernels side by side: per (K-block,
+carried state on tensor cores. The backward runs two program roles side by side (one launch, or two with ``bwd_fused`` off): per (K-block,
 sequence, head) a forward sweep for ``dq`` then a reverse sweep for ``dk``, ``dg`` and the
 initial-state gradient; per (V-block, sequence, head) a reverse sweep for ``dv``. Rows of the
 state evolve independently under a scalar decay, which is what lets each program rebuild only
@@ -16,20 +16,15 @@ sequences (T = 65536 and beyond) cannot overflow.
 
 from __future__ import annotations
 
-import functools
-from types import ModuleType
-
 import torch
 from scandsl.autotune._space import Param, SearchSpace
-from scandsl.lowering._source import load_source
-from scandsl.lowering.chunk_scalar_source import generate_source, module_name
+from scandsl.lowering.chunk_scalar_launch import Plan, launch_bwd, launch_fwd
+from scandsl.lowering.chunk_scalar_launch import pow2 as _pow2
+from scandsl.lowering.chunk_scalar_source import generate_source
 
 from scandsl._core import CoreInputs, CoreSig, Decay, Shape, Transition
 
 __all__ = ["supports", "run", "search_space", "default_config", "generate_source"]
-
-# Tests flip this to NaN-fill every buffer the kernels are supposed to overwrite.
-POISON_OUTPUTS = False
 
 
 def supports(sig: CoreSig) -> str | None:
@@ -40,10 +35,6 @@ def supports(sig: CoreSig) -> str | None:
     if sig.key_static or sig.query_static or sig.decay_static:
         return "chunk_scalar needs per-step q and k"
     return None
-
-
-def _pow2(n: int) -> int:
-    return max(16, 1 << (max(int(n), 1) - 1).bit_length())
 
 
 def default_config(sig: CoreSig, shape: Shape) -> dict:
@@ -58,13 +49,15 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
         "bwd_block_v": min(vp, 64 if kp <= 128 else 32),
         "bwd_num_warps": 4,
         "bwd_num_stages": 2,
+        "bwd_chunk": 64 if max(kp, vp) <= 128 else 32,
+        "bwd_fused": True,
         "fp32_dot": "ieee",
     }
 
 
 def _check_config(cfg: dict, shape: Shape) -> str | None:
     kp, vp = _pow2(shape.K), _pow2(shape.V)
-    c = cfg["chunk"]
+    c, cb = cfg["chunk"], cfg["bwd_chunk"]
     for name, limit in (("block_v", vp), ("bwd_block_k", kp), ("bwd_block_v", vp)):
         if cfg[name] > limit:
             return f"{name}={cfg[name]} exceeds the padded feature size {limit}"
@@ -72,8 +65,8 @@ def _check_config(cfg: dict, shape: Shape) -> str | None:
     # fp32 registers a thread spends on the carried state and the [C, C] score tile
     tiles = {
         "fwd": (kp * cfg["block_v"] + c * c, threads["fwd"]),
-        "bwd_k": (cfg["bwd_block_k"] * vp + c * c, threads["bwd"]),
-        "bwd_v": (kp * cfg["bwd_block_v"] + c * c, threads["bwd"]),
+        "bwd_dq_dk": (cfg["bwd_block_k"] * vp + cb * cb, threads["bwd"]),
+        "bwd_dv": (kp * cfg["bwd_block_v"] + cb * cb, threads["bwd"]),
     }
     for kernel, (elems, n) in tiles.items():
         if elems / n > 160:
@@ -82,8 +75,8 @@ def _check_config(cfg: dict, shape: Shape) -> str | None:
     bk, bv, bvb = cfg["bwd_block_k"], cfg["block_v"], cfg["bwd_block_v"]
     smem = {
         "fwd": cfg["num_stages"] * c * (2 * kp + bv) * 2 + kp * bv * 2,
-        "bwd_k": cfg["bwd_num_stages"] * c * (2 * bk + 2 * vp) * 2 + bk * vp * 2,
-        "bwd_v": cfg["bwd_num_stages"] * c * (2 * kp + bvb) * 2 + kp * bvb * 2,
+        "bwd_dq_dk": cfg["bwd_num_stages"] * cb * (2 * bk + 2 * vp) * 2 + bk * vp * 2,
+        "bwd_dv": cfg["bwd_num_stages"] * cb * (2 * kp + bvb) * 2 + kp * bvb * 2,
     }
     for kernel, nbytes in smem.items():
         if nbytes > 200 * 1024:
@@ -104,110 +97,40 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
             Param("bwd_block_v", blocks),
             Param("bwd_num_warps", (4, 8, 2)),
             Param("bwd_num_stages", (2, 1, 3)),
+            Param("bwd_chunk", (64, 32, 128, 16)),
+            Param("bwd_fused", (True, False)),
             Param("fp32_dot", ("ieee",)),
         ),
         valid=lambda cfg: _check_config(cfg, shape),
     )
 
 
-@functools.cache
-def _kernels(sig: CoreSig, fp32_dot: str) -> ModuleType:
-    source = generate_source(sig, {"fp32_dot": fp32_dot})
-    return load_source(source, name=module_name(sig))
-
-
-def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    out = torch.empty(*shape, dtype=dtype, device=device)
-    if POISON_OUTPUTS and dtype.is_floating_point:
-        out.fill_(float("nan"))
-    return out
-
-
-class _Plan:
-    """Sizes and flags shared by the forward and backward launches of one call."""
-
-    def __init__(self, sig: CoreSig, x: CoreInputs, cfg: dict):
-        self.sig, self.cfg = sig, cfg
-        self.B, self.T, self.H, self.K, self.V = x.B, x.T, x.H, x.K, x.V
-        self.varlen = x.cu_seqlens is not None
-        self.N = len(x.cu_seqlens) - 1 if self.varlen else self.B
-        self.KP, self.VP = _pow2(self.K), _pow2(self.V)
-        self.scale = float(x.scale)
-        self.kernels = _kernels(sig, cfg.get("fp32_dot", "ieee"))
-
-
 class _ChunkScalar(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, plan: _Plan, q, k, v, g, h0, cu_seqlens, output_final_state: bool, out_dtype):
+    def forward(ctx, plan: Plan, q, k, v, g, h0, cu_seqlens, output_final_state: bool, out_dtype):
         ctx.set_materialize_grads(False)
-        cfg, P = plan.cfg, plan
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         g = g.contiguous() if g is not None else None
         h0c = h0.float().contiguous() if h0 is not None else None
-        o = _empty(P.B, P.T, P.H, P.V, dtype=out_dtype, device=v.device)
-        ht = _empty(P.N, P.H, P.K, P.V, dtype=torch.float32, device=v.device) if output_final_state else None
-        bv = min(cfg["block_v"], P.VP)
-        grid = (triton_cdiv(P.V, bv), P.N * P.H)
-        P.kernels.chunk_scalar_fwd[grid](
-            q, k, v, g if g is not None else q, o,
-            h0c if h0c is not None else q, ht if ht is not None else q,
-            cu_seqlens if cu_seqlens is not None else q,
-            P.scale, P.T,
-            H=P.H, K=P.K, V=P.V, C=cfg["chunk"], BK=P.KP, BV=bv,
-            IS_VARLEN=P.varlen, HAS_H0=h0c is not None, STORE_HT=ht is not None,
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-        )  # fmt: skip
+        o, ht = launch_fwd(plan, q, k, v, g, h0c, cu_seqlens, out_dtype, output_final_state)
         ctx.plan = plan
-        ctx.h0_dtype = h0.dtype if h0 is not None else None
+        ctx.in_dtypes = (g.dtype if g is not None else None, h0.dtype if h0 is not None else None)
         ctx.save_for_backward(q, k, v, g, h0c, cu_seqlens)
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        P = ctx.plan
-        cfg = P.cfg
+        P: Plan = ctx.plan
         q, k, v, g, h0, cu_seqlens = ctx.saved_tensors
-        dev = v.device
         if do is None:
-            do = torch.zeros(P.B, P.T, P.H, P.V, dtype=v.dtype, device=dev)
+            do = torch.zeros(P.B, P.T, P.H, P.V, dtype=v.dtype, device=v.device)
         do = do.to(v.dtype).contiguous()
         dht = dht.float().contiguous() if dht is not None else None
-        scalar = P.sig.decay is Decay.SCALAR
-        bk = min(cfg["bwd_block_k"], P.KP)
-        bv = min(cfg["bwd_block_v"], P.VP)
-        nk = triton_cdiv(P.K, bk)
-        dq = _empty(*q.shape, dtype=q.dtype, device=dev)
-        dk = _empty(*k.shape, dtype=k.dtype, device=dev)
-        dv = _empty(*v.shape, dtype=v.dtype, device=dev)
-        nth = P.B * P.T * P.H
-        dgp = _empty(nk, nth, dtype=torch.float32, device=dev) if scalar else None
-        dh0 = _empty(P.N, P.H, P.K, P.V, dtype=torch.float32, device=dev) if h0 is not None else None
-        dummy = q
-        common = dict(
-            H=P.H, K=P.K, V=P.V, C=cfg["chunk"], IS_VARLEN=P.varlen, HAS_DHT=dht is not None,
-            num_warps=cfg["bwd_num_warps"], num_stages=cfg["bwd_num_stages"],
-        )  # fmt: skip
-        cu = cu_seqlens if cu_seqlens is not None else dummy
-        P.kernels.chunk_scalar_bwd_k[(nk, P.N * P.H)](
-            q, k, v, g if g is not None else dummy, do, dq, dk, dgp if dgp is not None else dummy,
-            h0 if h0 is not None else dummy, dht if dht is not None else dummy,
-            dh0 if dh0 is not None else dummy, cu, P.scale, P.T, nth,
-            BK=bk, BV=P.VP, HAS_H0=h0 is not None, STORE_DH0=dh0 is not None, **common,
-        )  # fmt: skip
-        P.kernels.chunk_scalar_bwd_v[(triton_cdiv(P.V, bv), P.N * P.H)](
-            q, k, g if g is not None else dummy, do, dv, dht if dht is not None else dummy,
-            cu, P.scale, P.T, BK=P.KP, BV=bv, **common,
-        )  # fmt: skip
-        dg = None
-        if scalar:
-            dg = (dgp[0] if nk == 1 else dgp.sum(0)).view(P.B, P.T, P.H).to(g.dtype)
-        if dh0 is not None:
-            dh0 = dh0.to(ctx.h0_dtype)
+        dq, dk, dv, dg, dh0 = launch_bwd(P, q, k, v, g, h0, cu_seqlens, do, dht)
+        g_dtype, h0_dtype = ctx.in_dtypes
+        dg = dg.to(g_dtype) if dg is not None else None
+        dh0 = dh0.to(h0_dtype) if dh0 is not None else None
         return None, dq, dk, dv, dg, dh0, None, None, None
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _validate(sig: CoreSig, x: CoreInputs) -> None:
@@ -234,7 +157,9 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
     reason = _check_config(cfg, shape)
     if reason is not None and config is not None:
         raise ValueError(f"chunk_scalar config {config}: {reason}")
-    plan = _Plan(sig, x, cfg)
+    varlen = x.cu_seqlens is not None
+    n_seq = len(x.cu_seqlens) - 1 if varlen else x.B
+    plan = Plan(sig, cfg, x.B, x.T, x.H, x.K, x.V, n_seq, varlen, float(x.scale))
     g = x.g if sig.decay is Decay.SCALAR else None
     out_dtype = x.out_dtype or x.v.dtype
     o, ht = _ChunkScalar.apply(

@@ -12,10 +12,10 @@ Training", 2024). With ``h = S^T`` (``[K, V]``), ``gc``/``gq``/``gn`` as in
     o_s   = sum_{j <= s} exp(gq_s - gc_j) (q~_s . k_j) v_j  +  exp(gq_s) h^T q~_s
     h_end = exp(gn) h  +  sum_j exp(gn - gc_j) k_j v_j^T
 
-Three kernels, all generated from the same slots:
+Kernels, all generated from the same slots:
 
 - ``chunk_scalar_fwd``   program per (V-block, sequence, head): ``o`` and the final state.
-- ``chunk_scalar_bwd_k`` program per (K-block, sequence, head). A forward sweep rebuilds
+- ``_bwd_dq_dk`` (a role of ``chunk_scalar_bwd``) program per (K-block, sequence, head). A forward sweep rebuilds
   ``h[K-block, :]`` (rows of ``h`` evolve independently under a scalar decay) and gives
   ``dq_s = sum_{j<=s} exp(gq_s - gc_j)(do_s . v_j) k_j + exp(gq_s) h do_s``; a reverse sweep carries
   ``dh[K-block, :]`` (``dh_start = exp(gn) dh_end + sum_s exp(gq_s) q~_s do_s^T``) and gives
@@ -23,7 +23,7 @@ Three kernels, all generated from the same slots:
   initial-state gradient, and (SCALAR) the per-block part of
   ``dg_t = sum_{s>=t} (q_s.dq_s - k_s.dk_s) + <S_T, dS_T>`` (for a read-out before the update the
   ``q.dq`` sum runs over ``s > t``), summed over K-blocks on the host.
-- ``chunk_scalar_bwd_v`` program per (V-block, sequence, head): a reverse sweep carrying
+- ``_bwd_dv`` (the other role of ``chunk_scalar_bwd``) program per (V-block, sequence, head): a reverse sweep carrying
   ``dh[:, V-block]`` gives ``dv_j = sum_{s>=j} exp(gq_s - gc_j)(q~_s . k_j) do_s + exp(gn - gc_j) dh_end^T k_j``.
 
 Dot operands are in the input dtype (fp32 inputs use ``DOT_PRECISION``), accumulation in fp32.
@@ -107,17 +107,16 @@ def chunk_scalar_fwd(
         tl.store(ht + p_hv, b_h, mask=m_hv)
 """
 
-_BWD_K = """
+_BWD_K = '''
 
 @triton.jit
-def chunk_scalar_bwd_k(
-    q, k, v, g, do, dq, dk, dg, h0, dht, dh0, cu_seqlens, scale, T, NTH,
+def _bwd_dq_dk(
+    i_k, i_nh, q, k, v, g, do, dq, dk, dg, h0, dht, dh0, cu_seqlens, scale, T, NTH,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
 ):
-    i_k = tl.program_id(0)
-    i_nh = tl.program_id(1)
+    """K-block i_k of (sequence, head) i_nh: dq, dk, dg's partial, dS0[K-block, :]; BV covers V."""
     i_n = i_nh // H
     i_h = i_nh % H
     bos, eos = _bounds(cu_seqlens, i_n, T, IS_VARLEN)
@@ -188,19 +187,18 @@ def chunk_scalar_bwd_k(
         b_dh = b_dh@decay_state@ + tl.dot(tl.trans(b_qd), b_do, input_precision=DOT_PRECISION)
     if STORE_DH0:
         tl.store(dh0 + p_hv, b_dh, mask=m_hv)
-"""
+'''
 
-_BWD_V = """
+_BWD_V = '''
 
 @triton.jit
-def chunk_scalar_bwd_v(
-    q, k, g, do, dv, dht, cu_seqlens, scale, T,
+def _bwd_dv(
+    i_v, i_nh, q, k, g, do, dv, dht, cu_seqlens, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_DHT: tl.constexpr,
 ):
-    i_v = tl.program_id(0)
-    i_nh = tl.program_id(1)
+    """V-block i_v of (sequence, head) i_nh: dv; BK covers K."""
     i_n = i_nh // H
     i_h = i_nh % H
     bos, eos = _bounds(cu_seqlens, i_n, T, IS_VARLEN)
@@ -235,7 +233,45 @@ def chunk_scalar_bwd_v(
         tl.store(dv + row[:, None] * V + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_tv)
         b_qd = (@q_decayed@ * scale).to(b_do.dtype)  # [C, BK]
         b_dh = b_dh@decay_state@ + tl.dot(tl.trans(b_qd), b_do, input_precision=DOT_PRECISION)
-"""
+
+
+@triton.jit
+def chunk_scalar_bwd(
+    q, k, v, g, do, dq, dk, dv, dg, h0, dht, dh0, cu_seqlens, scale, T, NTH,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, VP: tl.constexpr, NK: tl.constexpr,
+    DO_DQ_DK: tl.constexpr, DO_DV: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+):
+    """Program (i, sequence * H + head): i < NK is K-block i of dq/dk/dg, the rest are V-blocks of dv.
+
+    One launch holding both roles lets the dv programs fill the SMs beside the (longer) dq/dk ones;
+    DO_DQ_DK / DO_DV select a single role for two separate launches instead.
+    """
+    i_b = tl.program_id(0)
+    i_nh = tl.program_id(1)
+    if DO_DQ_DK and DO_DV:
+        if i_b < NK:
+            _bwd_dq_dk(
+                i_b, i_nh, q, k, v, g, do, dq, dk, dg, h0, dht, dh0, cu_seqlens, scale, T, NTH,
+                H, K, V, C, BK, VP, IS_VARLEN, HAS_H0, HAS_DHT, STORE_DH0,
+            )
+        else:
+            _bwd_dv(
+                i_b - NK, i_nh, q, k, g, do, dv, dht, cu_seqlens, scale, T,
+                H, K, V, C, KP, BV, IS_VARLEN, HAS_DHT,
+            )
+    elif DO_DQ_DK:
+        _bwd_dq_dk(
+            i_b, i_nh, q, k, v, g, do, dq, dk, dg, h0, dht, dh0, cu_seqlens, scale, T, NTH,
+            H, K, V, C, BK, VP, IS_VARLEN, HAS_H0, HAS_DHT, STORE_DH0,
+        )
+    else:
+        _bwd_dv(
+            i_b, i_nh, q, k, g, do, dv, dht, cu_seqlens, scale, T,
+            H, K, V, C, KP, BV, IS_VARLEN, HAS_DHT,
+        )
+'''
 
 
 def generate_source(sig: CoreSig, config: dict | None = None) -> str:

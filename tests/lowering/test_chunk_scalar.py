@@ -13,7 +13,7 @@ os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported anywhere
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from scandsl.lowering import chunk as chunk_dispatch  # noqa: E402
-from scandsl.lowering import chunk_scalar  # noqa: E402
+from scandsl.lowering import chunk_scalar, chunk_scalar_launch  # noqa: E402
 
 from scandsl._core import CoreInputs, CoreSig, Decay, Readout, Shape, Transition, core_reference  # noqa: E402
 from scandsl.testing import TOLERANCES, assert_close, random_core_inputs  # noqa: E402
@@ -24,13 +24,13 @@ SIGS = {
     "scalar_before": CoreSig(decay=Decay.SCALAR, readout=Readout.BEFORE),
     "none_before": CoreSig(readout=Readout.BEFORE),
 }
-CFG = {"chunk": 16, "block_v": 16, "bwd_block_k": 16, "bwd_block_v": 32}
+CFG = {"chunk": 16, "block_v": 16, "bwd_chunk": 16, "bwd_block_k": 16, "bwd_block_v": 32}
 GRAD_NAMES = ("q", "k", "v", "g", "initial_state")
 
 
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):
-    monkeypatch.setattr(chunk_scalar, "POISON_OUTPUTS", True)
+    monkeypatch.setitem(chunk_scalar_launch.POISON, "enabled", True)
 
 
 def _grad_inputs(x: CoreInputs) -> list[tuple[str, torch.Tensor]]:
@@ -88,10 +88,26 @@ def test_without_states(name):
 
 
 def test_default_chunk_and_wide_blocks():
-    """The default config (chunk 64, one block over K and V) on a sequence shorter than a chunk."""
+    """The default config (chunk 64, one block over K and V): one full chunk and a ragged one."""
     sig = SIGS["scalar"]
     x = random_core_inputs(sig, B=1, T=67, H=1, K=24, V=40, seed=7, requires_grad=True)
     _compare(sig, x, cfg=None)
+
+
+@pytest.mark.parametrize("name", ["none", "scalar_before"])
+def test_two_backward_launches(name):
+    """bwd_fused off (dq/dk and dv as separate launches), a backward chunk unlike the forward's."""
+    sig = SIGS[name]
+    cfg = {
+        "chunk": 32,
+        "block_v": 64,
+        "bwd_chunk": 16,
+        "bwd_block_k": 32,
+        "bwd_block_v": 16,
+        "bwd_fused": False,
+    }
+    x = random_core_inputs(sig, B=2, T=37, H=1, K=24, V=40, seed=19, requires_grad=True)
+    _compare(sig, x, cfg=cfg)
 
 
 def test_state_hand_off():
@@ -135,7 +151,7 @@ def test_half_inputs():
 def test_generated_source_has_named_slots():
     none = chunk_scalar.generate_source(SIGS["none"], None)
     scalar = chunk_scalar.generate_source(SIGS["scalar_before"], {"fp32_dot": "tf32"})
-    for kernel in ("def chunk_scalar_fwd(", "def chunk_scalar_bwd_k(", "def chunk_scalar_bwd_v("):
+    for kernel in ("def chunk_scalar_fwd(", "def chunk_scalar_bwd(", "def _bwd_dq_dk(", "def _bwd_dv("):
         assert kernel in none and kernel in scalar
     assert "tl.exp" not in none and "b_g = tl.load(g + row" not in none
     assert "b_gq = b_gc - b_g" in scalar and 'DOT_PRECISION = tl.constexpr("tf32")' in scalar

@@ -1,0 +1,128 @@
+"""Launches of the chunked scalar-decay kernels on plain tensors (no autograd).
+
+``chunk_scalar`` wraps these in a ``torch.autograd.Function``; the GPU check times them directly.
+Optional pointers (``g``, states, ``cu_seqlens``) are replaced by a dummy tensor when absent:
+the matching constexpr flag keeps the kernel from reading it.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+from scandsl.lowering._source import load_source
+from scandsl.lowering.chunk_scalar_source import generate_source, module_name
+
+from scandsl._core import CoreSig, Decay
+
+__all__ = ["Plan", "pow2", "cdiv", "launch_fwd", "launch_bwd", "POISON"]
+
+# Tests set POISON["enabled"] to NaN-fill every buffer the kernels are supposed to overwrite.
+POISON = {"enabled": False}
+
+
+def pow2(n: int) -> int:
+    """Padded feature size: a power of two, at least 16 (tl.dot's smallest dimension)."""
+    return max(16, 1 << (max(int(n), 1) - 1).bit_length())
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@functools.cache
+def kernels(sig: CoreSig, fp32_dot: str) -> ModuleType:
+    return load_source(generate_source(sig, {"fp32_dot": fp32_dot}), name=module_name(sig))
+
+
+def empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    out = torch.empty(*shape, dtype=dtype, device=device)
+    if POISON["enabled"] and dtype.is_floating_point:
+        out.fill_(float("nan"))
+    return out
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes, flags and tiles of one call, shared by its forward and backward launches."""
+
+    sig: CoreSig
+    cfg: dict
+    B: int
+    T: int
+    H: int
+    K: int
+    V: int
+    N: int  # independent sequences: B, or len(cu_seqlens) - 1
+    varlen: bool
+    scale: float
+
+    @property
+    def KP(self) -> int:
+        return pow2(self.K)
+
+    @property
+    def VP(self) -> int:
+        return pow2(self.V)
+
+    @property
+    def kernels(self) -> ModuleType:
+        return kernels(self.sig, self.cfg.get("fp32_dot", "ieee"))
+
+
+def launch_fwd(P: Plan, q, k, v, g, h0, cu_seqlens, out_dtype, output_final_state: bool):
+    """``(o, final_state or None)``; inputs contiguous ``[B, T, H, *]``, ``h0`` fp32 or None."""
+    cfg = P.cfg
+    o = empty(P.B, P.T, P.H, P.V, dtype=out_dtype, device=v.device)
+    ht = empty(P.N, P.H, P.K, P.V, dtype=torch.float32, device=v.device) if output_final_state else None
+    bv = min(cfg["block_v"], P.VP)
+    P.kernels.chunk_scalar_fwd[(cdiv(P.V, bv), P.N * P.H)](
+        q, k, v, q if g is None else g, o, q if h0 is None else h0, q if ht is None else ht,
+        q if cu_seqlens is None else cu_seqlens, P.scale, P.T,
+        H=P.H, K=P.K, V=P.V, C=cfg["chunk"], BK=P.KP, BV=bv,
+        IS_VARLEN=P.varlen, HAS_H0=h0 is not None, STORE_HT=ht is not None,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )  # fmt: skip
+    return o, ht
+
+
+def launch_bwd(P: Plan, q, k, v, g, h0, cu_seqlens, do, dht, roles: tuple[str, ...] | None = None):
+    """``(dq, dk, dv, dg or None, dh0 or None)`` with ``dg``/``dh0`` in fp32.
+
+    ``roles`` (for timing): a subset of ``("dqdk", "dv")`` to launch; default follows
+    ``cfg["bwd_fused"]`` (one launch with both roles, or two launches).
+    """
+    cfg = P.cfg
+    dev = v.device
+    bk, bv = min(cfg["bwd_block_k"], P.KP), min(cfg["bwd_block_v"], P.VP)
+    nk, nv = cdiv(P.K, bk), cdiv(P.V, bv)
+    scalar = P.sig.decay is Decay.SCALAR
+    nth = P.B * P.T * P.H
+    dq = empty(*q.shape, dtype=q.dtype, device=dev)
+    dk = empty(*k.shape, dtype=k.dtype, device=dev)
+    dv = empty(*v.shape, dtype=v.dtype, device=dev)
+    dgp = empty(nk, nth, dtype=torch.float32, device=dev) if scalar else None
+    dh0 = empty(P.N, P.H, P.K, P.V, dtype=torch.float32, device=dev) if h0 is not None else None
+    args = [q, k, v, g, do, dq, dk, dv, dgp, h0, dht, dh0, cu_seqlens]
+    args = [q if a is None else a for a in args] + [P.scale, P.T, nth]
+    flags = dict(
+        H=P.H, K=P.K, V=P.V, C=cfg["bwd_chunk"], BK=bk, BV=bv, KP=P.KP, VP=P.VP, NK=nk,
+        IS_VARLEN=P.varlen, HAS_H0=h0 is not None, HAS_DHT=dht is not None, STORE_DH0=dh0 is not None,
+        num_warps=cfg["bwd_num_warps"], num_stages=cfg["bwd_num_stages"],
+    )  # fmt: skip
+    if roles is None:
+        roles = (("dqdk", "dv"),) if cfg["bwd_fused"] else (("dqdk",), ("dv",))
+    else:
+        roles = (roles,)
+    for launch in roles:
+        both = len(launch) == 2
+        blocks = nk + nv if both else (nk if launch[0] == "dqdk" else nv)
+        P.kernels.chunk_scalar_bwd[(blocks, P.N * P.H)](
+            *args, DO_DQ_DK="dqdk" in launch, DO_DV="dv" in launch, **flags
+        )
+    dg = None
+    if scalar:
+        dg = (dgp[0] if nk == 1 else dgp.sum(0)).view(P.B, P.T, P.H)
+    return dq, dk, dv, dg, dh0
