@@ -97,7 +97,7 @@ def _signature(name: str, pointers: list[str], flags: list[str], extra_sizes: st
 @triton.jit
 def {name}(
     {ptrs},
-    scale, T,{extra_sizes} H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    scale, T,{extra_sizes} H, K, V,
     BK: tl.constexpr, BV: tl.constexpr,
     {", ".join(f"{f}: tl.constexpr" for f in flags)},
 ):

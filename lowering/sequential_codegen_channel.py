@@ -180,7 +180,7 @@ for ci in range(0, NC):
 @triton.jit
 def {name}(
     {ptrs},
-    scale, T, NTOK, NCMAX, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    scale, T, NTOK, NCMAX, H, K, V,
     BK: tl.constexpr, BV: tl.constexpr,
     {", ".join(f"{f}: tl.constexpr" for f in flags)},
 ):

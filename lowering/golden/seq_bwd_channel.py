@@ -9,7 +9,7 @@ import triton.language as tl
 @triton.jit
 def seq_bwd_channel(
     q, k, v, gv, A, do, dht, h0, dq_part, dk_part, dv, dgv, dA_part, dh0, ckpt, scratch, cu_seqlens,
-    scale, T, NTOK, NCMAX, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    scale, T, NTOK, NCMAX, H, K, V,
     BK: tl.constexpr, BV: tl.constexpr,
     USE_H0: tl.constexpr, USE_DHT: tl.constexpr, IS_VARLEN: tl.constexpr, CK: tl.constexpr,
 ):

@@ -9,7 +9,7 @@ import triton.language as tl
 @triton.jit
 def seq_bwd_key(
     q, k, v, gk, do, dht, h0, dq_part, dk_part, dv, dh0, cu_seqlens,
-    scale, T, NTOK, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    scale, T, NTOK, H, K, V,
     BK: tl.constexpr, BV: tl.constexpr,
     USE_H0: tl.constexpr, USE_DHT: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):

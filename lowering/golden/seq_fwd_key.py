@@ -9,7 +9,7 @@ import triton.language as tl
 @triton.jit
 def seq_fwd_key(
     q, k, v, gk, o, h0, ht, cu_seqlens,
-    scale, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    scale, T, H, K, V,
     BK: tl.constexpr, BV: tl.constexpr,
     USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):

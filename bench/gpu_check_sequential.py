@@ -1,0 +1,291 @@
+"""GPU check of the sequential strategy: compile + correctness (fp32, bf16) + forward timing sweep.
+
+Run on the GPU machine from the repository root:
+
+    pip install --no-deps --no-build-isolation -e . -q
+    python bench/gpu_check_sequential.py --out $OUT [--budget 300]
+
+1. every TAXONOMY_SIGS entry, fp32 and bf16 inputs, B=2 T=256 H=4 K=V=64 (channel rows
+   K=16): outputs, final state and every gradient against ``core_reference`` (fp32), plus a
+   varlen case, K=24/V=40, K=V=256 and decode_step;
+2. forward sweep over (BV, num_warps) at B=4 T=4096 H=16 K=V=128 bf16 for SCALAR (mamba2)
+   and KEY (gla) decays, then fwd+bwd with the best forward config over (BV_bwd, warps_bwd);
+3. default-config forward / fwd+bwd for the other rows at the same size (channel rows at
+   Mamba's K=N=16, V=128).
+
+Timings refuse to be reported for a signature whose correctness check failed. Results go
+to ``<out>/sequential_gpu.json`` (rewritten after every item, so a timeout keeps them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import triton
+from scandsl.lowering import sequential
+from triton.testing import do_bench
+
+from scandsl._core import CoreSig, Decay, Shape, core_reference
+from scandsl.testing import TAXONOMY_SIGS, TOLERANCES, random_core_inputs, rel_err
+
+NAMES = ("q", "k", "v", "g", "gk", "gv", "A", "beta", "initial_state")
+
+
+class Report:
+    def __init__(self, out: Path, budget: float):
+        self.path = out / "sequential_gpu.json"
+        self.start = time.time()
+        self.budget = budget
+        self.data: dict = {
+            "device": torch.cuda.get_device_name(),
+            "triton": triton.__version__,
+            "torch": torch.__version__,
+            "correctness": [],
+            "failed_sigs": [],
+            "sweep_fwd": {},
+            "best_fwd": {},
+            "sweep_fwdbwd": {},
+            "best_fwdbwd": {},
+            "others": {},
+        }
+        out.mkdir(parents=True, exist_ok=True)
+
+    def left(self) -> float:
+        return self.budget - (time.time() - self.start)
+
+    def save(self) -> None:
+        self.data["elapsed_s"] = round(time.time() - self.start, 1)
+        self.path.write_text(json.dumps(self.data, indent=1))
+
+
+def _grads(sig, x, o, ht, w, dht):
+    named = [(n, getattr(x, n)) for n in NAMES if getattr(x, n) is not None]
+    loss = (o.float() * w).sum() + (ht * dht).sum()
+    return dict(zip([n for n, _ in named], torch.autograd.grad(loss, [t for _, t in named])))
+
+
+def check(rep: Report, label: str, sig: CoreSig, x, cfg=None, dtype=torch.float32) -> bool:
+    entry = {"case": label, "dtype": str(dtype).replace("torch.", "")}
+    tol_out, tol_grad = TOLERANCES[dtype]
+    try:
+        o, ht = sequential.run(sig, x, cfg)
+        ro, rht = core_reference(sig, x)
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        w = torch.randn(ro.shape, device="cuda", generator=gen)
+        dht = torch.randn(rht.shape, device="cuda", generator=gen)
+        errs = {"o": rel_err(o.float(), ro.float()), "final_state": rel_err(ht, rht)}
+        g_k = _grads(sig, x, o, ht, w, dht)
+        g_r = _grads(sig, x, ro, rht, w, dht)
+        errs.update({f"d{n}": rel_err(g_k[n].float(), g_r[n].float()) for n in g_k})
+        ok = all(v <= (tol_grad if k.startswith("d") else tol_out) for k, v in errs.items())
+        entry.update(ok=ok, errors={k: float(f"{v:.3e}") for k, v in errs.items()})
+    except Exception as err:  # a compile failure is a result, not a crash
+        ok = False
+        entry.update(ok=False, error=f"{type(err).__name__}: {err}"[:2000], tb=traceback.format_exc()[-3000:])
+    rep.data["correctness"].append(entry)
+    rep.save()
+    print(
+        label, entry.get("dtype"), "OK" if ok else "FAIL", entry.get("errors", entry.get("error")), flush=True
+    )
+    return ok
+
+
+def correctness(rep: Report) -> None:
+    for name, sig in TAXONOMY_SIGS.items():
+        K = 16 if sig.decay is Decay.CHANNEL else 64
+        ok = True
+        for dtype in (torch.float32, torch.bfloat16):
+            x = random_core_inputs(
+                sig, B=2, T=256, H=4, K=K, V=64, dtype=dtype, device="cuda", requires_grad=True
+            )
+            ok &= check(rep, f"{name} T256 K{K} V64", sig, x, dtype=dtype)
+        # awkward sizes, several V-blocks, lengths 0 and 1, several checkpoints
+        cu = torch.tensor([0, 0, 1, 6, 23, 90], dtype=torch.int32, device="cuda")
+        x = random_core_inputs(
+            sig, T=90, H=2, K=24, V=40, device="cuda", requires_grad=True, cu_seqlens=cu, seed=2
+        )
+        ok &= check(rep, f"{name} varlen K24 V40", sig, x, cfg={"BV": 16, "BV_bwd": 16, "CK": 16})
+        ok &= decode_check(rep, name, sig)
+        if not ok:
+            rep.data["failed_sigs"].append(name)
+    for name in ("key", "scalar_delta"):
+        sig = TAXONOMY_SIGS[name]
+        x = random_core_inputs(sig, B=1, T=40, H=2, K=256, V=256, device="cuda", requires_grad=True, seed=3)
+        if not check(rep, f"{name} K256 V256", sig, x):
+            rep.data["failed_sigs"].append(name)
+
+
+def decode_check(rep: Report, name: str, sig: CoreSig) -> bool:
+    try:
+        x = random_core_inputs(sig, B=2, T=6, H=2, K=24, V=40, device="cuda", seed=4)
+        o_full, ht_full = sequential.run(sig, x)
+        state = x.initial_state.clone()
+        errs = []
+        for t in range(x.T):
+            step = _time_slice(sig, x, t)
+            o, state = sequential.decode_step(sig, step, state, inplace=True)
+            errs.append(rel_err(o, o_full[:, t : t + 1]))
+        errs.append(rel_err(state, ht_full))
+        ok = max(errs) <= 2e-4
+        entry = {"case": f"{name} decode_step", "ok": ok, "max_err": float(f"{max(errs):.3e}")}
+    except Exception as err:
+        ok, entry = False, {"case": f"{name} decode_step", "ok": False, "error": repr(err)[:2000]}
+    rep.data["correctness"].append(entry)
+    print(entry, flush=True)
+    return ok
+
+
+def _time_slice(sig, x, t):
+    from dataclasses import replace
+
+    def cut(v, static=False):
+        return v if v is None or static else v[:, t : t + 1]
+
+    return replace(
+        x,
+        q=cut(x.q, sig.query_static),
+        k=cut(x.k, sig.key_static),
+        v=cut(x.v),
+        g=cut(x.g),
+        gk=cut(x.gk),
+        gv=cut(x.gv, sig.decay_static),
+        beta=cut(x.beta),
+        initial_state=None,
+    )
+
+
+def bench_inputs(sig: CoreSig, grad: bool):
+    K, V = (16, 128) if sig.decay is Decay.CHANNEL else (128, 128)
+    x = random_core_inputs(
+        sig,
+        B=4,
+        T=4096,
+        H=16,
+        K=K,
+        V=V,
+        dtype=torch.bfloat16,
+        device="cuda",
+        with_state=False,
+        requires_grad=grad,
+    )
+    x.output_final_state = False
+    return x
+
+
+def time_fwd(sig, x, cfg) -> float:
+    with torch.no_grad():
+        return do_bench(lambda: sequential.run(sig, x, cfg), warmup=50, rep=300)
+
+
+def time_fwdbwd(sig, x, cfg) -> float:
+    do = torch.randn_like(x.v)
+    params = [getattr(x, n) for n in NAMES if getattr(x, n) is not None and getattr(x, n).requires_grad]
+
+    def step():
+        o, _ = sequential.run(sig, x, cfg)
+        torch.autograd.backward(o, do)
+
+    return do_bench(step, warmup=50, rep=400, grad_to_none=params)
+
+
+def sweep(rep: Report) -> None:
+    for name in ("scalar", "key"):
+        sig = TAXONOMY_SIGS[name]
+        if name in rep.data["failed_sigs"]:
+            rep.data["sweep_fwd"][name] = "refused: correctness failed"
+            continue
+        shape = Shape(4, 4096, 16, 128, 128)
+        base = sequential.default_config(sig, shape)
+        x = bench_inputs(sig, grad=False)
+        results = []
+        for BV in (8, 16, 32, 64):
+            for warps in (1, 2, 4, 8):
+                if rep.left() < 150:
+                    break
+                cfg = {**base, "BV": BV, "num_warps": warps}
+                try:
+                    ms = time_fwd(sig, x, cfg)
+                except Exception as err:
+                    ms = f"error: {type(err).__name__}: {str(err)[:300]}"
+                results.append({"BV": BV, "num_warps": warps, "ms": ms})
+                print(name, BV, warps, ms, flush=True)
+                rep.data["sweep_fwd"][name] = results
+                rep.save()
+        timed = [r for r in results if isinstance(r["ms"], float)]
+        if not timed:
+            continue
+        rep.data["best_fwd"][name] = min(timed, key=lambda r: r["ms"])
+        rep.data["best_fwd"][name + "_default"] = {"cfg": base, "ms": time_fwd(sig, x, base)}
+        rep.save()
+    for name in ("scalar", "key"):
+        if name not in rep.data["best_fwd"]:
+            continue
+        sig = TAXONOMY_SIGS[name]
+        fb = rep.data["best_fwd"][name]
+        base = {
+            **sequential.default_config(sig, Shape(4, 4096, 16, 128, 128)),
+            "BV": fb["BV"],
+            "num_warps": fb["num_warps"],
+        }
+        x = bench_inputs(sig, grad=True)
+        results = []
+        for BV in (16, 32, 64):
+            for warps in (1, 2, 4):
+                if rep.left() < 60:
+                    break
+                cfg = {**base, "BV_bwd": BV, "num_warps_bwd": warps}
+                try:
+                    ms = time_fwdbwd(sig, x, cfg)
+                except Exception as err:
+                    ms = f"error: {type(err).__name__}: {str(err)[:300]}"
+                results.append({"BV_bwd": BV, "num_warps_bwd": warps, "ms": ms})
+                print(name, "fwdbwd", BV, warps, ms, flush=True)
+                rep.data["sweep_fwdbwd"][name] = results
+                rep.save()
+        timed = [r for r in results if isinstance(r["ms"], float)]
+        if timed:
+            rep.data["best_fwdbwd"][name] = min(timed, key=lambda r: r["ms"])
+        rep.save()
+
+
+def others(rep: Report) -> None:
+    for name, sig in TAXONOMY_SIGS.items():
+        if name in ("scalar", "key") or rep.left() < 20:
+            continue
+        if name in rep.data["failed_sigs"]:
+            rep.data["others"][name] = "refused: correctness failed"
+            continue
+        try:
+            fwd = time_fwd(sig, bench_inputs(sig, grad=False), None)
+            both = time_fwdbwd(sig, bench_inputs(sig, grad=True), None) if rep.left() > 20 else None
+            rep.data["others"][name] = {"fwd_ms": fwd, "fwdbwd_ms": both}
+        except Exception as err:
+            rep.data["others"][name] = f"error: {type(err).__name__}: {str(err)[:300]}"
+        print(name, rep.data["others"][name], flush=True)
+        rep.save()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--budget", type=float, default=300.0, help="seconds before the sweeps stop")
+    ap.add_argument("--skip-correctness", action="store_true")
+    args = ap.parse_args()
+    rep = Report(args.out, args.budget)
+    if not args.skip_correctness:
+        correctness(rep)
+    sweep(rep)
+    others(rep)
+    rep.save()
+    print(
+        json.dumps({k: rep.data[k] for k in ("failed_sigs", "best_fwd", "best_fwdbwd", "others")}, indent=1)
+    )
+
+
+if __name__ == "__main__":
+    main()
