@@ -212,6 +212,7 @@ def _search(
     flat: bool,
     default: tuple[str, dict[str, Any]] | None,
     progress: Progress,
+    complete: Callable[[str, dict[str, Any]], dict[str, Any]] = lambda s, cfg: cfg,
 ) -> TrialRecord | None:
     """The ask/tell loop; returns the default's record (measured first) if one was given."""
     worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -251,6 +252,7 @@ def _search(
                 value = trial.suggest_categorical(f"{name}.{p.name}", list(p.choices))
                 if name == strategy:
                     config[p.name] = value
+        config = complete(strategy, config)
         cid = _config_id(strategy, config)
         if cid not in seen:
             refresh_seen()
@@ -275,7 +277,7 @@ def _add_default_trial(study, strategies, spaces, rec: TrialRecord, worker: str,
     params: dict[str, Any] = {"strategy": rec.strategy}
     dists: dict[str, Any] = {"strategy": CategoricalDistribution(list(strategies))}
     names = {p.name: p for p in space.params}
-    if set(rec.config) != set(names) or any(rec.config[n] not in names[n].choices for n in names):
+    if any(n not in rec.config or rec.config[n] not in names[n].choices for n in names):
         return  # the default sits outside the tuned grid: it is still compared, not told
     if flat:
         return  # a fixed space would need values for every other strategy's params too
@@ -316,7 +318,36 @@ def _resolve_device(device) -> torch.device:
     return torch.device(device)
 
 
-def _setup(sig, shape, dtype, legal, loader, make_inputs, timer, device, check_grads, objective):
+def is_backward_param(name: str) -> bool:
+    """Naming convention of strategy search spaces: ``bwd_*`` / ``*_bwd`` tune only the backward."""
+    return name.startswith("bwd_") or name.endswith("_bwd")
+
+
+@dataclass
+class _Problem:
+    """The searched sub-space per strategy, and how a suggestion becomes a full config.
+
+    With ``objective="fwd"`` the backward-only parameters cannot change the time, so they
+    are fixed at the strategy's default instead of multiplying the space (for the chunked
+    kernels: ~180 forward configs instead of ~80 000 joint ones).
+    """
+
+    strategies: tuple[str, ...]
+    evaluator: Evaluator
+    spaces: dict[str, Any]
+    fixed: dict[str, dict[str, Any]]
+    default: tuple[str, dict[str, Any]]
+
+    def complete(self, strategy: str, config: dict[str, Any]) -> dict[str, Any]:
+        return {**self.fixed[strategy], **config}
+
+    def evaluate(self, strategy: str, config: dict[str, Any]) -> TrialRecord:
+        return self.evaluator.evaluate(strategy, self.complete(strategy, config))
+
+
+def _setup(sig, shape, dtype, legal, loader, make_inputs, timer, device, check_grads, objective) -> _Problem:
+    from ._space import SearchSpace
+
     strategies = usable_strategies(sig, tuple(legal), loader)
     if not strategies:
         raise ValueError(
@@ -326,13 +357,21 @@ def _setup(sig, shape, dtype, legal, loader, make_inputs, timer, device, check_g
         sig, shape, dtype, loader=loader, make_inputs=make_inputs, timer=timer, device=device,
         check_grads=check_grads, objective=objective,
     )  # fmt: skip
-    spaces = {}
+    spaces, fixed = {}, {}
     for s in strategies:
-        spaces[s] = ev.module(s).search_space(sig, shape)
-        _check_choices(s, spaces[s].params)
+        mod = ev.module(s)
+        full = mod.search_space(sig, shape)
+        _check_choices(s, full.params)
+        keep = tuple(p for p in full.params if objective != "fwd" or not is_backward_param(p.name))
+        kept = {p.name for p in keep}
+        fixed[s] = {k: v for k, v in dict(mod.default_config(sig, shape)).items() if k not in kept}
+        if len(keep) == len(full.params):
+            spaces[s] = full
+        else:
+            spaces[s] = SearchSpace(s, keep, lambda cfg, full=full, fx=fixed[s]: full.valid({**fx, **cfg}))
     d_strategy = heuristic(sig, shape, strategies, loader)
     d_cfg = dict(ev.module(d_strategy).default_config(sig, shape))
-    return strategies, ev, spaces, (d_strategy, d_cfg)
+    return _Problem(strategies, ev, spaces, fixed, (d_strategy, d_cfg))
 
 
 def tune(
@@ -374,9 +413,7 @@ def tune(
     dev = _resolve_device(device)
     cache_dir = Path(cache_dir) if cache_dir is not None else knobs.cache_dir()
     key = make_key(spec_key, sig, shape, dtype, dev)
-    strategies, ev, spaces, default = _setup(
-        sig, shape, dtype, legal, loader, make_inputs, timer, dev, check_grads, objective
-    )
+    prob = _setup(sig, shape, dtype, legal, loader, make_inputs, timer, dev, check_grads, objective)
     name = isinstance(sampler, str) and sampler or type(sampler).__name__
     flat = isinstance(sampler, str) and sampler in _FLAT_SAMPLERS
     study = optuna.create_study(
@@ -388,8 +425,9 @@ def tune(
     )
     with Progress(total=trials + 1, title=f"tuning {spec_key} [{key.sig}]", enabled=progress) as bar:
         default_rec = _search(
-            study, strategies, spaces, ev.evaluate, trials, flat=flat, default=default, progress=bar
-        )
+            study, prob.strategies, prob.spaces, prob.evaluate, trials, flat=flat, default=prob.default,
+            progress=bar, complete=prob.complete,
+        )  # fmt: skip
     records = [r for r in (_record_from_trial(t) for t in study.get_trials(deepcopy=False)) if r is not None]
     result = TuneResult(
         key=key, records=records, default=default_rec, sampler=name, study_name=study.study_name,
@@ -421,10 +459,9 @@ def grid_search(
     t0 = time.perf_counter()
     dev = _resolve_device(device)
     key = make_key(spec_key, sig, shape, dtype, dev)
-    strategies, ev, spaces, (d_strategy, d_cfg) = _setup(
-        sig, shape, dtype, legal, loader, make_inputs, timer, dev, check_grads, objective
-    )
-    grid = [(s, cfg) for s in strategies for cfg in spaces[s].grid()]
+    prob = _setup(sig, shape, dtype, legal, loader, make_inputs, timer, dev, check_grads, objective)
+    ev, (d_strategy, d_cfg) = prob.evaluator, prob.default
+    grid = [(s, prob.complete(s, cfg)) for s in prob.strategies for cfg in prob.spaces[s].grid()]
     records: list[TrialRecord] = []
     default_rec = None
     with Progress(total=len(grid), title=f"grid {spec_key} [{key.sig}]", enabled=progress) as bar:

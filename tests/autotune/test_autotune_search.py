@@ -193,3 +193,30 @@ def test_two_processes_share_one_journal_study(tmp_path):
     # both wrote their winner into the one cache file without losing the other's work
     data = json.loads((cache / "autotune-cache.json").read_text())
     assert set(data["entries"]) == {summaries[0]["key"], "extra-1", "extra-2"}
+
+
+def test_forward_objective_fixes_backward_params():
+    from autotune_fakes import make_fake
+    from scandsl.autotune import Param
+
+    fake = make_fake(
+        "chunk",
+        params=(Param("BT", (32, 64)), Param("bwd_BT", (16, 32, 64)), Param("num_warps_bwd", (2, 4))),
+        cost=lambda cfg: cfg["BT"] / 64,
+        default={"BT": 64, "bwd_BT": 32, "num_warps_bwd": 4, "extra": 1},
+    )
+    timer = synthetic_timer({"chunk": fake})
+    fwd = grid_search(
+        "f", SIG, TINY, torch.float32, ("chunk",), timer=timer, loader=loader_for(fake), progress=False
+    )
+    assert [r.config for r in fwd.records] == [
+        {"bwd_BT": 32, "num_warps_bwd": 4, "extra": 1, "BT": 32},
+        {"bwd_BT": 32, "num_warps_bwd": 4, "extra": 1, "BT": 64},
+    ]
+    both = grid_search("f", SIG, TINY, torch.float32, ("chunk",), timer=timer, loader=loader_for(fake),
+                       progress=False, objective="fwd_bwd")  # fmt: skip
+    assert len(both.records) == 2 * 3 * 2
+    res = tune("f", SIG, TINY, torch.float32, ("chunk",), make_inputs=None, trials=5, timer=timer,
+               loader=loader_for(fake), progress=False, seed=0)  # fmt: skip
+    assert res.best.config == {"bwd_BT": 32, "num_warps_bwd": 4, "extra": 1, "BT": 32}
+    assert any(r.extra.get("default") for r in res.records)  # the default entered the study as a trial
