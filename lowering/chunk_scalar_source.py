@@ -63,7 +63,7 @@ _FWD = """
 @triton.jit
 def chunk_scalar_fwd(
     q, k, v, g, o, h0, ht, cu_seqlens, scale, T,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    H, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
 ):
@@ -83,7 +83,8 @@ def chunk_scalar_fwd(
     b_h = tl.zeros([BK, BV], dtype=tl.float32)  # S^T[:, V-block] at the chunk start
     if HAS_H0:
         b_h += tl.load(h0 + p_hv, mask=m_hv, other=0.0)
-    for i_c in range(0, tl.cdiv(eos - bos, C)):
+    n_c = tl.cdiv(eos - bos, C).to(tl.int32)
+    for i_c in range(0, n_c):
         t = bos + i_c * C + o_c  # [C] token rows; the chunk never crosses eos
         m_t = t < eos
         row = t * H + i_h
@@ -112,7 +113,7 @@ _BWD_K = '''
 @triton.jit
 def _bwd_dq_dk(
     i_k, i_nh, q, k, v, g, do, dq, dk, dg, h0, dht, dh0, cu_seqlens, scale, T, NTH,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    H, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
 ):
@@ -129,7 +130,7 @@ def _bwd_dq_dk(
     m_kq = @causal_kq@  # [C, C] rows: key step j, columns: query step s
     p_hv = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]  # [BK, BV] in [N, H, K, V]
     m_hv = m_k[:, None] & m_v[None, :]
-    n_c = tl.cdiv(eos - bos, C)
+    n_c = tl.cdiv(eos - bos, C).to(tl.int32)
 
     # forward sweep: dq, with h = S^T[K-block, :] rebuilt chunk by chunk
     b_h = tl.zeros([BK, BV], dtype=tl.float32)
@@ -194,7 +195,7 @@ _BWD_V = '''
 @triton.jit
 def _bwd_dv(
     i_v, i_nh, q, k, g, do, dv, dht, cu_seqlens, scale, T,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    H, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_DHT: tl.constexpr,
 ):
@@ -210,7 +211,7 @@ def _bwd_dv(
     m_kq = @causal_kq@  # [C, C] rows: key step j, columns: query step s
     p_hv = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]  # [BK, BV] in [N, H, K, V]
     m_hv = m_k[:, None] & m_v[None, :]
-    n_c = tl.cdiv(eos - bos, C)
+    n_c = tl.cdiv(eos - bos, C).to(tl.int32)
     # reverse sweep with dh = dS^T[:, V-block] at the chunk end
     b_dh = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_DHT:
@@ -238,7 +239,7 @@ def _bwd_dv(
 @triton.jit
 def chunk_scalar_bwd(
     q, k, v, g, do, dq, dk, dv, dg, h0, dht, dh0, cu_seqlens, scale, T, NTH,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
+    H, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, VP: tl.constexpr, NK: tl.constexpr,
     DO_DQ_DK: tl.constexpr, DO_DV: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
