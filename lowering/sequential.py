@@ -69,6 +69,7 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
         "BV": BV,
         "num_warps": warps,
         "num_stages": 1,
+        "prefetch": 2,
         "BV_bwd": BV,
         "num_warps_bwd": max(warps, 2) if BK * BV > 1024 else warps,
         "CK": 32,
@@ -83,6 +84,7 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
         Param("BV", bvs),
         Param("num_warps", (1, 2, 4, 8)),
         Param("num_stages", (1, 2)),
+        Param("prefetch", (1, 2, 3)),
         Param("BV_bwd", bvs),
         Param("num_warps_bwd", (1, 2, 4, 8)),
     ]
@@ -105,8 +107,9 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
 
 def generate_source(sig: CoreSig, config: dict | None = None) -> dict[str, str]:
     """Kernel name -> Triton module source (forward, backward). Tiles are launch-time
-    constexprs, so the text does not depend on ``config``."""
-    return _launch.kernel_sources(sig)
+    constexprs; only ``config["prefetch"]`` (steps loaded ahead) changes the text."""
+    prefetch = (config or {}).get("prefetch", 2)
+    return _launch.kernel_sources(sig, prefetch)
 
 
 def _meta(x: CoreInputs) -> dict:

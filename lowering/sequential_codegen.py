@@ -56,35 +56,42 @@ p_h = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]  # [BK, BV] in
 """
 
 
-def pipelined_loop(names: list[str], body: str, *, reverse: bool = False) -> str:
-    """A time loop whose step-``i+1`` operands are loaded while step ``i`` computes.
+def pipelined_loop(names: list[str], body: str, *, reverse: bool = False, depth: int = 1) -> str:
+    """A time loop whose step-``i+depth`` operands are loaded while step ``i`` computes.
 
-    ``body`` sees the current operands as ``b_<name>`` and the token-row as ``row``.
+    ``body`` sees the current operands as ``b_<name>`` and the token-row as ``row``; the
+    steps in flight are held in ``p1_<name> ... p{depth-1}_<name>`` and ``n_<name>``.
     """
+    sign = "-" if reverse else "+"
     if reverse:
-        first_row, row, nxt = "(eos - 1) * H + i_h", "(eos - 1 - i) * H + i_h", "row - H"
+        first_row, row = "(eos - 1) * H + i_h", "(eos - 1 - i) * H + i_h"
     else:
-        first_row, row, nxt = "bos * H + i_h", "(bos + i) * H + i_h", "row + H"
-    axes = {axis_of(n) for n in names}
+        first_row, row = "bos * H + i_h", "(bos + i) * H + i_h"
+    axes = sorted({axis_of(n) for n in names} - {"1"})
 
     def guard(prefix: str, cond: str) -> str:
         # lane limits instead of `mask & cond`: a step past the end loads nothing
-        lines = [f"{prefix}_ok = {cond}"]
-        lines += [f"{prefix}_{a} = tl.where({prefix}_ok, {a}, 0)" for a in sorted(axes - {"1"})]
-        return "\n".join(lines)
+        return "\n".join(
+            [f"{prefix}_ok = {cond}"] + [f"{prefix}_{a} = tl.where({prefix}_ok, {a}, 0)" for a in axes]
+        )
 
-    first = "\n".join(load_line(n, f"b_{n}", "row", "f") for n in names)
+    stages = ["b"] + [f"p{j}" for j in range(1, depth)]
+    first = []
+    for j, stage in enumerate(stages):
+        at = "row" if j == 0 else f"(row {sign} {j} * H)" if j > 1 else f"(row {sign} H)"
+        first += [guard("f", f"L > {j}")] + [load_line(n, f"{stage}_{n}", at, "f") for n in names]
     nexts = "\n".join(load_line(n, f"n_{n}", "nrow", "n") for n in names)
-    rotate = "\n".join(f"b_{n} = n_{n}" for n in names)
+    chain = stages + ["n"]
+    rotate = "\n".join(f"{a}_{n} = {b}_{n}" for a, b in zip(chain, chain[1:]) for n in names)
+    ahead = "H" if depth == 1 else f"{depth} * H"
     return f"""\
-# step i+1's operands are in flight while step i computes (software pipelining by hand)
+# steps i+1 .. i+{depth} are in flight while step i computes (software pipelining by hand)
 row = {first_row}
-{guard("f", "L > 0")}
-{first}
+{chr(10).join(first)}
 for i in range(0, L):
     row = {row}
-    nrow = {nxt}
-{indent(guard("n", "i + 1 < L"), 4)}
+    nrow = row {sign} {ahead}
+{indent(guard("n", f"i + {depth} < L"), 4)}
 {indent(nexts, 4)}
 {indent(body, 4)}
 {indent(rotate, 4)}
@@ -129,8 +136,8 @@ def _forward_step(sig: CoreSig) -> str:
     return "\n".join(lines)
 
 
-def forward_source(sig: CoreSig) -> tuple[str, str]:
-    """(kernel name, module source) of the forward / decoding kernel."""
+def forward_source(sig: CoreSig, depth: int = 2) -> tuple[str, str]:
+    """(kernel name, module source) of the forward / decoding kernel; ``depth`` steps prefetched."""
     name = f"seq_fwd_{tag(sig)}"
     ops = step_operands(sig)
     pointers = ["q", "k", "v", *(g for g in ("g", "gk", "gv", "A", "beta") if g in sig.uses), "o", "h0", "ht"]
@@ -146,7 +153,7 @@ def forward_source(sig: CoreSig) -> tuple[str, str]:
 h = tl.zeros([BK, BV], dtype=tl.float32)
 if USE_H0:
     h += tl.load(h0 + p_h, mask=m_kv, other=0.0)
-{pipelined_loop(ops, _forward_step(sig))}
+{pipelined_loop(ops, _forward_step(sig), depth=depth)}
 if STORE_HT:
     tl.store(ht + p_h, h, mask=m_kv)
 """
@@ -233,7 +240,7 @@ def _forward_grad_step(sig: CoreSig) -> str:
     return "\n".join(lines)
 
 
-def backward_source(sig: CoreSig) -> tuple[str, str]:
+def backward_source(sig: CoreSig, depth: int = 2) -> tuple[str, str]:
     """(kernel name, module source) of the backward kernel for a factorable decay."""
     if sig.decay is Decay.CHANNEL:
         raise ValueError("backward_source: CHANNEL decays use sequential_codegen_channel")
@@ -262,7 +269,7 @@ p_part = i_v.to(tl.int64) * NTOK * H * K  # this V-block's slice of the [NV, NTO
 dh = tl.zeros([BK, BV], dtype=tl.float32)
 if USE_DHT:
     dh += tl.load(dht + p_h, mask=m_kv, other=0.0)
-{pipelined_loop(rev_ops, _reverse_step(sig), reverse=True)}
+{pipelined_loop(rev_ops, _reverse_step(sig), reverse=True, depth=depth)}
 if USE_H0:
     tl.store(dh0 + p_h, dh, mask=m_kv)
 {barrier}
@@ -270,7 +277,7 @@ if USE_H0:
 h = tl.zeros([BK, BV], dtype=tl.float32)
 if USE_H0:
     h += tl.load(h0 + p_h, mask=m_kv, other=0.0)
-{pipelined_loop(fwd_ops, _forward_grad_step(sig))}
+{pipelined_loop(fwd_ops, _forward_grad_step(sig), depth=depth)}
 """
     src = HEADER.format(role="backward", describe=sig.describe())
     src += "\n\n" + _signature(name, pointers, flags, extra_sizes=" NTOK,") + indent(body, 4) + "\n"

@@ -94,7 +94,7 @@ def _reverse_step(sig: CoreSig) -> str:
     return "\n".join(lines)
 
 
-def channel_backward_source(sig: CoreSig) -> tuple[str, str]:
+def channel_backward_source(sig: CoreSig, depth: int = 2) -> tuple[str, str]:
     """(kernel name, module source) of the backward kernel for a CHANNEL decay."""
     if sig.decay is not Decay.CHANNEL:
         raise ValueError("channel_backward_source: only for Decay.CHANNEL signatures")
@@ -146,7 +146,7 @@ p_s = (i_nh.to(tl.int64) * tl.num_programs(0) + i_v) * CK * BK * BV + o_s
 h = tl.zeros([BK, BV], dtype=tl.float32)
 if USE_H0:
     h += tl.load(h0 + p_h, mask=m_kv, other=0.0)
-{pipelined_loop(step_operands(sig, grad=True), _forward_grad_step(sig))}
+{pipelined_loop(step_operands(sig, grad=True), _forward_grad_step(sig), depth=depth)}
 tl.debug_barrier()  # checkpoints written above are read by other threads below
 
 # ---- pass 2, reverse time, chunk by chunk: dh = dS_t^T of this V-block ----

@@ -17,7 +17,6 @@ does not index. This follows from ``Σ_v dS_t ⊙ S_t`` telescoping through
 from __future__ import annotations
 
 import functools
-from types import ModuleType
 
 import torch
 import triton
@@ -38,20 +37,18 @@ def _alloc(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tenso
     return t.fill_(float("nan")) if POISON else t
 
 
-def kernel_sources(sig: CoreSig) -> dict[str, str]:
-    """Kernel name -> module source, forward first."""
-    fwd = forward_source(sig)
-    bwd = channel_backward_source(sig) if sig.decay is Decay.CHANNEL else backward_source(sig)
+def kernel_sources(sig: CoreSig, prefetch: int = 2) -> dict[str, str]:
+    """Kernel name -> module source, forward first; ``prefetch`` = steps loaded ahead."""
+    fwd = forward_source(sig, prefetch)
+    bwd = (channel_backward_source if sig.decay is Decay.CHANNEL else backward_source)(sig, prefetch)
     return dict([fwd, bwd])
 
 
 @functools.cache
-def _kernels(sig: CoreSig) -> tuple[object, object]:
-    mods: list[ModuleType] = []
-    for name, src in kernel_sources(sig).items():
-        mods.append(load_source(src, name=name))
-    names = list(kernel_sources(sig))
-    return getattr(mods[0], names[0]), getattr(mods[1], names[1])
+def _kernels(sig: CoreSig, prefetch: int) -> tuple[object, object]:
+    sources = kernel_sources(sig, prefetch)
+    fwd, bwd = (getattr(load_source(src, name=name), name) for name, src in sources.items())
+    return fwd, bwd
 
 
 def _n_seq(x_cu: torch.Tensor | None, B: int) -> int:
@@ -80,7 +77,7 @@ def forward(sig: CoreSig, t: dict, meta: dict, cfg: dict, *, save_u: bool, ht: t
         ht = _alloc(N, H, K, V, dtype=torch.float32, device=dev)
     delta = sig.transition is Transition.DELTA
     u = _alloc(B, T, H, V, dtype=torch.float32, device=dev) if (delta and save_u) else None
-    kern, _ = _kernels(sig)
+    kern, _ = _kernels(sig, cfg["prefetch"])
     args = {
         name: t[name] for name in ("q", "k", "v", "g", "gk", "gv", "A", "beta") if name in _ptr_names(kern)
     }
@@ -133,7 +130,7 @@ def backward(
     NTOK = B * T
     g: dict[str, torch.Tensor] = {}
     buf: dict[str, torch.Tensor] = {}
-    _, kern = _kernels(sig)
+    _, kern = _kernels(sig, cfg["prefetch"])
     names = _ptr_names(kern)
     for name in names:
         if name.endswith("_part") and name not in ("dbeta_part", "dgv_part"):

@@ -41,7 +41,7 @@ def seq_bwd_channel(
     h = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_H0:
         h += tl.load(h0 + p_h, mask=m_kv, other=0.0)
-    # step i+1's operands are in flight while step i computes (software pipelining by hand)
+    # steps i+1 .. i+2 are in flight while step i computes (software pipelining by hand)
     row = bos * H + i_h
     f_ok = L > 0
     f_K = tl.where(f_ok, K, 0)
@@ -51,10 +51,18 @@ def seq_bwd_channel(
     b_v = tl.load(v + row * V + o_v, mask=o_v < f_V, other=0.0).to(tl.float32)
     b_gv = tl.load(gv + row * V + o_v, mask=o_v < f_V, other=0.0).to(tl.float32)
     b_do = tl.load(do + row * V + o_v, mask=o_v < f_V, other=0.0).to(tl.float32)
+    f_ok = L > 1
+    f_K = tl.where(f_ok, K, 0)
+    f_V = tl.where(f_ok, V, 0)
+    p1_q = tl.load(q + (row + H) * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32) * scale
+    p1_k = tl.load(k + (row + H) * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32)
+    p1_v = tl.load(v + (row + H) * V + o_v, mask=o_v < f_V, other=0.0).to(tl.float32)
+    p1_gv = tl.load(gv + (row + H) * V + o_v, mask=o_v < f_V, other=0.0).to(tl.float32)
+    p1_do = tl.load(do + (row + H) * V + o_v, mask=o_v < f_V, other=0.0).to(tl.float32)
     for i in range(0, L):
         row = (bos + i) * H + i_h
-        nrow = row + H
-        n_ok = i + 1 < L
+        nrow = row + 2 * H
+        n_ok = i + 2 < L
         n_K = tl.where(n_ok, K, 0)
         n_V = tl.where(n_ok, V, 0)
         n_q = tl.load(q + nrow * K + o_k, mask=o_k < n_K, other=0.0).to(tl.float32) * scale
@@ -68,11 +76,16 @@ def seq_bwd_channel(
         h += b_k[:, None] * b_v[None, :]
         b_dq = tl.sum(h * b_do[None, :], axis=1) * scale  # [BK] partial over V-blocks
         tl.store(dq_part + p_part + row * K + o_k, b_dq, mask=m_k)
-        b_q = n_q
-        b_k = n_k
-        b_v = n_v
-        b_gv = n_gv
-        b_do = n_do
+        b_q = p1_q
+        b_k = p1_k
+        b_v = p1_v
+        b_gv = p1_gv
+        b_do = p1_do
+        p1_q = n_q
+        p1_k = n_k
+        p1_v = n_v
+        p1_gv = n_gv
+        p1_do = n_do
 
     tl.debug_barrier()  # checkpoints written above are read by other threads below
 

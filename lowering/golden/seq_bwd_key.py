@@ -35,7 +35,7 @@ def seq_bwd_key(
     dh = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_DHT:
         dh += tl.load(dht + p_h, mask=m_kv, other=0.0)
-    # step i+1's operands are in flight while step i computes (software pipelining by hand)
+    # steps i+1 .. i+2 are in flight while step i computes (software pipelining by hand)
     row = (eos - 1) * H + i_h
     f_ok = L > 0
     f_K = tl.where(f_ok, K, 0)
@@ -45,10 +45,18 @@ def seq_bwd_key(
     b_v = tl.load(v + row * V + o_v, mask=o_v < f_V, other=0.0).to(tl.float32)
     b_gk = tl.load(gk + row * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32)
     b_do = tl.load(do + row * V + o_v, mask=o_v < f_V, other=0.0).to(tl.float32)
+    f_ok = L > 1
+    f_K = tl.where(f_ok, K, 0)
+    f_V = tl.where(f_ok, V, 0)
+    p1_q = tl.load(q + (row - H) * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32) * scale
+    p1_k = tl.load(k + (row - H) * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32)
+    p1_v = tl.load(v + (row - H) * V + o_v, mask=o_v < f_V, other=0.0).to(tl.float32)
+    p1_gk = tl.load(gk + (row - H) * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32)
+    p1_do = tl.load(do + (row - H) * V + o_v, mask=o_v < f_V, other=0.0).to(tl.float32)
     for i in range(0, L):
         row = (eos - 1 - i) * H + i_h
-        nrow = row - H
-        n_ok = i + 1 < L
+        nrow = row - 2 * H
+        n_ok = i + 2 < L
         n_K = tl.where(n_ok, K, 0)
         n_V = tl.where(n_ok, V, 0)
         n_q = tl.load(q + nrow * K + o_k, mask=o_k < n_K, other=0.0).to(tl.float32) * scale
@@ -64,11 +72,16 @@ def seq_bwd_key(
         tl.store(dk_part + p_part + row * K + o_k, b_dk, mask=m_k)
         # dS_{t-1} = Λ_t ⊙ dP_t
         dh = dh * tl.exp(b_gk)[:, None]
-        b_q = n_q
-        b_k = n_k
-        b_v = n_v
-        b_gk = n_gk
-        b_do = n_do
+        b_q = p1_q
+        b_k = p1_k
+        b_v = p1_v
+        b_gk = p1_gk
+        b_do = p1_do
+        p1_q = n_q
+        p1_k = n_k
+        p1_v = n_v
+        p1_gk = n_gk
+        p1_do = n_do
 
     if USE_H0:
         tl.store(dh0 + p_h, dh, mask=m_kv)
@@ -77,7 +90,7 @@ def seq_bwd_key(
     h = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_H0:
         h += tl.load(h0 + p_h, mask=m_kv, other=0.0)
-    # step i+1's operands are in flight while step i computes (software pipelining by hand)
+    # steps i+1 .. i+2 are in flight while step i computes (software pipelining by hand)
     row = bos * H + i_h
     f_ok = L > 0
     f_K = tl.where(f_ok, K, 0)
@@ -87,10 +100,18 @@ def seq_bwd_key(
     b_v = tl.load(v + row * V + o_v, mask=o_v < f_V, other=0.0).to(tl.float32)
     b_gk = tl.load(gk + row * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32)
     b_do = tl.load(do + row * V + o_v, mask=o_v < f_V, other=0.0).to(tl.float32)
+    f_ok = L > 1
+    f_K = tl.where(f_ok, K, 0)
+    f_V = tl.where(f_ok, V, 0)
+    p1_q = tl.load(q + (row + H) * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32) * scale
+    p1_k = tl.load(k + (row + H) * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32)
+    p1_v = tl.load(v + (row + H) * V + o_v, mask=o_v < f_V, other=0.0).to(tl.float32)
+    p1_gk = tl.load(gk + (row + H) * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32)
+    p1_do = tl.load(do + (row + H) * V + o_v, mask=o_v < f_V, other=0.0).to(tl.float32)
     for i in range(0, L):
         row = (bos + i) * H + i_h
-        nrow = row + H
-        n_ok = i + 1 < L
+        nrow = row + 2 * H
+        n_ok = i + 2 < L
         n_K = tl.where(n_ok, K, 0)
         n_V = tl.where(n_ok, V, 0)
         n_q = tl.load(q + nrow * K + o_k, mask=o_k < n_K, other=0.0).to(tl.float32) * scale
@@ -102,8 +123,13 @@ def seq_bwd_key(
         h += b_k[:, None] * b_v[None, :]
         b_dq = tl.sum(h * b_do[None, :], axis=1) * scale  # [BK] partial over V-blocks
         tl.store(dq_part + p_part + row * K + o_k, b_dq, mask=m_k)
-        b_q = n_q
-        b_k = n_k
-        b_v = n_v
-        b_gk = n_gk
-        b_do = n_do
+        b_q = p1_q
+        b_k = p1_k
+        b_v = p1_v
+        b_gk = p1_gk
+        b_do = p1_do
+        p1_q = n_q
+        p1_k = n_k
+        p1_v = n_v
+        p1_gk = n_gk
+        p1_do = n_do

@@ -33,7 +33,7 @@ def seq_fwd_key(
     h = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_H0:
         h += tl.load(h0 + p_h, mask=m_kv, other=0.0)
-    # step i+1's operands are in flight while step i computes (software pipelining by hand)
+    # steps i+1 .. i+2 are in flight while step i computes (software pipelining by hand)
     row = bos * H + i_h
     f_ok = L > 0
     f_K = tl.where(f_ok, K, 0)
@@ -42,10 +42,17 @@ def seq_fwd_key(
     b_k = tl.load(k + row * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32)
     b_v = tl.load(v + row * V + o_v, mask=o_v < f_V, other=0.0).to(tl.float32)
     b_gk = tl.load(gk + row * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32)
+    f_ok = L > 1
+    f_K = tl.where(f_ok, K, 0)
+    f_V = tl.where(f_ok, V, 0)
+    p1_q = tl.load(q + (row + H) * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32) * scale
+    p1_k = tl.load(k + (row + H) * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32)
+    p1_v = tl.load(v + (row + H) * V + o_v, mask=o_v < f_V, other=0.0).to(tl.float32)
+    p1_gk = tl.load(gk + (row + H) * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32)
     for i in range(0, L):
         row = (bos + i) * H + i_h
-        nrow = row + H
-        n_ok = i + 1 < L
+        nrow = row + 2 * H
+        n_ok = i + 2 < L
         n_K = tl.where(n_ok, K, 0)
         n_V = tl.where(n_ok, V, 0)
         n_q = tl.load(q + nrow * K + o_k, mask=o_k < n_K, other=0.0).to(tl.float32) * scale
@@ -59,10 +66,14 @@ def seq_fwd_key(
         # read-out: o_t = S_t q_t
         b_o = tl.sum(h * b_q[:, None], axis=0)  # [BV]
         tl.store(o + row * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
-        b_q = n_q
-        b_k = n_k
-        b_v = n_v
-        b_gk = n_gk
+        b_q = p1_q
+        b_k = p1_k
+        b_v = p1_v
+        b_gk = p1_gk
+        p1_q = n_q
+        p1_k = n_k
+        p1_v = n_v
+        p1_gk = n_gk
 
     if STORE_HT:
         tl.store(ht + p_h, h, mask=m_kv)

@@ -79,6 +79,15 @@ def test_varlen(name):
     _compare(sig, x, {**CFG, "BV": 64, "BV_bwd": 64})
 
 
+@pytest.mark.parametrize(("name", "prefetch"), [("key", 1), ("scalar_delta", 3), ("channel_static", 3)])
+def test_prefetch_depths(name, prefetch):
+    """Other pipelining depths, with sequences shorter than the depth (lengths 0, 1, 2)."""
+    sig = TAXONOMY_SIGS[name]
+    cu = torch.tensor([0, 1, 1, 3, 12], dtype=torch.int32)
+    x = random_core_inputs(sig, T=12, H=1, K=16, V=16, cu_seqlens=cu, requires_grad=True, seed=10)
+    _compare(sig, x, {**CFG, "prefetch": prefetch})
+
+
 @pytest.mark.parametrize("name", ["scalar", "key_before", "channel"])
 def test_no_state_no_final(name):
     sig = TAXONOMY_SIGS[name]
@@ -167,6 +176,7 @@ def test_api_surface():
     assert space.valid(cfg) is None
     src = sequential.generate_source(sig, cfg)
     assert list(src) == ["seq_fwd_key", "seq_bwd_key"]
+    assert src != sequential.generate_source(sig, {**cfg, "prefetch": 1})
     for name, text in src.items():
         compile(text, name, "exec")
         assert f"def {name}(" in text
