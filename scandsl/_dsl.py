@@ -443,7 +443,12 @@ def trace_feature_map(fn: Callable[[Sym], Sym]) -> Node:
 def _signature(fn: Callable) -> tuple[dict[str, StateDecl], dict[str, In]]:
     states: dict[str, StateDecl] = {}
     inputs: dict[str, In] = {}
-    for name, p in inspect.signature(fn).parameters.items():
+    try:
+        # resolves string annotations (modules with `from __future__ import annotations`)
+        params = inspect.signature(fn, eval_str=True).parameters
+    except NameError as err:
+        raise SpecError(f"{fn.__name__}: an annotation does not resolve: {err}") from None
+    for name, p in params.items():
         ann = p.annotation
         if isinstance(ann, StateDecl):
             if inputs:

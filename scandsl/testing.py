@@ -123,6 +123,7 @@ def random_core_inputs(
         return t.requires_grad_(requires_grad)
 
     gate_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+
     def need(t: torch.Tensor | None) -> torch.Tensor:
         assert t is not None
         return t
