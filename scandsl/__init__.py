@@ -41,6 +41,9 @@ from scandsl._spec import Spec, recurrence
 __version__ = "0.1.0"
 
 
+from scandsl._decode import step  # noqa: E402
+
+
 def run(spec: Spec, /, **inputs):
     """Run any spec (e.g. your own) with the common options: ``run(my_spec, q=q, k=k, ..., strategy="auto")``."""
     from scandsl._entry import apply
@@ -51,6 +54,7 @@ def run(spec: Spec, /, **inputs):
 __all__ = [
     "recurrence",
     "run",
+    "step",
     "Spec",
     "SpecError",
     "State",
