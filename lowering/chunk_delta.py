@@ -52,25 +52,32 @@ def _pow2(n: int) -> int:
 
 
 def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
-    bk, bv_max = _pow2(shape.K), _pow2(shape.V)
+    """Tiles: ``chunk``; ``bv`` the V-block of the sequential passes (more programs walk the
+    sequences as it shrinks); ``out_bv`` the V-block of the per-chunk kernels; ``bwd_bk`` the
+    K-block of ``delta_bwd_chunk``; warps (``bwd_warps`` for ``delta_bwd_chunk``) and stages."""
+    bk_max, bv_max = _pow2(shape.K), _pow2(shape.V)
 
     def valid(cfg) -> str | None:
-        c, bv = cfg["chunk"], cfg["bv"]
-        if bv > bv_max:
-            return f"bv={bv} is wider than the padded V={bv_max}"
-        # delta_bwd_chunk keeps three [C, BK] fp32 accumulators in registers (<= ~160 per thread)
-        if 3 * c * bk * 4 > 160 * 4 * 32 * cfg["bwd_warps"]:
-            return f"chunk={c} with K={shape.K} spills delta_bwd_chunk's accumulators at {cfg['bwd_warps']} warps"
-        stage = (2 * bk * bv + 3 * c * bv) * 2
-        if stage * cfg["num_stages"] + 4 * c * bk * 2 + 2 * c * c * 4 > _SMEM_BYTES:
-            return "tiles exceed shared memory"
+        c = cfg["chunk"]
+        for key, top in (("bv", bv_max), ("out_bv", bv_max), ("bwd_bk", bk_max)):
+            if cfg[key] > top:
+                return f"{key}={cfg[key]} is wider than its padded size {top}"
+        # delta_bwd_chunk keeps three [C, bwd_bk] fp32 accumulators in registers
+        if 3 * c * cfg["bwd_bk"] > 96 * 32 * cfg["bwd_warps"]:
+            return f"chunk={c}, bwd_bk={cfg['bwd_bk']} spill delta_bwd_chunk at {cfg['bwd_warps']} warps"
+        # delta_bwd_state: [C, K] q, k, w tiles per stage plus the [K, bv] state
+        smem = (3 * c * bk_max + c * cfg["bv"]) * 2 * cfg["num_stages"] + bk_max * cfg["bv"] * 2
+        if smem > _SMEM_BYTES:
+            return f"delta_bwd_state needs ~{smem // 1024} KiB of shared memory"
         return None
 
     return SearchSpace(
         strategy="chunk",
         params=(
             Param("chunk", (64, 32, 16)),
-            Param("bv", (64, 32, 16, 128)),
+            Param("bv", (32, 64, 16, 128)),
+            Param("out_bv", (64, 32, 128)),
+            Param("bwd_bk", (64, 32, 128)),
             Param("num_warps", (4, 8)),
             Param("num_stages", (2, 1, 3)),
             Param("bwd_warps", (8, 4)),
@@ -82,7 +89,9 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
 def default_config(sig: CoreSig, shape: Shape) -> dict:
     return {
         "chunk": 64 if shape.K <= 128 else 32,
-        "bv": min(64, _pow2(shape.V)),
+        "bv": min(32, _pow2(shape.V)),
+        "out_bv": min(64, _pow2(shape.V)),
+        "bwd_bk": min(64, _pow2(shape.K)),
         "num_warps": 4,
         "num_stages": 2,
         "bwd_warps": 8,
@@ -153,9 +162,9 @@ class _ChunkDelta(torch.autograd.Function):
         g = g.contiguous() if g is not None else beta
         offsets, cseq, cstart = tables
         cu_arg = cu if cu is not None else offsets
-        BK, BV = _pow2(K), min(cfg["bv"], _pow2(V))
         launch = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-        shapes = dict(H=H, K=K, V=V, C=C, BK=BK, BV=BV, IS_VARLEN=plan.varlen)
+        shapes = dict(H=H, K=K, V=V, C=C, BK=_pow2(K), IS_VARLEN=plan.varlen)
+        seq_bv, par_bv = min(cfg["bv"], _pow2(V)), min(cfg["out_bv"], _pow2(V))
         w = _empty(B, Tn, H, K, dtype=k.dtype, device=dev)
         u = _empty(B, Tn, H, V, dtype=v.dtype, device=dev)
         tmat = _empty(B, Tn, H, C, dtype=torch.float32, device=dev) if plan.need_grad else w
@@ -165,15 +174,16 @@ class _ChunkDelta(torch.autograd.Function):
         if plan.NC:
             mod.delta_prepare[(plan.NC, H)](
                 k, v, beta, g, w, u, tmat, cu_arg, cseq, cstart, plan.T, plan.NT,
-                STORE_T=plan.need_grad, **shapes, **launch,
+                STORE_T=plan.need_grad, BV=par_bv, **shapes, **launch,
             )  # fmt: skip
-        mod.delta_fwd_state[(triton_cdiv(V, BV), plan.N * H)](
+        mod.delta_fwd_state[(triton_cdiv(V, seq_bv), plan.N * H)](
             k, w, u, g, h0 if h0 is not None else ht, hs, ht, cu_arg, offsets, plan.T, plan.NT,
-            USE_H0=h0 is not None, STORE_HT=True, **shapes, **launch,
+            USE_H0=h0 is not None, STORE_HT=True, BV=seq_bv, **shapes, **launch,
         )  # fmt: skip
         if plan.NC:
-            mod.delta_fwd_out[(plan.NC, triton_cdiv(V, BV), H)](
-                q, k, u, g, hs, o, cu_arg, cseq, cstart, plan.scale, plan.T, plan.NT, **shapes, **launch,
+            mod.delta_fwd_out[(plan.NC, triton_cdiv(V, par_bv), H)](
+                q, k, u, g, hs, o, cu_arg, cseq, cstart, plan.scale, plan.T, plan.NT,
+                BV=par_bv, **shapes, **launch,
             )  # fmt: skip
         ctx.save_for_backward(q, k, beta, g, h0, w, u, tmat, hs, cu, *tables)
         ctx.plan = plan
@@ -191,31 +201,37 @@ class _ChunkDelta(torch.autograd.Function):
         dev = q.device
         mod = _module(plan.sig, C, cfg.get("fp32_precision", "tf32x3"), q.dtype)
         cu_arg = cu if cu is not None else offsets
-        BK, BV = _pow2(K), min(cfg["bv"], _pow2(V))
         launch = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-        shapes = dict(H=H, K=K, V=V, C=C, BK=BK, BV=BV, IS_VARLEN=plan.varlen)
+        shapes = dict(H=H, K=K, V=V, C=C, IS_VARLEN=plan.varlen)
+        seq_bv, par_bv = min(cfg["bv"], _pow2(V)), min(cfg["out_bv"], _pow2(V))
         do = do.contiguous()
+        dht = dht.contiguous() if dht is not None else None
         want_dh0 = h0 is not None and ctx.needs_input_grad[5]
         du = _empty(B, Tn, H, V, dtype=u.dtype, device=dev)
         dhs = _empty(max(plan.NC, 1), H, K, V, dtype=hs.dtype, device=dev)
         dh0 = _empty(plan.N, H, K, V, dtype=torch.float32, device=dev) if want_dh0 else None
-        mod.delta_bwd_state[(triton_cdiv(V, BV), plan.N * H)](
+        mod.delta_bwd_state[(triton_cdiv(V, seq_bv), plan.N * H)](
             q, k, w, g, do, du, dhs, dht if dht is not None else hs, dh0 if want_dh0 else hs,
             cu_arg, offsets, plan.scale, plan.T, plan.NT,
-            USE_DHT=dht is not None, STORE_DH0=want_dh0, **shapes, **launch,
+            USE_DHT=dht is not None, STORE_DH0=want_dh0, BK=_pow2(K), BV=seq_bv, **shapes, **launch,
         )  # fmt: skip
         zero = not plan.covers_all
         dq = _empty(B, Tn, H, K, dtype=q.dtype, device=dev, zero=zero)
         dk = _empty(B, Tn, H, K, dtype=k.dtype, device=dev, zero=zero)
         dv = _empty(B, Tn, H, V, dtype=ctx.v_dtype, device=dev, zero=zero)
-        dbeta = _empty(B, Tn, H, dtype=beta.dtype, device=dev, zero=zero)
-        dg = _empty(B, Tn, H, dtype=g.dtype, device=dev, zero=zero) if ctx.has_g else None
+        bwd_bk = min(cfg["bwd_bk"], _pow2(K))
+        nk = triton_cdiv(K, bwd_bk)
+        # per-K-block partial sums of dbeta and dg, added up below
+        dbeta = _empty(nk, B, Tn, H, dtype=torch.float32, device=dev, zero=zero)
+        dg = _empty(nk, B, Tn, H, dtype=torch.float32, device=dev, zero=zero) if ctx.has_g else dbeta
         if plan.NC:
-            mod.delta_bwd_chunk[(plan.NC, H)](
-                q, k, beta, g, tmat, hs, dhs, u, du, do, dq, dk, dv, dbeta, dg if dg is not None else dbeta,
-                cu_arg, cseq, cstart, plan.scale, plan.T, plan.NT,
-                **shapes, num_warps=cfg["bwd_warps"], num_stages=cfg["num_stages"],
+            mod.delta_bwd_chunk[(plan.NC, H, nk)](
+                q, k, beta, g, tmat, hs, dhs, u, du, do, dq, dk, dv, dbeta, dg,
+                cu_arg, cseq, cstart, plan.scale, plan.T, plan.NT, B * Tn * H,
+                BK=bwd_bk, BV=par_bv, **shapes, num_warps=cfg["bwd_warps"], num_stages=cfg["num_stages"],
             )  # fmt: skip
+        dbeta = dbeta.sum(0).to(beta.dtype)
+        dg = dg.sum(0).to(g.dtype) if ctx.has_g else None
         return dq, dk, dv, dbeta, dg, dh0, None, None, None
 
 

@@ -80,7 +80,7 @@ def _dg_finish() -> str:
         "b_end = tl.exp(b_Gl) * b_hdh + tl.sum(tl.sum(b_kf * b_dkh, axis=1), axis=0)\n"
         "b_dG += tl.where(o_c == n_valid - 1, b_end, 0.0)\n"
         "b_dg = tl.cumsum(b_dG, axis=0, reverse=True)  # [C] G = cumsum(g) within the chunk\n"
-        "tl.store(dg + r * H + i_h, b_dg.to(dg.dtype.element_ty), mask=m_t)"
+        "tl.store(dg + p_part + r * H + i_h, b_dg, mask=m_t)  # this K-block's share"
     )
 
 

@@ -207,21 +207,28 @@ BWD_CHUNK = '''
 @triton.jit
 def delta_bwd_chunk(
     q, k, beta, g, tmat, hs, dhs, u, du, do, dq, dk, dv, dbeta, dg,
-    cu_seqlens, chunk_seq, chunk_start, scale, T, NT,
+    cu_seqlens, chunk_seq, chunk_start, scale, T, NT, n_rows,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    """One (chunk, head): dq, dk, dv, dbeta (and dg) from the chunk's states and du."""
+    """One (chunk, head, K-block): dq, dk, dv and this K-block's share of dbeta (and dg).
+
+    The [C, C] products (lambda u^T, do u^T) span all of K and V and are recomputed per K-block,
+    which keeps three [C, BK] accumulators instead of three [C, K] ones in registers; dbeta
+    and dg are sums over K, so each K-block writes its partial into its own slice of them.
+    """
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
+    i_k = tl.program_id(2)
     t0, eos = _chunk_rows(i_c, cu_seqlens, chunk_seq, chunk_start, T, NT, C, IS_VARLEN)
     n_valid = tl.minimum(eos - t0, C)
     o_c = tl.arange(0, C)
-    o_k = tl.arange(0, BK)
+    o_k = i_k * BK + tl.arange(0, BK)
     r = t0 + o_c  # [C] rows of this chunk
     m_t = r < eos
     m_k = o_k < K
     m_tk = m_t[:, None] & m_k[None, :]
+    p_part = i_k.to(tl.int64) * n_rows  # this K-block's slice of dbeta / dg
     causal = o_c[:, None] >= o_c[None, :]  # [C, C] step t (row), step s (column), s <= t
     strict = o_c[:, None] > o_c[None, :]
     p_hs = (i_c.to(tl.int64) * H + i_h) * K * V
@@ -244,7 +251,8 @@ def delta_bwd_chunk(
         b_du = tl.load(du + p_tv, mask=m_tv, other=0.0)  # [C, BV]
         b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)  # [C, BV]
         b_lam = _dot(tl.trans(b_t), b_du)  # [C, BV] lambda = T^T du, the gradient of v
-        tl.store(dv + p_tv, b_lam.to(dv.dtype.element_ty), mask=m_tv)
+        if i_k == 0:  # every K-block computes lambda; one stores it
+            tl.store(dv + p_tv, b_lam.to(dv.dtype.element_ty), mask=m_tv)
         b_dqh += _dot(b_do, tl.trans(b_h))
         b_dkb += _dot(b_lam, tl.trans(b_h))
         b_dkh += _dot(b_u, tl.trans(b_dhe))
@@ -276,5 +284,5 @@ def delta_bwd_chunk(
     p_tk = (r[:, None] * H + i_h) * K + o_k[None, :]
     tl.store(dq + p_tk, (b_dq * scale).to(dq.dtype.element_ty), mask=m_tk)
     tl.store(dk + p_tk, b_dk.to(dk.dtype.element_ty), mask=m_tk)
-    tl.store(dbeta + r * H + i_h, b_db.to(dbeta.dtype.element_ty), mask=m_t)
+    tl.store(dbeta + p_part + r * H + i_h, b_db, mask=m_t)
 '''

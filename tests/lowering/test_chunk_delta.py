@@ -20,7 +20,8 @@ from scandsl.lowering import chunk_delta  # noqa: E402
 from scandsl._core import CoreInputs, CoreSig, Shape, core_reference  # noqa: E402
 from scandsl.testing import TAXONOMY_SIGS, TOLERANCES, assert_close, random_core_inputs  # noqa: E402
 
-CFG = {"chunk": 16, "bv": 16, "num_warps": 1, "num_stages": 1, "bwd_warps": 1}
+# V-blocks of 16 split V=40 three ways; bwd_bk=16 splits K=24 in two (partial dbeta / dg sums)
+CFG = {"chunk": 16, "bv": 16, "out_bv": 16, "bwd_bk": 16, "num_warps": 1, "num_stages": 1, "bwd_warps": 1}
 NAMES = ("q", "k", "v", "g", "beta", "initial_state")
 SIGS = ("delta", "scalar_delta")
 
@@ -63,7 +64,7 @@ def test_small_heads(name):
 def test_chunk_64_block_solve():
     sig = TAXONOMY_SIGS["scalar_delta"]
     x = random_core_inputs(sig, B=1, T=67, H=1, K=24, V=40, seed=5, requires_grad=True)
-    _compare(sig, x, CFG | {"chunk": 64, "bv": 32})
+    _compare(sig, x, CFG | {"chunk": 64, "bv": 32, "out_bv": 64, "bwd_bk": 32})
 
 
 @pytest.mark.parametrize("name", SIGS)
@@ -130,4 +131,4 @@ def test_supports_and_space():
     assert grid and all(c["chunk"] % 16 == 0 for c in grid)
     default = chunk_delta.default_config(TAXONOMY_SIGS["delta"], shape)
     assert space.valid(default) is None
-    assert space.valid(default | {"bv": 128, "chunk": 64, "bwd_warps": 4}) is not None
+    assert space.valid(default | {"bwd_bk": 128, "chunk": 64, "bwd_warps": 4}) is not None
