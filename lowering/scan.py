@@ -1,0 +1,212 @@
+"""Parallel-scan (Blelloch) strategy: every core signature without the delta rule.
+
+How it is parallelised: one program per (V-block, K-block, sequence, head) owns a
+``[BV, BK]`` tile of the fp32 state; its elements are independent diagonal recurrences
+``S_t[v,k] = Λ_t[v,k] S_{t-1}[v,k] + U_t[v,k]``. The program walks time in blocks of ``BT``
+steps; inside a block the pairs ``(Λ_t, U_t)`` go through ``tl.associative_scan`` (a
+log-depth tree over the rows, Blelloch's up/down sweep done by Triton), and the state
+leaving the block is carried to the next in registers, so per-step states never reach
+global memory. The read-out ``o_t = S_t q_t`` reduces the tile over its K-block; with
+several K-blocks the partial outputs are summed on the host. The gate ``exp(gv ⊗ A)`` of a
+per-channel decay is computed in the kernel (Mamba's selective scan, Gu & Dao 2023; S4
+with a static gate, input and read-out matrix).
+
+Backward: the adjoint ``dS_t = Λ_{t+1} ⊙ dS_t+1 + C_t`` is the same scan run in reverse time.
+The forward (when gradients are needed) saves the state entering each block; the backward
+recomputes each block's states from it and never stores per-step states either. Log-gate
+gradients come from ``dL/d log Λ_t = dS_t ⊙ (S_t − U_t)``, reduced onto the gate's axes.
+
+Kernel source: :mod:`scandsl.lowering.scan_source` (templates) and
+:mod:`scandsl.lowering.scan_slots` (what each signature changes).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from scandsl._core import CoreInputs, CoreSig, Decay, Shape, Transition
+from scandsl.autotune._space import Param, SearchSpace
+from scandsl.lowering._source import load_source
+from scandsl.lowering.scan_source import generate_source, module_name
+
+__all__ = ["supports", "run", "search_space", "default_config", "generate_source", "kernels"]
+
+# Tests flip this to NaN-fill every buffer the kernels are supposed to overwrite.
+POISON_OUTPUTS = False
+
+_MAX_FEATURE = 256
+# fp32 elements of one [BT, BV, BK] tile a thread may hold: about six such tiles are live.
+_TILE_PER_THREAD = 32
+
+
+def supports(sig: CoreSig) -> str | None:
+    if sig.transition is Transition.DELTA:
+        return (
+            "the delta-rule transition I − β k k^T mixes state columns, so the recurrence is not "
+            "elementwise and has no associative (Λ, U) scan; use 'chunk' or 'sequential'"
+        )
+    return None
+
+
+def kernels(sig: CoreSig):
+    """The generated module (``scan_fwd_kernel``, ``scan_bwd_kernel``) for ``sig``."""
+    return load_source(generate_source(sig), name=module_name(sig))
+
+
+def _pow2(n: int) -> int:
+    return 1 << (max(int(n), 1) - 1).bit_length()
+
+
+def default_config(sig: CoreSig, shape: Shape) -> dict:
+    """Small tiles: BK covers K when it is small (per-channel states), else 32 lanes."""
+    kp, vp = _pow2(shape.K), _pow2(shape.V)
+    bk = min(kp, 16 if sig.decay is Decay.CHANNEL else 32)
+    if sig.decay is Decay.CHANNEL and kp <= 32:
+        bk = kp
+    bv = min(vp, 16)
+    bt = max(4, min(32, 4096 // (bk * bv)))
+    return {"BT": bt, "BV": bv, "BK": bk, "num_warps": 4, "num_stages": 1}
+
+
+def _check_config(cfg: dict, shape: Shape) -> str | None:
+    kp, vp = _pow2(shape.K), _pow2(shape.V)
+    for name in ("BT", "BV", "BK"):
+        if cfg[name] & (cfg[name] - 1) or cfg[name] < 2:
+            return f"{name}={cfg[name]} must be a power of two >= 2"
+    if cfg["BK"] > max(kp, 2):
+        return f"BK={cfg['BK']} exceeds the padded K={kp}"
+    if cfg["BV"] > max(vp, 2):
+        return f"BV={cfg['BV']} exceeds the padded V={vp}"
+    per_thread = cfg["BT"] * cfg["BV"] * cfg["BK"] / (32 * cfg["num_warps"])
+    if per_thread > _TILE_PER_THREAD:
+        return f"a [BT, BV, BK] tile is {per_thread:.0f} fp32 values a thread (> {_TILE_PER_THREAD})"
+    return None
+
+
+def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
+    kp, vp = _pow2(shape.K), _pow2(shape.V)
+    return SearchSpace(
+        strategy="scan",
+        params=(
+            Param("BT", (8, 16, 32, 64, 128)),
+            Param("BV", tuple(b for b in (4, 8, 16, 32, 64) if b <= max(vp, 4))),
+            Param("BK", tuple(b for b in (8, 16, 32, 64, 128, 256) if b <= max(kp, 8))),
+            Param("num_warps", (1, 2, 4, 8)),
+            Param("num_stages", (1, 2, 3)),
+        ),
+        valid=lambda cfg: _check_config(cfg, shape),
+    )
+
+
+def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
+    reason = supports(sig)
+    if reason is not None:
+        raise ValueError(f"scan strategy cannot run {sig.describe()}: {reason}")
+    if x.K > _MAX_FEATURE or x.V > _MAX_FEATURE:
+        raise ValueError(f"scan strategy: K={x.K}, V={x.V}; both must be <= {_MAX_FEATURE}")
+    if x.cu_seqlens is not None and x.B != 1:
+        raise ValueError(f"scan strategy: cu_seqlens needs batch size 1, got B={x.B}")
+    shape = Shape(x.B, x.T, x.H, x.K, x.V)
+    cfg = {**default_config(sig, shape), **(config or {})}
+    bad = _check_config(cfg, shape)
+    if bad is not None:
+        raise ValueError(f"scan strategy: invalid config {cfg}: {bad}")
+    tensors = (x.q, x.k, x.v, x.g, x.gk, x.gv, x.A, x.initial_state)
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    o, ht = _ScanFunction.apply(
+        sig, cfg, x.scale, x.cu_seqlens, x.out_dtype or x.v.dtype, x.output_final_state, save, *tensors
+    )
+    return o, (ht if x.output_final_state else None)
+
+
+def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    t = torch.empty(*shape, dtype=dtype, device=device)
+    return t.fill_(float("nan")) if POISON_OUTPUTS else t
+
+
+def _contig(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.contiguous()
+
+
+def _geometry(cfg, v, q, cu_seqlens):
+    B, T, H, V = v.shape
+    K = q.shape[-1]
+    NK, NV = triton_cdiv(K, cfg["BK"]), triton_cdiv(V, cfg["BV"])
+    if cu_seqlens is None:
+        N, chunk_offsets, n_blocks = B, None, B * triton_cdiv(T, cfg["BT"])
+    else:
+        N = cu_seqlens.numel() - 1
+        lens = cu_seqlens[1:] - cu_seqlens[:-1]
+        blocks = (lens + cfg["BT"] - 1) // cfg["BT"]
+        chunk_offsets = torch.cat([blocks.new_zeros(1), blocks.cumsum(0)]).to(torch.int32)
+        # an upper bound on Σ ceil(len / BT), so no device sync is needed
+        n_blocks = triton_cdiv(T, cfg["BT"]) + N
+    return B, T, H, K, V, N, NK, NV, chunk_offsets, n_blocks
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class _ScanFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, sig, cfg, scale, cu_seqlens, out_dtype, output_final_state, save, *tensors):
+        q, k, v, g, gk, gv, A, h0 = (_contig(t) for t in tensors)
+        B, T, H, K, V, N, NK, NV, chunk_offsets, n_blocks = _geometry(cfg, v, q, cu_seqlens)
+        dev = v.device
+        R = B * T
+        o = _empty(NK, B, T, H, V, dtype=out_dtype if NK == 1 else torch.float32, device=dev)
+        ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if output_final_state else None
+        hc = _empty(n_blocks, H, K, V, dtype=torch.float32, device=dev) if save else None
+        mod = kernels(sig)
+        grid = (NV, NK, N * H)
+        mod.scan_fwd_kernel[grid](
+            q, k, v, g, gk, gv, A, h0, o, ht, hc, cu_seqlens, chunk_offsets, scale, T, R,
+            H=H, K=K, V=V, BT=cfg["BT"], BK=cfg["BK"], BV=cfg["BV"],
+            USE_H0=h0 is not None, STORE_HT=output_final_state, SAVE_CKPT=save,
+            IS_VARLEN=cu_seqlens is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+        o = o[0] if NK == 1 else o.sum(0).to(out_dtype)
+        if save:
+            ctx.save_for_backward(q, k, v, g, gk, gv, A, h0, hc, cu_seqlens, chunk_offsets)
+            ctx.meta = (sig, cfg, scale, [None if t is None else t.dtype for t in tensors])
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, g, gk, gv, A, h0, hc, cu_seqlens, chunk_offsets = ctx.saved_tensors
+        sig, cfg, scale, dtypes = ctx.meta
+        B, T, H, K, V, N, NK, NV, _, _ = _geometry(cfg, v, q, cu_seqlens)
+        dev, R, f32 = v.device, B * T, torch.float32
+        need = ctx.needs_input_grad[7:]
+
+        def buf(*shape):
+            return _empty(*shape, dtype=f32, device=dev)
+
+        dq = buf(N, H, V, K) if sig.query_static else buf(NV, B, T, H, K)
+        dk = buf(N, H, V, K) if sig.key_static else buf(NV, B, T, H, K)
+        dv = buf(NK, B, T, H, V)
+        dg = buf(NV * NK, B, T, H) if g is not None else None
+        dgk = buf(NV, B, T, H, K) if gk is not None else None
+        dgv = None
+        if gv is not None:
+            dgv = buf(NK, N, H, V) if sig.decay_static else buf(NK, B, T, H, V)
+        dA = buf(N, H, V, K) if A is not None else None
+        dh0 = buf(N, H, K, V) if (h0 is not None and need[7]) else None
+        mod = kernels(sig)
+        mod.scan_bwd_kernel[(NV, NK, N * H)](
+            q, k, v, g, gk, gv, A, hc, do.contiguous(), _contig(dht), dq, dk, dv, dg, dgk, dgv, dA, dh0,
+            cu_seqlens, chunk_offsets, scale, T, R, N,
+            H=H, K=K, V=V, BT=cfg["BT"], BK=cfg["BK"], BV=cfg["BV"],
+            USE_DHT=dht is not None, STORE_DH0=dh0 is not None, IS_VARLEN=cu_seqlens is not None,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+        grads = []
+        for i, (part, dtype) in enumerate(zip((dq, dk, dv, dg, dgk, dgv, dA, dh0), dtypes)):
+            if part is None or not need[i]:
+                grads.append(None)
+                continue
+            if i == 5 and sig.decay_static:  # [NK, N, H, V] partials of a static gv [H, V]
+                part = part.flatten(0, 1)
+            grads.append(part.sum(0).to(dtype) if i < 7 else part.to(dtype))
+        return (None,) * 7 + tuple(grads)
