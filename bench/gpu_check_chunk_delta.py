@@ -41,11 +41,13 @@ DEV = "cuda"
 BENCH = Shape(B=4, T=4096, H=16, K=128, V=128)
 SWEEP = [
     {},  # the default config
-    {"bv": 32},
+    {"bv": 64},
+    {"bv": 16},
     {"num_warps": 8},
-    {"bv": 32, "num_stages": 3},
-    {"bwd_warps": 4},
-    {"chunk": 32, "bv": 32},
+    {"out_bv": 32},
+    {"num_stages": 3},
+    {"bwd_bk": 32, "bwd_warps": 4},
+    {"chunk": 32, "bwd_bk": 128},
 ]
 
 

@@ -33,6 +33,7 @@ __all__ = ["supports", "run", "search_space", "default_config", "generate_source
 # Tests turn this on: every buffer a kernel is meant to fill starts as NaN.
 POISON = False
 _SMEM_BYTES = 227 * 1024  # Hopper's per-block shared memory
+_DUMMY: dict = {}  # device -> an int32 placeholder for the varlen tables of fixed-length calls
 
 
 def supports(sig: CoreSig) -> str | None:
@@ -136,7 +137,9 @@ class _Plan:
 def _tables(cu: torch.Tensor | None, B: int, T: int, C: int, device):
     """(chunk_offsets [N+1], chunk_seq [NC], chunk_start [NC]) on the device, or dummies."""
     if cu is None:
-        dummy = torch.zeros(1, dtype=torch.int32, device=device)
+        dummy = _DUMMY.get(device)
+        if dummy is None:
+            dummy = _DUMMY[device] = torch.zeros(1, dtype=torch.int32, device=device)
         return dummy, dummy, dummy, B * math.ceil(T / C)
     bounds = cu.tolist()
     counts = [math.ceil((e - s) / C) for s, e in zip(bounds[:-1], bounds[1:])]
@@ -167,7 +170,8 @@ class _ChunkDelta(torch.autograd.Function):
         seq_bv, par_bv = min(cfg["bv"], _pow2(V)), min(cfg["out_bv"], _pow2(V))
         w = _empty(B, Tn, H, K, dtype=k.dtype, device=dev)
         u = _empty(B, Tn, H, V, dtype=v.dtype, device=dev)
-        tmat = _empty(B, Tn, H, C, dtype=torch.float32, device=dev) if plan.need_grad else w
+        # T only feeds tensor-core products in the input dtype, so it is kept in that dtype
+        tmat = _empty(B, Tn, H, C, dtype=k.dtype, device=dev) if plan.need_grad else w
         hs = _empty(max(plan.NC, 1), H, K, V, dtype=k.dtype, device=dev)
         ht = _empty(plan.N, H, K, V, dtype=torch.float32, device=dev)
         o = _empty(B, Tn, H, V, dtype=plan.out_dtype, device=dev, zero=not plan.covers_all)
@@ -181,9 +185,10 @@ class _ChunkDelta(torch.autograd.Function):
             USE_H0=h0 is not None, STORE_HT=True, BV=seq_bv, **shapes, **launch,
         )  # fmt: skip
         if plan.NC:
-            mod.delta_fwd_out[(plan.NC, triton_cdiv(V, par_bv), H)](
+            nv = triton_cdiv(V, par_bv)
+            mod.delta_fwd_out[(plan.NC * nv, H)](
                 q, k, u, g, hs, o, cu_arg, cseq, cstart, plan.scale, plan.T, plan.NT,
-                BV=par_bv, **shapes, **launch,
+                BV=par_bv, NV=nv, **shapes, **launch,
             )  # fmt: skip
         ctx.save_for_backward(q, k, beta, g, h0, w, u, tmat, hs, cu, *tables)
         ctx.plan = plan
@@ -225,10 +230,10 @@ class _ChunkDelta(torch.autograd.Function):
         dbeta = _empty(nk, B, Tn, H, dtype=torch.float32, device=dev, zero=zero)
         dg = _empty(nk, B, Tn, H, dtype=torch.float32, device=dev, zero=zero) if ctx.has_g else dbeta
         if plan.NC:
-            mod.delta_bwd_chunk[(plan.NC, H, nk)](
+            mod.delta_bwd_chunk[(plan.NC * nk, H)](
                 q, k, beta, g, tmat, hs, dhs, u, du, do, dq, dk, dv, dbeta, dg,
                 cu_arg, cseq, cstart, plan.scale, plan.T, plan.NT, B * Tn * H,
-                BK=bwd_bk, BV=par_bv, **shapes, num_warps=cfg["bwd_warps"], num_stages=cfg["num_stages"],
+                BK=bwd_bk, BV=par_bv, NK=nk, **shapes, num_warps=cfg["bwd_warps"], num_stages=cfg["num_stages"],
             )  # fmt: skip
         dbeta = dbeta.sum(0).to(beta.dtype)
         dg = dg.sum(0).to(g.dtype) if ctx.has_g else None

@@ -137,13 +137,13 @@ def _prepare(sig: CoreSig, nb: int) -> str:
             f"tl.store(w + (r{i}[:, None] * H + i_h) * K + o_k[None, :], b_w{i}.to(w.dtype.element_ty), "
             f"mask=m{i}[:, None] & m_k[None, :])"
         )
-    add("if STORE_T:  # T for the backward, row-major [C] per step (zeros above the diagonal)")
+    add("if STORE_T:  # T for the backward, [C] per step (zeros above the diagonal), in the input dtype")
     for i in range(nb):
         for j in range(nb):
             block = f"b_T{i}{j}" if j <= i else "tl.zeros([16, 16], dtype=tl.float32)"
             add(
                 f"    tl.store(tmat + (r{i}[:, None] * H + i_h) * C + {f'{SUB * j} + ' if j else ''}o_s[None, :], "
-                f"{block}, mask=m{i}[:, None])"
+                f"{block}.to(tmat.dtype.element_ty), mask=m{i}[:, None])"
             )
     add("# u' = T v, one V-block at a time")
     add("for i_v in range(0, tl.cdiv(V, BV)):")

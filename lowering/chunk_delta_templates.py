@@ -122,12 +122,13 @@ FWD_OUT = '''
 def delta_fwd_out(
     q, k, u, g, hs, o, cu_seqlens, chunk_seq, chunk_start, scale, T, NT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     """One (chunk, V-block, head): o = scale * (gamma (q h0) + ((q k^T) (.) E, s <= t) u)."""
-    i_c = tl.program_id(0)
-    i_v = tl.program_id(1)
-    i_h = tl.program_id(2)
+    # the V-blocks of one chunk are neighbours in the launch order, so q and k come from L2
+    i_c = tl.program_id(0) // NV
+    i_v = tl.program_id(0) % NV
+    i_h = tl.program_id(1)
     t0, eos = _chunk_rows(i_c, cu_seqlens, chunk_seq, chunk_start, T, NT, C, IS_VARLEN)
     o_c = tl.arange(0, C)
     o_k = tl.arange(0, BK)
@@ -209,7 +210,7 @@ def delta_bwd_chunk(
     q, k, beta, g, tmat, hs, dhs, u, du, do, dq, dk, dv, dbeta, dg,
     cu_seqlens, chunk_seq, chunk_start, scale, T, NT, n_rows,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     """One (chunk, head, K-block): dq, dk, dv and this K-block's share of dbeta (and dg).
 
@@ -217,9 +218,10 @@ def delta_bwd_chunk(
     which keeps three [C, BK] accumulators instead of three [C, K] ones in registers; dbeta
     and dg are sums over K, so each K-block writes its partial into its own slice of them.
     """
-    i_c = tl.program_id(0)
+    # the K-blocks of one chunk are neighbours in the launch order, so u, du, do come from L2
+    i_c = tl.program_id(0) // NK
+    i_k = tl.program_id(0) % NK
     i_h = tl.program_id(1)
-    i_k = tl.program_id(2)
     t0, eos = _chunk_rows(i_c, cu_seqlens, chunk_seq, chunk_start, T, NT, C, IS_VARLEN)
     n_valid = tl.minimum(eos - t0, C)
     o_c = tl.arange(0, C)
@@ -232,7 +234,7 @@ def delta_bwd_chunk(
     causal = o_c[:, None] >= o_c[None, :]  # [C, C] step t (row), step s (column), s <= t
     strict = o_c[:, None] > o_c[None, :]
     p_hs = (i_c.to(tl.int64) * H + i_h) * K * V
-    b_t = tl.load(tmat + (r[:, None] * H + i_h) * C + o_c[None, :], mask=m_t[:, None], other=0.0)  # [C, C]
+    b_t = tl.load(tmat + (r[:, None] * H + i_h) * C + o_c[None, :], mask=m_t[:, None], other=0.0)  # [C, C] T
     b_dqh = tl.zeros([C, BK], dtype=tl.float32)  # do h0^T
     b_dkb = tl.zeros([C, BK], dtype=tl.float32)  # lambda h0^T (minus the gradient of beta gamma k)
     b_dkh = tl.zeros([C, BK], dtype=tl.float32)  # u dh_end^T
