@@ -44,6 +44,7 @@ SWEEP = [
     {"bv": 64},
     {"bv": 16},
     {"num_warps": 8},
+    {"state_warps": 4},
     {"out_bv": 32},
     {"num_stages": 3},
     {"bwd_bk": 32, "bwd_warps": 4},

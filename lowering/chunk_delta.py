@@ -55,7 +55,8 @@ def _pow2(n: int) -> int:
 def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
     """Tiles: ``chunk``; ``bv`` the V-block of the sequential passes (more programs walk the
     sequences as it shrinks); ``out_bv`` the V-block of the per-chunk kernels; ``bwd_bk`` the
-    K-block of ``delta_bwd_chunk``; warps (``bwd_warps`` for ``delta_bwd_chunk``) and stages."""
+    K-block of ``delta_bwd_chunk``; warps of the per-chunk kernels (``num_warps``), of the
+    sequential passes (``state_warps``) and of ``delta_bwd_chunk`` (``bwd_warps``); stages."""
     bk_max, bv_max = _pow2(shape.K), _pow2(shape.V)
 
     def valid(cfg) -> str | None:
@@ -80,6 +81,7 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
             Param("out_bv", (64, 32, 128)),
             Param("bwd_bk", (64, 32, 128)),
             Param("num_warps", (4, 8)),
+            Param("state_warps", (8, 4)),
             Param("num_stages", (2, 1, 3)),
             Param("bwd_warps", (8, 4)),
         ),
@@ -94,6 +96,7 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
         "out_bv": min(64, _pow2(shape.V)),
         "bwd_bk": min(64, _pow2(shape.K)),
         "num_warps": 4,
+        "state_warps": 8,
         "num_stages": 2,
         "bwd_warps": 8,
     }
@@ -166,6 +169,7 @@ class _ChunkDelta(torch.autograd.Function):
         offsets, cseq, cstart = tables
         cu_arg = cu if cu is not None else offsets
         launch = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        walk = dict(num_warps=cfg["state_warps"], num_stages=cfg["num_stages"])
         shapes = dict(H=H, K=K, V=V, C=C, BK=_pow2(K), IS_VARLEN=plan.varlen)
         seq_bv, par_bv = min(cfg["bv"], _pow2(V)), min(cfg["out_bv"], _pow2(V))
         w = _empty(B, Tn, H, K, dtype=k.dtype, device=dev)
@@ -182,7 +186,7 @@ class _ChunkDelta(torch.autograd.Function):
             )  # fmt: skip
         mod.delta_fwd_state[(triton_cdiv(V, seq_bv), plan.N * H)](
             k, w, u, g, h0 if h0 is not None else ht, hs, ht, cu_arg, offsets, plan.T, plan.NT,
-            USE_H0=h0 is not None, STORE_HT=True, BV=seq_bv, **shapes, **launch,
+            USE_H0=h0 is not None, STORE_HT=True, BV=seq_bv, **shapes, **walk,
         )  # fmt: skip
         if plan.NC:
             nv = triton_cdiv(V, par_bv)
@@ -206,7 +210,7 @@ class _ChunkDelta(torch.autograd.Function):
         dev = q.device
         mod = _module(plan.sig, C, cfg.get("fp32_precision", "tf32x3"), q.dtype)
         cu_arg = cu if cu is not None else offsets
-        launch = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        walk = dict(num_warps=cfg["state_warps"], num_stages=cfg["num_stages"])
         shapes = dict(H=H, K=K, V=V, C=C, IS_VARLEN=plan.varlen)
         seq_bv, par_bv = min(cfg["bv"], _pow2(V)), min(cfg["out_bv"], _pow2(V))
         do = do.contiguous()
@@ -218,7 +222,7 @@ class _ChunkDelta(torch.autograd.Function):
         mod.delta_bwd_state[(triton_cdiv(V, seq_bv), plan.N * H)](
             q, k, w, g, do, du, dhs, dht if dht is not None else hs, dh0 if want_dh0 else hs,
             cu_arg, offsets, plan.scale, plan.T, plan.NT,
-            USE_DHT=dht is not None, STORE_DH0=want_dh0, BK=_pow2(K), BV=seq_bv, **shapes, **launch,
+            USE_DHT=dht is not None, STORE_DH0=want_dh0, BK=_pow2(K), BV=seq_bv, **shapes, **walk,
         )  # fmt: skip
         zero = not plan.covers_all
         dq = _empty(B, Tn, H, K, dtype=q.dtype, device=dev, zero=zero)

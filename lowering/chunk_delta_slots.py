@@ -15,8 +15,11 @@ Slots (a function of the signature returning Triton source text; NONE gives "" o
 
 - ``gates``       load ``g`` for a ``[C]`` row set and build ``b_G``, ``b_Gl``;
 - ``pair_decay``  build ``b_E`` (``[C, C]``, rows ``t``, columns ``s``); ``times_E`` multiplies by it;
-- ``gamma`` / ``times_gamma``   ``b_gam = exp(b_G)``, a row factor on a ``[C, *]`` tile;
-- ``tail`` / ``times_tail``     ``b_tail = exp(b_Gl - b_G)``: decay from step ``t`` to the chunk end;
+  ``pair_decay_t`` / ``times_Et`` the same for its transpose ``b_Et`` (rows ``s``, columns ``t``);
+- ``gamma`` / ``times_gamma``   ``b_gam = exp(b_G)``, a row factor on a ``[C, *]`` tile
+  (``times_gamma_cols``: a column factor on a transposed ``[*, C]`` tile);
+- ``tail`` / ``times_tail``     ``b_tail = exp(b_Gl - b_G)``: decay from step ``t`` to the chunk end
+  (``times_tail_cols`` likewise);
 - ``decay_state`` the whole-chunk factor ``exp(b_Gl)`` on a carried (gradient) state;
 - ``beta_gamma``  ``beta_t gamma_t``, the row factor of the keys the chunk-start state is probed with;
 - ``dg_init`` / ``dg_accumulate`` / ``dg_finish``  the log-decay gradient (nothing for NONE), see
@@ -57,10 +60,18 @@ def slots(sig: CoreSig) -> dict[str, str]:
             else ""
         ),
         "times_E": " * b_E" if s else "",
+        "pair_decay_t": (
+            "b_Et = tl.exp(tl.where(anti, b_G[None, :] - b_G[:, None], 0.0))  # [C, C] E^T: row s, column t >= s"
+            if s
+            else ""
+        ),
+        "times_Et": " * b_Et" if s else "",
         "gamma": "b_gam = tl.exp(b_G)  # [C] decay since the chunk start" if s else "",
         "times_gamma": " * b_gam[:, None]" if s else "",
+        "times_gamma_cols": " * b_gam[None, :]" if s else "",
         "tail": "b_tail = tl.exp(b_Gl - b_G)  # [C] decay from step t to the chunk end" if s else "",
         "times_tail": " * b_tail[:, None]" if s else "",
+        "times_tail_cols": " * b_tail[None, :]" if s else "",
         "decay_state": " * tl.exp(b_Gl)" if s else "",
         "beta_gamma": "b_b * b_gam" if s else "b_b",
         "dg_init": "b_hdh = 0.0  # <h0, dh_end>: the whole-chunk decay's share of dg" if s else "",

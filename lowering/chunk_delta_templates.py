@@ -101,16 +101,17 @@ def delta_fwd_state(
         p_hs = ((c0 + i) * H + i_h) * K * V
         tl.store(hs + p_hs + p_hv, b_h.to(hs.dtype.element_ty), mask=m_hv)
         m_tk = m_t[:, None] & m_k[None, :]
+        m_kt = m_k[:, None] & m_t[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
         b_w = tl.load(w + (r[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)  # [C, BK]
-        b_k = tl.load(k + (r[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)  # [C, BK]
         p_u = u + (r[:, None] * H + i_h) * V + o_v[None, :]
         b_u = tl.load(p_u, mask=m_tv, other=0.0).to(tl.float32) - _dot(b_w, b_h)  # [C, BV] u = u' - w h
         b_u = b_u.to(u.dtype.element_ty)
         tl.store(p_u, b_u, mask=m_tv)
+        b_kt = tl.load(k + (r[None, :] * H + i_h) * K + o_k[:, None], mask=m_kt, other=0.0)  # [BK, C] k^T
         @gates@
         @tail@
-        b_h = b_h@decay_state@ + _dot(tl.trans(b_k@times_tail@), b_u)  # [BK, BV]
+        b_h = b_h@decay_state@ + _dot(b_kt@times_tail_cols@, b_u)  # [BK, BV]
     if STORE_HT:
         tl.store(ht + p_nh + p_hv, b_h, mask=m_hv)
 """
@@ -172,7 +173,7 @@ def delta_bwd_state(
 '''
     + _SEQ_PROLOGUE
     + """\
-    causal = o_c[:, None] >= o_c[None, :]  # [C, C] query step t (row) reads key step s (column)
+    anti = o_c[:, None] <= o_c[None, :]  # [C, C] key step s (row) is read by query step t (column)
     b_dh = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_DHT:
         b_dh += tl.load(dht + p_nh + p_hv, mask=m_hv, other=0.0).to(tl.float32)
@@ -183,21 +184,22 @@ def delta_bwd_state(
         p_hs = ((c0 + i) * H + i_h) * K * V
         tl.store(dhs + p_hs + p_hv, b_dh.to(dhs.dtype.element_ty), mask=m_hv)
         m_tk = m_t[:, None] & m_k[None, :]
+        m_kt = m_k[:, None] & m_t[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
-        b_q = tl.load(q + (r[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)  # [C, BK]
+        # the transposed operands are loaded transposed: never tl.trans a left dot operand
+        b_qt = tl.load(q + (r[None, :] * H + i_h) * K + o_k[:, None], mask=m_kt, other=0.0)  # [BK, C] q^T
         b_k = tl.load(k + (r[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)  # [C, BK]
-        b_w = tl.load(w + (r[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)  # [C, BK]
+        b_wt = tl.load(w + (r[None, :] * H + i_h) * K + o_k[:, None], mask=m_kt, other=0.0)  # [BK, C] w^T
         b_do = tl.load(do + (r[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.0)  # [C, BV]
         @gates@
         @gamma@
         @tail@
-        @pair_decay@
-        b_s = tl.where(causal, _dot(b_q, tl.trans(b_k))@times_E@, 0.0)  # [C, C] as in the forward read-out
-        b_du = scale * _dot(tl.trans(b_s), b_do) + _dot(b_k@times_tail@, b_dh)  # [C, BV]
+        @pair_decay_t@
+        b_st = tl.where(anti, _dot(b_k, b_qt)@times_Et@, 0.0)  # [C, C] the forward's read-out matrix, transposed
+        b_du = scale * _dot(b_st, b_do) + _dot(b_k@times_tail@, b_dh)  # [C, BV]
         b_du = b_du.to(du.dtype.element_ty)
         tl.store(du + (r[:, None] * H + i_h) * V + o_v[None, :], b_du, mask=m_tv)
-        b_qg = (b_q * scale)@times_gamma@
-        b_dh = b_dh@decay_state@ + _dot(tl.trans(b_qg), b_do) - _dot(tl.trans(b_w), b_du)
+        b_dh = b_dh@decay_state@ + _dot((b_qt * scale)@times_gamma_cols@, b_do) - _dot(b_wt, b_du)
     if STORE_DH0:
         tl.store(dh0 + p_nh + p_hv, b_dh, mask=m_hv)
 """
@@ -233,13 +235,21 @@ def delta_bwd_chunk(
     p_part = i_k.to(tl.int64) * n_rows  # this K-block's slice of dbeta / dg
     causal = o_c[:, None] >= o_c[None, :]  # [C, C] step t (row), step s (column), s <= t
     strict = o_c[:, None] > o_c[None, :]
+    anti = o_c[:, None] <= o_c[None, :]  # the transposed masks: row s, column t
+    strict_t = o_c[:, None] < o_c[None, :]
     p_hs = (i_c.to(tl.int64) * H + i_h) * K * V
+    # Hopper + Triton 3.4-3.7.0 miscompile tl.trans of a dot result fed to another dot, so no left
+    # dot operand here is a tl.trans: T^T is loaded transposed, and each [C, C] product that is
+    # needed both ways round is accumulated both ways round.
     b_t = tl.load(tmat + (r[:, None] * H + i_h) * C + o_c[None, :], mask=m_t[:, None], other=0.0)  # [C, C] T
+    b_tt = tl.load(tmat + (r[None, :] * H + i_h) * C + o_c[:, None], mask=m_t[None, :], other=0.0)  # T^T
     b_dqh = tl.zeros([C, BK], dtype=tl.float32)  # do h0^T
     b_dkb = tl.zeros([C, BK], dtype=tl.float32)  # lambda h0^T (minus the gradient of beta gamma k)
     b_dkh = tl.zeros([C, BK], dtype=tl.float32)  # u dh_end^T
     b_dA = tl.zeros([C, C], dtype=tl.float32)  # lambda u^T (minus the gradient of A)
+    b_udu = tl.zeros([C, C], dtype=tl.float32)  # u du^T: (u du^T) T = (lambda u^T)^T
     b_dou = tl.zeros([C, C], dtype=tl.float32)  # do u^T
+    b_dout = tl.zeros([C, C], dtype=tl.float32)  # u do^T
     @dg_init@
     for i_v in range(0, tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
@@ -252,14 +262,16 @@ def delta_bwd_chunk(
         b_u = tl.load(u + p_tv, mask=m_tv, other=0.0)  # [C, BV]
         b_du = tl.load(du + p_tv, mask=m_tv, other=0.0)  # [C, BV]
         b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)  # [C, BV]
-        b_lam = _dot(tl.trans(b_t), b_du)  # [C, BV] lambda = T^T du, the gradient of v
+        b_lam = _dot(b_tt, b_du)  # [C, BV] lambda = T^T du, the gradient of v
         if i_k == 0:  # every K-block computes lambda; one stores it
             tl.store(dv + p_tv, b_lam.to(dv.dtype.element_ty), mask=m_tv)
         b_dqh += _dot(b_do, tl.trans(b_h))
         b_dkb += _dot(b_lam, tl.trans(b_h))
         b_dkh += _dot(b_u, tl.trans(b_dhe))
         b_dA += _dot(b_lam, tl.trans(b_u))
+        b_udu += _dot(b_u, tl.trans(b_du))
         b_dou += _dot(b_do, tl.trans(b_u))
+        b_dout += _dot(b_u, tl.trans(b_do))
         @dg_accumulate@
     b_q = tl.load(q + (r[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32) * scale
     b_k = tl.load(k + (r[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)  # [C, BK]
@@ -269,17 +281,20 @@ def delta_bwd_chunk(
     @gamma@
     @tail@
     @pair_decay@
+    @pair_decay_t@
     # read-out o = gamma (q~ h0) + ((q~ k^T) (.) E) u
     b_dou = tl.where(causal, b_dou@times_E@, 0.0)
+    b_dout = tl.where(anti, b_dout@times_Et@, 0.0)
     b_dq = b_dqh@times_gamma@ + _dot(b_dou, b_k)  # [C, BK] gradient of q~ = scale q
-    b_dk = _dot(tl.trans(b_dou), b_q)  # [C, BK]
+    b_dk = _dot(b_dout, b_q)  # [C, BK]
     # hand-off h_end = gamma_C h0 + (tail k)^T u
     b_dkh = b_dkh@times_tail@
     b_dk += b_dkh
     # the solve (I + A) u = v - diag(beta gamma) k h0, A = strict((beta k k^T) (.) E)
     b_dA = tl.where(strict, b_dA@times_E@, 0.0)
+    b_dAt = tl.where(strict_t, _dot(b_udu, b_t)@times_Et@, 0.0)  # b_dA transposed
     b_x = _dot(b_dA, b_k)  # [C, BK]
-    b_y = _dot(tl.trans(b_dA), b_kf * b_b[:, None])  # [C, BK]
+    b_y = _dot(b_dAt, b_kf * b_b[:, None])  # [C, BK]
     b_dk -= b_dkb * (@beta_gamma@)[:, None] + b_x * b_b[:, None] + b_y
     b_db = -tl.sum(b_kf * (b_dkb@times_gamma@ + b_x), axis=1)  # [C]
     @dg_finish@

@@ -21,7 +21,16 @@ from scandsl._core import CoreInputs, CoreSig, Shape, core_reference  # noqa: E4
 from scandsl.testing import TAXONOMY_SIGS, TOLERANCES, assert_close, random_core_inputs  # noqa: E402
 
 # V-blocks of 16 split V=40 three ways; bwd_bk=16 splits K=24 in two (partial dbeta / dg sums)
-CFG = {"chunk": 16, "bv": 16, "out_bv": 16, "bwd_bk": 16, "num_warps": 1, "num_stages": 1, "bwd_warps": 1}
+CFG = {
+    "chunk": 16,
+    "bv": 16,
+    "out_bv": 16,
+    "bwd_bk": 16,
+    "num_warps": 1,
+    "state_warps": 1,
+    "num_stages": 1,
+    "bwd_warps": 1,
+}
 NAMES = ("q", "k", "v", "g", "beta", "initial_state")
 SIGS = ("delta", "scalar_delta")
 
