@@ -22,6 +22,7 @@ Slots (a function of the signature returning Triton source text; NONE gives "" o
   (``times_tail_cols`` likewise);
 - ``decay_state`` the whole-chunk factor ``exp(b_Gl)`` on a carried (gradient) state;
 - ``beta_gamma``  ``beta_t gamma_t``, the row factor of the keys the chunk-start state is probed with;
+- ``tail_dkh``    decays the key gradient of the hand-off ``(tail k)^T u`` to the chunk end;
 - ``dg_init`` / ``dg_accumulate`` / ``dg_finish``  the log-decay gradient (nothing for NONE), see
   :mod:`scandsl.lowering.chunk_delta_source`;
 - ``block_gates`` / ``block_pair_decay`` the same gates for one 16-step sub-block of the solve.
@@ -73,7 +74,8 @@ def slots(sig: CoreSig) -> dict[str, str]:
         "times_tail": " * b_tail[:, None]" if s else "",
         "times_tail_cols": " * b_tail[None, :]" if s else "",
         "decay_state": " * tl.exp(b_Gl)" if s else "",
-        "beta_gamma": "b_b * b_gam" if s else "b_b",
+        "beta_gamma": "(b_b * b_gam)" if s else "b_b",
+        "tail_dkh": "b_dkh = b_dkh * b_tail[:, None]" if s else "",
         "dg_init": "b_hdh = 0.0  # <h0, dh_end>: the whole-chunk decay's share of dg" if s else "",
         "dg_accumulate": (
             "b_hdh += tl.sum(tl.sum(b_h.to(tl.float32) * b_dhe.to(tl.float32), axis=1), axis=0)" if s else ""

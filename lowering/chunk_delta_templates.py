@@ -216,9 +216,10 @@ def delta_bwd_chunk(
 ):
     """One (chunk, head, K-block): dq, dk, dv and this K-block's share of dbeta (and dg).
 
-    The [C, C] products (lambda u^T, do u^T) span all of K and V and are recomputed per K-block,
-    which keeps three [C, BK] accumulators instead of three [C, K] ones in registers; dbeta
-    and dg are sums over K, so each K-block writes its partial into its own slice of them.
+    The [C, C] products (lambda u^T, do u^T and their transposes) span all of K and V and are
+    recomputed per K-block, which keeps three [C, BK] accumulators instead of three [C, K] ones
+    in registers; dbeta and dg are sums over K, so each K-block writes its partial into its own
+    slice of them.
     """
     # the K-blocks of one chunk are neighbours in the launch order, so u, du, do come from L2
     i_c = tl.program_id(0) // NK
@@ -288,14 +289,14 @@ def delta_bwd_chunk(
     b_dq = b_dqh@times_gamma@ + _dot(b_dou, b_k)  # [C, BK] gradient of q~ = scale q
     b_dk = _dot(b_dout, b_q)  # [C, BK]
     # hand-off h_end = gamma_C h0 + (tail k)^T u
-    b_dkh = b_dkh@times_tail@
+    @tail_dkh@
     b_dk += b_dkh
     # the solve (I + A) u = v - diag(beta gamma) k h0, A = strict((beta k k^T) (.) E)
     b_dA = tl.where(strict, b_dA@times_E@, 0.0)
     b_dAt = tl.where(strict_t, _dot(b_udu, b_t)@times_Et@, 0.0)  # b_dA transposed
     b_x = _dot(b_dA, b_k)  # [C, BK]
     b_y = _dot(b_dAt, b_kf * b_b[:, None])  # [C, BK]
-    b_dk -= b_dkb * (@beta_gamma@)[:, None] + b_x * b_b[:, None] + b_y
+    b_dk -= b_dkb * @beta_gamma@[:, None] + b_x * b_b[:, None] + b_y
     b_db = -tl.sum(b_kf * (b_dkb@times_gamma@ + b_x), axis=1)  # [C]
     @dg_finish@
     p_tk = (r[:, None] * H + i_h) * K + o_k[None, :]
