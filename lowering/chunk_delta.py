@@ -13,6 +13,8 @@ Algorithm: the WY / UT representation of Yang et al., "Parallelizing Linear Tran
 Delta Rule over Sequence Length" (2024), with Gated DeltaNet's scalar decay (Yang, Kautz &
 Hatamizadeh, 2024); the equations, forward and backward, are in
 :mod:`scandsl.lowering.chunk_delta_source`, which generates the Triton text from the signature.
+``python -m scandsl.lowering.chunk_delta --write-golden`` rewrites the checked-in copies in
+``lowering/golden/chunk_delta_*.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from scandsl.autotune._space import Param, SearchSpace
@@ -292,3 +295,33 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
     g = x.g if sig.decay is Decay.SCALAR else None
     h0 = h0.float() if h0 is not None else None
     return _ChunkDelta.apply(q, k, x.v, x.beta, g, h0, cu, (offsets, cseq, cstart), plan)
+
+
+# Checked-in copies of generated kernels (lowering/golden/): a codegen change shows in the diff.
+GOLDEN: dict[str, tuple[CoreSig, dict, torch.dtype]] = {
+    "chunk_delta_none_c32_bf16": (CoreSig(transition=Transition.DELTA), {"chunk": 32}, torch.bfloat16),
+    "chunk_delta_scalar_c32_bf16": (
+        CoreSig(decay=Decay.SCALAR, transition=Transition.DELTA),
+        {"chunk": 32},
+        torch.bfloat16,
+    ),
+}
+
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+
+
+def _write_golden() -> None:
+    out = GOLDEN_DIR
+    out.mkdir(exist_ok=True)
+    for name, (sig, cfg, dtype) in GOLDEN.items():
+        (out / f"{name}.py").write_text(generate_source(sig, cfg, dtype=dtype))
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m scandsl.lowering.chunk_delta")
+    ap.add_argument("--write-golden", action="store_true", help="rewrite lowering/golden/chunk_delta_*.py")
+    if ap.parse_args().write_golden:
+        _write_golden()

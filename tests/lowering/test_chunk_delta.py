@@ -130,6 +130,17 @@ def test_generated_source_slots():
     assert "b_G = tl.cumsum(b_g, axis=0)" in src_scalar
 
 
+@pytest.mark.parametrize("name", sorted(chunk_delta.GOLDEN))
+def test_golden(name):
+    """A codegen change must show in the diff of lowering/golden/."""
+    sig, cfg, dtype = chunk_delta.GOLDEN[name]
+    path = chunk_delta.GOLDEN_DIR / f"{name}.py"
+    assert path.exists(), f"{path} is missing: python -m scandsl.lowering.chunk_delta --write-golden"
+    assert chunk_delta.generate_source(sig, cfg, dtype=dtype) == path.read_text(), (
+        f"generated {name} differs from {path}; if intended: python -m scandsl.lowering.chunk_delta --write-golden"
+    )
+
+
 def test_supports_and_space():
     assert chunk_delta.supports(TAXONOMY_SIGS["delta"]) is None
     assert chunk_delta.supports(TAXONOMY_SIGS["scalar_delta"]) is None
