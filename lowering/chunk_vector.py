@@ -1,0 +1,342 @@
+"""Chunked (chunkwise, GLA-style) strategy for decay KEY, VALUE and OUTER: GLA, RWKV-6, HGRN-2, GSA, DFW.
+
+How it is parallelised: time is cut into chunks of ``C`` steps, each chunk into sub-chunks of
+``SC`` rows. Forward, three launches:
+
+1. ``chunk_local_cumsum`` — per (chunk, head): the chunk-local cumulative log-decays ``bk`` / ``bv``;
+2. ``chunk_fwd_state`` — per (K-block, V-block, sequence, head): a sequential walk over the
+   chunks that stores the ``[K, V]`` state entering each chunk (one tensor-core product a chunk);
+3. ``chunk_fwd_o`` — per (V-block, chunk, head), fully parallel: read of the carried-in state
+   plus the causal intra-chunk part, one sub-chunk of queries at a time.
+
+Backward, three more: ``chunk_bwd_state`` (the adjoint walk in reverse time, per K/V-block),
+then ``chunk_bwd_dv`` per (V-block, chunk, head) and ``chunk_bwd_dqk`` per (K-block, chunk,
+head), which also produce the log-decay gradients as a reverse cumulative sum inside the chunk.
+
+Algorithm: Yang et al., "Gated Linear Attention Transformers with Hardware-Efficient Training"
+(2024): secondary chunking — between sub-chunks the per-key gates are rebased on a reference row
+so tensor-core operands stay bounded, inside a sub-chunk the pair decays are formed in fp32.
+Every exponent is ``<= 0``, so nothing overflows for any decay strength or sequence length.
+Kernel text: :mod:`scandsl.lowering.chunk_vector_templates`, slots and the gradient algebra:
+:mod:`scandsl.lowering.chunk_vector_slots`.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+
+import torch
+from scandsl.autotune._space import Param, SearchSpace
+from scandsl.lowering._source import load_source
+from scandsl.lowering.chunk_vector_slots import generate_source, module_name
+
+from scandsl._core import CoreInputs, CoreSig, Decay, Shape, Transition
+
+__all__ = ["supports", "run", "search_space", "default_config", "generate_source"]
+
+# Tests flip this to NaN-fill every buffer the kernels are supposed to overwrite.
+POISON_OUTPUTS = False
+
+_TILES = (
+    "fwd_BK",
+    "fwd_BV",
+    "state_BK",
+    "state_BV",
+    "dv_BK",
+    "dv_BV",
+    "dqk_BK",
+    "dqk_BV",
+    "diag_BK",
+    "diag_BV",
+)
+
+
+def supports(sig: CoreSig) -> str | None:
+    if sig.decay not in (Decay.KEY, Decay.VALUE, Decay.OUTER):
+        return f"chunk_vector handles decay KEY, VALUE or OUTER, not {sig.decay.name}"
+    if sig.transition is not Transition.IDENTITY:
+        return "chunk_vector handles the identity transition only (the delta rule is chunk_delta)"
+    if sig.key_static or sig.query_static or sig.decay_static:
+        return "chunk_vector needs per-step q, k and gates"
+    return None
+
+
+def _pow2(n: int) -> int:
+    return max(16, 1 << (max(int(n), 1) - 1).bit_length())
+
+
+def default_config(sig: CoreSig, shape: Shape) -> dict:
+    """Heuristic tiles. The elementwise sub-chunk products are ``[SC, SC, tile]`` fp32 tensors, so
+    the tile they run over stays at 32; the forward takes all of V in one block when it fits,
+    so the key-gated scores are built once per chunk."""
+    kp, vp = _pow2(shape.K), _pow2(shape.V)
+    value = sig.decay in (Decay.VALUE, Decay.OUTER)
+    return {
+        "chunk": 64,
+        "sub": 16,
+        "fwd_BK": min(kp, 64),
+        "fwd_BV": min(vp, 32 if value else 128),
+        "fwd_warps": 4,
+        "state_BK": min(kp, 64),
+        "state_BV": min(vp, 64),
+        "state_warps": 4,
+        "dv_BK": min(kp, 64),
+        "dv_BV": min(vp, 32 if value else 128),
+        "dv_warps": 4,
+        "dqk_BK": min(kp, 32),
+        "dqk_BV": min(vp, 64),
+        "dqk_warps": 4,
+        "diag_BK": min(kp, 32),
+        "diag_BV": min(vp, 32),
+        "num_stages": 2,
+        "fp32_dot": "ieee",
+    }
+
+
+def _check_config(sig: CoreSig, cfg: dict, shape: Shape) -> str | None:
+    kp, vp = _pow2(shape.K), _pow2(shape.V)
+    c, sc = cfg["chunk"], cfg["sub"]
+    if sc < 16 or sc > c or c % sc:
+        return f"sub={sc} must be >= 16 (tensor-core rows) and divide chunk={c}"
+    for name in _TILES:
+        limit = kp if name.endswith("BK") else vp
+        if cfg[name] > limit or cfg[name] < 16:
+            return f"{name}={cfg[name]} must lie in [16, padded feature size {limit}]"
+    value = sig.decay in (Decay.VALUE, Decay.OUTER)
+    key = sig.decay in (Decay.KEY, Decay.OUTER)
+    # fp32 elements a thread holds for the [SC, SC, tile] sub-chunk products: past 128 they spill badly
+    cubes = {
+        "fwd diag": (cfg["diag_BK"] if key else 0, cfg["fwd_warps"]),
+        "fwd apply": (cfg["fwd_BV"] if value else 0, cfg["fwd_warps"]),
+        "dv diag": (cfg["diag_BK"] if key else 0, cfg["dv_warps"]),
+        "dv apply": (cfg["dv_BV"] if value else 0, cfg["dv_warps"]),
+        "dqk diag": (cfg["diag_BV"] if value else 0, cfg["dqk_warps"]),
+        "dqk apply": (cfg["dqk_BK"] if key else 0, cfg["dqk_warps"]),
+    }
+    for where, (tile, warps) in cubes.items():
+        if sc * sc * tile / (32 * warps) > 128:
+            return f"{where}: [{sc}, {sc}, {tile}] fp32 product needs > 128 registers a thread"
+    # 16-bit dot operands staged in shared memory per pipeline stage ([C, BK], [BK, BV], [C, BV]);
+    # calibrated on sm_90 compiles, where the default tiles take 12-38 KiB
+    for kernel, (bk, bv) in {"fwd": ("fwd_BK", "fwd_BV"), "state": ("state_BK", "state_BV"),
+                             "dv": ("dv_BK", "dv_BV"), "dqk": ("dqk_BK", "dqk_BV")}.items():  # fmt: skip
+        nbytes = 2 * max(1, cfg["num_stages"]) * (c * cfg[bk] + cfg[bk] * cfg[bv] + c * cfg[bv])
+        if nbytes > 200 * 1024:
+            return f"{kernel}: staged tiles need ~{nbytes // 1024} KiB of shared memory (> 200)"
+    return None
+
+
+def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
+    blocks = (16, 32, 64, 128, 256)
+    return SearchSpace(
+        strategy="chunk",
+        params=(
+            Param("chunk", (64, 32, 128)),
+            Param("sub", (16, 32)),
+            Param("fwd_BK", blocks),
+            Param("fwd_BV", blocks),
+            Param("fwd_warps", (4, 8)),
+            Param("state_BK", blocks),
+            Param("state_BV", blocks),
+            Param("state_warps", (4, 8)),
+            Param("dv_BK", blocks),
+            Param("dv_BV", blocks),
+            Param("dv_warps", (4, 8)),
+            Param("dqk_BK", blocks),
+            Param("dqk_BV", blocks),
+            Param("dqk_warps", (4, 8)),
+            Param("diag_BK", (16, 32, 64)),
+            Param("diag_BV", (16, 32, 64)),
+            Param("num_stages", (2, 1, 3)),
+            Param("fp32_dot", ("ieee",)),
+        ),
+        valid=lambda cfg: _check_config(sig, cfg, shape),
+    )
+
+
+@functools.cache
+def _kernels(sig: CoreSig) -> ModuleType:
+    return load_source(generate_source(sig), name=module_name(sig))
+
+
+def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    out = torch.empty(*shape, dtype=dtype, device=device)
+    if POISON_OUTPUTS and dtype.is_floating_point:
+        out.fill_(float("nan"))
+    return out
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class _Plan:
+    """Sizes, chunk map and flags shared by the forward and backward launches of one call.
+
+    Sequences are ``[bos, eos)`` ranges of the flattened ``[B*T, H, D]`` tensors (fixed-length
+    batches are B sequences of length T). Chunk ``i_c`` of the launch grid belongs to sequence
+    ``chunk_seq[i_c]``, at position ``chunk_loc[i_c]``; its starting state lives in slot
+    ``i_c + chunk_seq[i_c]`` of ``hs`` — each sequence owns ``nc + 1`` consecutive slots, the
+    last one holding its final state.
+    """
+
+    def __init__(self, sig: CoreSig, x: CoreInputs, cfg: dict):
+        self.sig, self.cfg = sig, cfg
+        self.B, self.T, self.H, self.K, self.V = x.B, x.T, x.H, x.K, x.V
+        self.scale = float(x.scale)
+        self.key = sig.decay in (Decay.KEY, Decay.OUTER)
+        self.value = sig.decay in (Decay.VALUE, Decay.OUTER)
+        dev, C = x.v.device, cfg["chunk"]
+        if x.cu_seqlens is None:
+            self.N = self.B
+            nc = [_cdiv(self.T, C)] * self.B
+            self.cu = (torch.arange(self.B + 1, device=dev) * self.T).to(torch.int32)
+        else:
+            lens = (x.cu_seqlens[1:] - x.cu_seqlens[:-1]).tolist()  # one host sync for the chunk map
+            self.N = len(lens)
+            nc = [_cdiv(n, C) for n in lens]
+            self.cu = x.cu_seqlens.to(device=dev, dtype=torch.int32)
+        counts = torch.tensor(nc, dtype=torch.int64)
+        self.TC = int(counts.sum())
+        self.chunk_seq = torch.repeat_interleave(torch.arange(self.N), counts).to(dev, torch.int32)
+        off = torch.cumsum(counts, 0) - counts
+        self.chunk_loc = (torch.arange(self.TC) - torch.repeat_interleave(off, counts)).to(dev, torch.int32)
+        self.chunk_off = off.to(dev, torch.int32)
+        self.slots = self.TC + self.N
+        if self.TC > 65535:
+            raise ValueError(f"chunk_vector: {self.TC} chunks exceed the launch grid; use a larger chunk")
+        self.kernels = _kernels(sig)
+        self.prec = cfg.get("fp32_dot", "ieee")
+
+    def common(self) -> dict:
+        return dict(H=self.H, K=self.K, V=self.V, C=self.cfg["chunk"], PREC=self.prec)
+
+
+def _cumsum(P: _Plan, g: torch.Tensor) -> torch.Tensor:
+    D = g.shape[-1]
+    out = _empty(*g.shape, dtype=torch.float32, device=g.device)
+    if P.TC:
+        bd = min(_pow2(D), 64)
+        P.kernels.chunk_local_cumsum[(_cdiv(D, bd), P.TC, P.H)](
+            g, out, P.cu, P.chunk_seq, P.chunk_loc, H=P.H, D=D, C=P.cfg["chunk"], BD=bd, num_warps=4
+        )
+    return out
+
+
+class _ChunkVector(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, plan: _Plan, q, k, v, gk, gv, h0, output_final_state: bool, out_dtype):
+        P, cfg = plan, plan.cfg
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        dev, dummy = v.device, q
+        gk_cum = _cumsum(P, gk.contiguous()) if P.key else None
+        gv_cum = _cumsum(P, gv.contiguous()) if P.value else None
+        h0c = h0.float().contiguous() if h0 is not None else None
+        hs = _empty(P.slots, P.H, P.K, P.V, dtype=q.dtype, device=dev)
+        ht = _empty(P.N, P.H, P.K, P.V, dtype=torch.float32, device=dev) if output_final_state else None
+        sbk, sbv = cfg["state_BK"], cfg["state_BV"]
+        P.kernels.chunk_fwd_state[(_cdiv(P.K, sbk), _cdiv(P.V, sbv), P.N * P.H)](
+            k, v, gk_cum if gk_cum is not None else dummy, gv_cum if gv_cum is not None else dummy,
+            h0c if h0c is not None else dummy, hs, ht if ht is not None else dummy, P.cu, P.chunk_off,
+            BK=sbk, BV=sbv, HAS_H0=h0c is not None, STORE_FINAL=ht is not None,
+            num_warps=cfg["state_warps"], num_stages=cfg["num_stages"], **P.common(),
+        )  # fmt: skip
+        o = _empty(P.B, P.T, P.H, P.V, dtype=out_dtype, device=dev)
+        # o without its zero-step pairs, for the value log-decay gradient (see chunk_fwd_o)
+        ox = _empty(P.B, P.T, P.H, P.V, dtype=torch.float32, device=dev) if P.value else None
+        if P.TC:
+            P.kernels.chunk_fwd_o[(_cdiv(P.V, cfg["fwd_BV"]), P.TC, P.H)](
+                q, k, v, gk_cum if gk_cum is not None else dummy, gv_cum if gv_cum is not None else dummy,
+                hs, o, ox if ox is not None else dummy, P.cu, P.chunk_seq, P.chunk_loc, P.scale,
+                SC=cfg["sub"], BK=cfg["fwd_BK"], BV=cfg["fwd_BV"], BKD=cfg["diag_BK"],
+                num_warps=cfg["fwd_warps"], num_stages=cfg["num_stages"], **P.common(),
+            )  # fmt: skip
+        ctx.plan = plan
+        ctx.h0_dtype = h0.dtype if h0 is not None else None
+        ctx.save_for_backward(q, k, v, gk_cum, gv_cum, hs, ox)
+        ctx.gate_dtypes = (gk.dtype if gk is not None else None, gv.dtype if gv is not None else None)
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        P, cfg = ctx.plan, ctx.plan.cfg
+        q, k, v, gk_cum, gv_cum, hs, ox = ctx.saved_tensors
+        dev, dummy = v.device, q
+        if do is None:
+            do = torch.zeros(P.B, P.T, P.H, P.V, dtype=v.dtype, device=dev)
+        do = do.contiguous()
+        dht = dht.float().contiguous() if dht is not None else None
+        dhs = _empty(P.slots, P.H, P.K, P.V, dtype=hs.dtype, device=dev)
+        dh0 = (
+            _empty(P.N, P.H, P.K, P.V, dtype=torch.float32, device=dev) if ctx.h0_dtype is not None else None
+        )
+        gk_c = gk_cum if gk_cum is not None else dummy
+        gv_c = gv_cum if gv_cum is not None else dummy
+        sbk, sbv = cfg["state_BK"], cfg["state_BV"]
+        P.kernels.chunk_bwd_state[(_cdiv(P.K, sbk), _cdiv(P.V, sbv), P.N * P.H)](
+            q, do, gk_c, gv_c, dht if dht is not None else dummy, dhs, dh0 if dh0 is not None else dummy,
+            P.cu, P.chunk_off, P.scale, BK=sbk, BV=sbv, HAS_DHT=dht is not None, STORE_DH0=dh0 is not None,
+            num_warps=cfg["state_warps"], num_stages=cfg["num_stages"], **P.common(),
+        )  # fmt: skip
+        dq = _empty(*q.shape, dtype=q.dtype, device=dev)
+        dk = _empty(*k.shape, dtype=k.dtype, device=dev)
+        dv = _empty(*v.shape, dtype=v.dtype, device=dev)
+        dgk = _empty(*gk_cum.shape, dtype=torch.float32, device=dev) if P.key else None
+        dgv = _empty(*gv_cum.shape, dtype=torch.float32, device=dev) if P.value else None
+        if P.TC:
+            P.kernels.chunk_bwd_dv[(_cdiv(P.V, cfg["dv_BV"]), P.TC, P.H)](
+                q, k, v, do, ox if ox is not None else dummy, gk_c, gv_c, hs, dhs, dv,
+                dgv if dgv is not None else dummy, P.cu, P.chunk_seq, P.chunk_loc, P.scale,
+                SC=cfg["sub"], BK=cfg["dv_BK"], BV=cfg["dv_BV"], BKD=cfg["diag_BK"],
+                num_warps=cfg["dv_warps"], num_stages=cfg["num_stages"], **P.common(),
+            )  # fmt: skip
+            P.kernels.chunk_bwd_dqk[(_cdiv(P.K, cfg["dqk_BK"]), P.TC, P.H)](
+                q, k, v, do, gk_c, gv_c, hs, dhs, dq, dk, dgk if dgk is not None else dummy,
+                P.cu, P.chunk_seq, P.chunk_loc, P.scale,
+                SC=cfg["sub"], BK=cfg["dqk_BK"], BV=cfg["dqk_BV"], BVD=cfg["diag_BV"],
+                num_warps=cfg["dqk_warps"], num_stages=cfg["num_stages"], **P.common(),
+            )  # fmt: skip
+        gk_dtype, gv_dtype = ctx.gate_dtypes
+        dgk = dgk.to(gk_dtype) if dgk is not None else None
+        dgv = dgv.to(gv_dtype) if dgv is not None else None
+        if dh0 is not None:
+            dh0 = dh0.to(ctx.h0_dtype)
+        return None, dq, dk, dv, dgk, dgv, dh0, None, None
+
+
+def _validate(sig: CoreSig, x: CoreInputs) -> None:
+    reason = supports(sig)
+    if reason is not None:
+        raise ValueError(reason)
+    for name in sorted(sig.uses):
+        if getattr(x, name) is None:
+            raise ValueError(f"CoreInputs.{name}: decay {sig.decay.name} needs {name}, got None")
+    if x.K > 256 or x.V > 256:
+        raise ValueError(f"chunk_vector: K and V must be <= 256, got K={x.K}, V={x.V}")
+    if x.cu_seqlens is not None and x.B != 1:
+        raise ValueError(f"CoreInputs.cu_seqlens: varlen needs B == 1, got B={x.B}")
+
+
+def resolve_config(sig: CoreSig, x: CoreInputs, config: dict | None) -> dict:
+    """Defaults, overridden by ``config``; tiles wider than the padded sizes are clipped."""
+    shape = Shape(x.B, x.T, x.H, x.K, x.V)
+    cfg = {**default_config(sig, shape), **(config or {})}
+    kp, vp = _pow2(x.K), _pow2(x.V)
+    for name in _TILES:
+        cfg[name] = min(cfg[name], kp if name.endswith("BK") else vp)
+    reason = _check_config(sig, cfg, shape)
+    if reason is not None:
+        raise ValueError(f"chunk_vector config {cfg}: {reason}")
+    return cfg
+
+
+def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
+    """``(o, final_state)`` for one core recurrence; differentiable in q, k, v, gk, gv, initial_state."""
+    _validate(sig, x)
+    cfg = resolve_config(sig, x, config)
+    plan = _Plan(sig, x, cfg)
+    out_dtype = x.out_dtype or x.v.dtype
+    gk = x.gk if plan.key else None
+    gv = x.gv if plan.value else None
+    return _ChunkVector.apply(plan, x.q, x.k, x.v, gk, gv, x.initial_state, x.output_final_state, out_dtype)
