@@ -3,7 +3,7 @@
 Run on the GPU machine from the repository root:
 
     pip install --no-deps --no-build-isolation -e . -q
-    python bench/gpu_check_chunk_delta.py --out $OUT [--budget 320]
+    python bench/gpu_check_chunk_delta.py --out $OUT [--budget 320] [--skip-correctness] [--sweep N]
 
 1. ``delta`` and ``scalar_delta`` against ``core_reference`` (fp32): B=2 T=300 H=4 K=V=128 in
    fp32 and bf16, varlen (lengths 0, 1, 5, 31, 163) at K=24 V=40, K=V=256, and a long sequence
@@ -46,6 +46,7 @@ SWEEP = [
     {"num_warps": 8},
     {"state_warps": 4},
     {"out_bv": 32},
+    {"out_bv": 128},
     {"num_stages": 3},
     {"bwd_bk": 32, "bwd_warps": 4},
     {"chunk": 32, "bwd_bk": 128},
@@ -153,8 +154,9 @@ def bench_inputs(sig: CoreSig, grad: bool) -> CoreInputs:
     )
 
 
-def timing(rep: Report) -> None:
-    for name in SIGS:
+def timing(rep: Report, sweep: list[dict]) -> None:
+    for i_sig, name in enumerate(SIGS):
+        deadline = time.time() + rep.left() / (len(SIGS) - i_sig)  # an even share per signature
         sig = TAXONOMY_SIGS[name]
         if name in rep.data["failed_sigs"]:
             rep.data["timing"][name] = "refused: correctness failed"
@@ -164,8 +166,8 @@ def timing(rep: Report) -> None:
         params = [getattr(x, n) for n in NAMES if getattr(x, n) is not None]
         do = torch.randn_like(x.v)
         results, ref_o = [], None
-        for delta in SWEEP:
-            if rep.left() < 40:
+        for delta in sweep:
+            if time.time() > deadline - 20 and results:
                 results.append({"config": delta, "skipped": "budget"})
                 break
             cfg = base | delta
@@ -232,6 +234,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--budget", type=float, default=320)
     ap.add_argument("--skip-correctness", action="store_true")
+    ap.add_argument("--sweep", type=int, default=len(SWEEP), help="time only the first N configs of SWEEP")
     ap.add_argument("--smoke", action="store_true", help="tiny timing shape (checks the script itself)")
     args = ap.parse_args()
     if args.smoke:
@@ -240,7 +243,7 @@ def main() -> None:
     rep = Report(args.out, args.budget)
     if not args.skip_correctness:
         correctness(rep)
-    timing(rep)
+    timing(rep, SWEEP[: args.sweep])
     rep.save()
     print(json.dumps({k: rep.data[k] for k in ("failed_sigs", "timing")}, indent=1)[:6000])
 

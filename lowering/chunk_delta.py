@@ -189,7 +189,7 @@ class _ChunkDelta(torch.autograd.Function):
             )  # fmt: skip
         mod.delta_fwd_state[(triton_cdiv(V, seq_bv), plan.N * H)](
             k, w, u, g, h0 if h0 is not None else ht, hs, ht, cu_arg, offsets, plan.T, plan.NT,
-            USE_H0=h0 is not None, STORE_HT=True, BV=seq_bv, **shapes, **walk,
+            USE_H0=h0 is not None, STORE_HT=plan.output_final_state, BV=seq_bv, **shapes, **walk,
         )  # fmt: skip
         if plan.NC:
             nv = triton_cdiv(V, par_bv)
