@@ -23,13 +23,11 @@ Kernel text: :mod:`scandsl.lowering.chunk_vector_templates`, slots and the gradi
 
 from __future__ import annotations
 
-import functools
-from types import ModuleType
-
 import torch
 from scandsl.autotune._space import Param, SearchSpace
-from scandsl.lowering._source import load_source
-from scandsl.lowering.chunk_vector_slots import generate_source, module_name
+from scandsl.lowering import chunk_vector_launch as launch
+from scandsl.lowering.chunk_vector_launch import pow2 as _pow2
+from scandsl.lowering.chunk_vector_slots import generate_source
 
 from scandsl._core import CoreInputs, CoreSig, Decay, Shape, Transition
 
@@ -60,10 +58,6 @@ def supports(sig: CoreSig) -> str | None:
     if sig.key_static or sig.query_static or sig.decay_static:
         return "chunk_vector needs per-step q, k and gates"
     return None
-
-
-def _pow2(n: int) -> int:
-    return max(16, 1 << (max(int(n), 1) - 1).bit_length())
 
 
 def default_config(sig: CoreSig, shape: Shape) -> dict:
@@ -155,153 +149,37 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
     )
 
 
-@functools.cache
-def _kernels(sig: CoreSig) -> ModuleType:
-    return load_source(generate_source(sig), name=module_name(sig))
-
-
-def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    out = torch.empty(*shape, dtype=dtype, device=device)
-    if POISON_OUTPUTS and dtype.is_floating_point:
-        out.fill_(float("nan"))
-    return out
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-class _Plan:
-    """Sizes, chunk map and flags shared by the forward and backward launches of one call.
-
-    Sequences are ``[bos, eos)`` ranges of the flattened ``[B*T, H, D]`` tensors (fixed-length
-    batches are B sequences of length T). Chunk ``i_c`` of the launch grid belongs to sequence
-    ``chunk_seq[i_c]``, at position ``chunk_loc[i_c]``; its starting state lives in slot
-    ``i_c + chunk_seq[i_c]`` of ``hs`` — each sequence owns ``nc + 1`` consecutive slots, the
-    last one holding its final state.
-    """
-
-    def __init__(self, sig: CoreSig, x: CoreInputs, cfg: dict):
-        self.sig, self.cfg = sig, cfg
-        self.B, self.T, self.H, self.K, self.V = x.B, x.T, x.H, x.K, x.V
-        self.scale = float(x.scale)
-        self.key = sig.decay in (Decay.KEY, Decay.OUTER)
-        self.value = sig.decay in (Decay.VALUE, Decay.OUTER)
-        dev, C = x.v.device, cfg["chunk"]
-        if x.cu_seqlens is None:
-            self.N = self.B
-            nc = [_cdiv(self.T, C)] * self.B
-            self.cu = (torch.arange(self.B + 1, device=dev) * self.T).to(torch.int32)
-        else:
-            lens = (x.cu_seqlens[1:] - x.cu_seqlens[:-1]).tolist()  # one host sync for the chunk map
-            self.N = len(lens)
-            nc = [_cdiv(n, C) for n in lens]
-            self.cu = x.cu_seqlens.to(device=dev, dtype=torch.int32)
-        counts = torch.tensor(nc, dtype=torch.int64)
-        self.TC = int(counts.sum())
-        self.chunk_seq = torch.repeat_interleave(torch.arange(self.N), counts).to(dev, torch.int32)
-        off = torch.cumsum(counts, 0) - counts
-        self.chunk_loc = (torch.arange(self.TC) - torch.repeat_interleave(off, counts)).to(dev, torch.int32)
-        self.chunk_off = off.to(dev, torch.int32)
-        self.slots = self.TC + self.N
-        if self.TC > 65535:
-            raise ValueError(f"chunk_vector: {self.TC} chunks exceed the launch grid; use a larger chunk")
-        self.kernels = _kernels(sig)
-        self.prec = cfg.get("fp32_dot", "ieee")
-
-    def common(self) -> dict:
-        return dict(H=self.H, K=self.K, V=self.V, C=self.cfg["chunk"], PREC=self.prec)
-
-
-def _cumsum(P: _Plan, g: torch.Tensor) -> torch.Tensor:
-    D = g.shape[-1]
-    out = _empty(*g.shape, dtype=torch.float32, device=g.device)
-    if P.TC:
-        bd = min(_pow2(D), 64)
-        P.kernels.chunk_local_cumsum[(_cdiv(D, bd), P.TC, P.H)](
-            g, out, P.cu, P.chunk_seq, P.chunk_loc, H=P.H, D=D, C=P.cfg["chunk"], BD=bd, num_warps=4
-        )
-    return out
-
-
 class _ChunkVector(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, plan: _Plan, q, k, v, gk, gv, h0, output_final_state: bool, out_dtype):
-        P, cfg = plan, plan.cfg
+    def forward(ctx, P: launch.Plan, q, k, v, gk, gv, h0, output_final_state: bool, out_dtype):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        dev, dummy = v.device, q
-        gk_cum = _cumsum(P, gk.contiguous()) if P.key else None
-        gv_cum = _cumsum(P, gv.contiguous()) if P.value else None
+        launch.POISON["on"] = POISON_OUTPUTS
+        gk_cum = launch.cumsum(P, gk.contiguous()) if P.key else None
+        gv_cum = launch.cumsum(P, gv.contiguous()) if P.value else None
         h0c = h0.float().contiguous() if h0 is not None else None
-        hs = _empty(P.slots, P.H, P.K, P.V, dtype=q.dtype, device=dev)
-        ht = _empty(P.N, P.H, P.K, P.V, dtype=torch.float32, device=dev) if output_final_state else None
-        sbk, sbv = cfg["state_BK"], cfg["state_BV"]
-        P.kernels.chunk_fwd_state[(_cdiv(P.K, sbk), _cdiv(P.V, sbv), P.N * P.H)](
-            k, v, gk_cum if gk_cum is not None else dummy, gv_cum if gv_cum is not None else dummy,
-            h0c if h0c is not None else dummy, hs, ht if ht is not None else dummy, P.cu, P.chunk_off,
-            BK=sbk, BV=sbv, HAS_H0=h0c is not None, STORE_FINAL=ht is not None,
-            num_warps=cfg["state_warps"], num_stages=cfg["num_stages"], **P.common(),
-        )  # fmt: skip
-        o = _empty(P.B, P.T, P.H, P.V, dtype=out_dtype, device=dev)
-        # o without its zero-step pairs, for the value log-decay gradient (see chunk_fwd_o)
-        ox = _empty(P.B, P.T, P.H, P.V, dtype=torch.float32, device=dev) if P.value else None
-        if P.TC:
-            P.kernels.chunk_fwd_o[(_cdiv(P.V, cfg["fwd_BV"]), P.TC, P.H)](
-                q, k, v, gk_cum if gk_cum is not None else dummy, gv_cum if gv_cum is not None else dummy,
-                hs, o, ox if ox is not None else dummy, P.cu, P.chunk_seq, P.chunk_loc, P.scale,
-                SC=cfg["sub"], BK=cfg["fwd_BK"], BV=cfg["fwd_BV"], BKD=cfg["diag_BK"],
-                num_warps=cfg["fwd_warps"], num_stages=cfg["num_stages"], **P.common(),
-            )  # fmt: skip
-        ctx.plan = plan
-        ctx.h0_dtype = h0.dtype if h0 is not None else None
+        hs, ht = launch.fwd_state(P, k, v, gk_cum, gv_cum, h0c, output_final_state)
+        o, ox = launch.fwd_o(P, q, k, v, gk_cum, gv_cum, hs, out_dtype)
+        ctx.plan = P
         ctx.save_for_backward(q, k, v, gk_cum, gv_cum, hs, ox)
-        ctx.gate_dtypes = (gk.dtype if gk is not None else None, gv.dtype if gv is not None else None)
+        ctx.dtypes = tuple(t.dtype if t is not None else None for t in (gk, gv, h0))
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        P, cfg = ctx.plan, ctx.plan.cfg
+        P = ctx.plan
         q, k, v, gk_cum, gv_cum, hs, ox = ctx.saved_tensors
-        dev, dummy = v.device, q
+        gk_dtype, gv_dtype, h0_dtype = ctx.dtypes
+        launch.POISON["on"] = POISON_OUTPUTS
         if do is None:
-            do = torch.zeros(P.B, P.T, P.H, P.V, dtype=v.dtype, device=dev)
+            do = torch.zeros(P.B, P.T, P.H, P.V, dtype=v.dtype, device=v.device)
         do = do.contiguous()
         dht = dht.float().contiguous() if dht is not None else None
-        dhs = _empty(P.slots, P.H, P.K, P.V, dtype=hs.dtype, device=dev)
-        dh0 = (
-            _empty(P.N, P.H, P.K, P.V, dtype=torch.float32, device=dev) if ctx.h0_dtype is not None else None
-        )
-        gk_c = gk_cum if gk_cum is not None else dummy
-        gv_c = gv_cum if gv_cum is not None else dummy
-        sbk, sbv = cfg["state_BK"], cfg["state_BV"]
-        P.kernels.chunk_bwd_state[(_cdiv(P.K, sbk), _cdiv(P.V, sbv), P.N * P.H)](
-            q, do, gk_c, gv_c, dht if dht is not None else dummy, dhs, dh0 if dh0 is not None else dummy,
-            P.cu, P.chunk_off, P.scale, BK=sbk, BV=sbv, HAS_DHT=dht is not None, STORE_DH0=dh0 is not None,
-            num_warps=cfg["state_warps"], num_stages=cfg["num_stages"], **P.common(),
-        )  # fmt: skip
-        dq = _empty(*q.shape, dtype=q.dtype, device=dev)
-        dk = _empty(*k.shape, dtype=k.dtype, device=dev)
-        dv = _empty(*v.shape, dtype=v.dtype, device=dev)
-        dgk = _empty(*gk_cum.shape, dtype=torch.float32, device=dev) if P.key else None
-        dgv = _empty(*gv_cum.shape, dtype=torch.float32, device=dev) if P.value else None
-        if P.TC:
-            P.kernels.chunk_bwd_dv[(_cdiv(P.V, cfg["dv_BV"]), P.TC, P.H)](
-                q, k, v, do, ox if ox is not None else dummy, gk_c, gv_c, hs, dhs, dv,
-                dgv if dgv is not None else dummy, P.cu, P.chunk_seq, P.chunk_loc, P.scale,
-                SC=cfg["sub"], BK=cfg["dv_BK"], BV=cfg["dv_BV"], BKD=cfg["diag_BK"],
-                num_warps=cfg["dv_warps"], num_stages=cfg["num_stages"], **P.common(),
-            )  # fmt: skip
-            P.kernels.chunk_bwd_dqk[(_cdiv(P.K, cfg["dqk_BK"]), P.TC, P.H)](
-                q, k, v, do, gk_c, gv_c, hs, dhs, dq, dk, dgk if dgk is not None else dummy,
-                P.cu, P.chunk_seq, P.chunk_loc, P.scale,
-                SC=cfg["sub"], BK=cfg["dqk_BK"], BV=cfg["dqk_BV"], BVD=cfg["diag_BV"],
-                num_warps=cfg["dqk_warps"], num_stages=cfg["num_stages"], **P.common(),
-            )  # fmt: skip
-        gk_dtype, gv_dtype = ctx.gate_dtypes
+        dhs, dh0 = launch.bwd_state(P, q, do, gk_cum, gv_cum, hs, dht, want_dh0=h0_dtype is not None)
+        dv, dgv = launch.bwd_dv(P, q, k, v, do, ox, gk_cum, gv_cum, hs, dhs)
+        dq, dk, dgk = launch.bwd_dqk(P, q, k, v, do, gk_cum, gv_cum, hs, dhs)
         dgk = dgk.to(gk_dtype) if dgk is not None else None
         dgv = dgv.to(gv_dtype) if dgv is not None else None
-        if dh0 is not None:
-            dh0 = dh0.to(ctx.h0_dtype)
+        dh0 = dh0.to(h0_dtype) if dh0 is not None else None
         return None, dq, dk, dv, dgk, dgv, dh0, None, None
 
 
@@ -335,7 +213,7 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
     """``(o, final_state)`` for one core recurrence; differentiable in q, k, v, gk, gv, initial_state."""
     _validate(sig, x)
     cfg = resolve_config(sig, x, config)
-    plan = _Plan(sig, x, cfg)
+    plan = launch.Plan(sig, x, cfg)
     out_dtype = x.out_dtype or x.v.dtype
     gk = x.gk if plan.key else None
     gv = x.gv if plan.value else None

@@ -1,0 +1,193 @@
+"""Launches of the chunked vector-decay kernels: the chunk map, buffers and one function per kernel.
+
+Each function takes a :class:`Plan` (sizes, chunk map, config) and tensors, allocates what the
+kernel writes and launches it; :mod:`scandsl.lowering.chunk_vector` chains them into the
+forward and backward, and ``bench/gpu_check_chunk_vector.py`` times them one by one.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+
+import torch
+from scandsl.lowering._source import load_source
+from scandsl.lowering.chunk_vector_slots import generate_source, module_name
+
+from scandsl._core import CoreInputs, CoreSig, Decay
+
+__all__ = ["Plan", "cumsum", "fwd_state", "fwd_o", "bwd_state", "bwd_dv", "bwd_dqk"]
+
+# Tests flip this (through chunk_vector.POISON_OUTPUTS) to NaN-fill every buffer a kernel must overwrite.
+POISON = {"on": False}
+
+
+def pow2(n: int) -> int:
+    return max(16, 1 << (max(int(n), 1) - 1).bit_length())
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@functools.cache
+def kernels(sig: CoreSig) -> ModuleType:
+    return load_source(generate_source(sig), name=module_name(sig))
+
+
+def empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    out = torch.empty(*shape, dtype=dtype, device=device)
+    if POISON["on"] and dtype.is_floating_point:
+        out.fill_(float("nan"))
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _fixed_length_map(B: int, T: int, C: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Chunk map of B sequences of length T, built on the device (no host round trip)."""
+    nc = cdiv(T, C)
+    ids = torch.arange(B * nc, device=device, dtype=torch.int32)
+    cu = torch.arange(B + 1, device=device, dtype=torch.int32) * T
+    return cu, ids // nc, ids % nc, torch.arange(B, device=device, dtype=torch.int32) * nc
+
+
+def _varlen_map(cu_seqlens: torch.Tensor, C: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()  # one host sync: the grid size depends on it
+    counts = torch.tensor([cdiv(n, C) for n in lens], dtype=torch.int64)
+    off = torch.cumsum(counts, 0) - counts
+    seq = torch.repeat_interleave(torch.arange(len(lens)), counts)
+    loc = torch.arange(int(counts.sum())) - torch.repeat_interleave(off, counts)
+    as_dev = [t.to(device=device, dtype=torch.int32) for t in (seq, loc, off)]
+    return (cu_seqlens.to(device=device, dtype=torch.int32), *as_dev)
+
+
+class Plan:
+    """Sizes, chunk map and config shared by the forward and backward launches of one call.
+
+    Sequences are ``[bos, eos)`` ranges of the flattened ``[B*T, H, D]`` tensors (a fixed-length
+    batch is B sequences of length T). Chunk ``i_c`` of a launch grid belongs to sequence
+    ``chunk_seq[i_c]`` at position ``chunk_loc[i_c]``; its starting state lives in slot
+    ``i_c + chunk_seq[i_c]`` of ``hs``: each sequence owns ``nc + 1`` consecutive slots, the last
+    one holding its final state.
+    """
+
+    def __init__(self, sig: CoreSig, x: CoreInputs, cfg: dict):
+        self.sig, self.cfg = sig, cfg
+        self.B, self.T, self.H, self.K, self.V = x.B, x.T, x.H, x.K, x.V
+        self.scale = float(x.scale)
+        self.key = sig.decay in (Decay.KEY, Decay.OUTER)
+        self.value = sig.decay in (Decay.VALUE, Decay.OUTER)
+        dev, C = x.v.device, cfg["chunk"]
+        if x.cu_seqlens is None:
+            self.cu, self.chunk_seq, self.chunk_loc, self.chunk_off = _fixed_length_map(
+                self.B, self.T, C, dev
+            )
+        else:
+            self.cu, self.chunk_seq, self.chunk_loc, self.chunk_off = _varlen_map(x.cu_seqlens, C, dev)
+        self.N = self.cu.numel() - 1
+        self.TC = self.chunk_seq.numel()
+        self.slots = self.TC + self.N
+        if self.TC > 65535:
+            raise ValueError(f"chunk_vector: {self.TC} chunks exceed the launch grid; use a larger chunk")
+        self.kernels = kernels(sig)
+
+    def with_config(self, **changes) -> Plan:
+        """The same plan with other tile parameters (``chunk`` must stay: it fixes the chunk map)."""
+        if changes.get("chunk", self.cfg["chunk"]) != self.cfg["chunk"]:
+            raise ValueError("with_config: the chunk size fixes the chunk map; build a new Plan")
+        other = object.__new__(Plan)
+        other.__dict__.update(self.__dict__, cfg={**self.cfg, **changes})
+        return other
+
+    def common(self) -> dict:
+        return dict(H=self.H, K=self.K, V=self.V, C=self.cfg["chunk"], PREC=self.cfg["fp32_dot"])
+
+
+def _or(t: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:
+    """Kernels take every pointer; an unused one gets any tensor (it is never read)."""
+    return t if t is not None else dummy
+
+
+def cumsum(P: Plan, g: torch.Tensor) -> torch.Tensor:
+    """Chunk-local inclusive cumulative sum of a [B, T, H, D] log-gate, in fp32."""
+    D = g.shape[-1]
+    out = empty(*g.shape, dtype=torch.float32, device=g.device)
+    if P.TC:
+        bd = min(pow2(D), 64)
+        P.kernels.chunk_local_cumsum[(cdiv(D, bd), P.TC, P.H)](
+            g, out, P.cu, P.chunk_seq, P.chunk_loc, H=P.H, D=D, C=P.cfg["chunk"], BD=bd, num_warps=4
+        )
+    return out
+
+
+def fwd_state(P: Plan, k, v, gk_cum, gv_cum, h0, output_final_state: bool):
+    """(hs [slots, H, K, V] in k's dtype: the state entering every chunk, final state or None)."""
+    cfg, dev = P.cfg, v.device
+    hs = empty(P.slots, P.H, P.K, P.V, dtype=k.dtype, device=dev)
+    ht = empty(P.N, P.H, P.K, P.V, dtype=torch.float32, device=dev) if output_final_state else None
+    bk, bv = cfg["state_BK"], cfg["state_BV"]
+    P.kernels.chunk_fwd_state[(cdiv(P.K, bk), cdiv(P.V, bv), P.N * P.H)](
+        k, v, _or(gk_cum, k), _or(gv_cum, k), _or(h0, k), hs, _or(ht, k), P.cu, P.chunk_off,
+        BK=bk, BV=bv, HAS_H0=h0 is not None, STORE_FINAL=ht is not None,
+        num_warps=cfg["state_warps"], num_stages=cfg["num_stages"], **P.common(),
+    )  # fmt: skip
+    return hs, ht
+
+
+def fwd_o(P: Plan, q, k, v, gk_cum, gv_cum, hs, out_dtype: torch.dtype):
+    """(o, ox): ox = o without its zero-step pairs, kept for the value log-decay gradient."""
+    cfg, dev = P.cfg, v.device
+    o = empty(P.B, P.T, P.H, P.V, dtype=out_dtype, device=dev)
+    ox = empty(P.B, P.T, P.H, P.V, dtype=torch.float32, device=dev) if P.value else None
+    if P.TC:
+        P.kernels.chunk_fwd_o[(cdiv(P.V, cfg["fwd_BV"]), P.TC, P.H)](
+            q, k, v, _or(gk_cum, q), _or(gv_cum, q), hs, o, _or(ox, q), P.cu, P.chunk_seq, P.chunk_loc,
+            P.scale, SC=cfg["sub"], BK=cfg["fwd_BK"], BV=cfg["fwd_BV"], BKD=cfg["diag_BK"],
+            num_warps=cfg["fwd_warps"], num_stages=cfg["num_stages"], **P.common(),
+        )  # fmt: skip
+    return o, ox
+
+
+def bwd_state(P: Plan, q, do, gk_cum, gv_cum, hs, dht, want_dh0: bool):
+    """(dhs [slots, H, K, V]: dL/d(state leaving every chunk), dL/d(initial state) or None)."""
+    cfg, dev = P.cfg, do.device
+    dhs = empty(P.slots, P.H, P.K, P.V, dtype=hs.dtype, device=dev)
+    dh0 = empty(P.N, P.H, P.K, P.V, dtype=torch.float32, device=dev) if want_dh0 else None
+    bk, bv = cfg["state_BK"], cfg["state_BV"]
+    P.kernels.chunk_bwd_state[(cdiv(P.K, bk), cdiv(P.V, bv), P.N * P.H)](
+        q, do, _or(gk_cum, q), _or(gv_cum, q), _or(dht, q), dhs, _or(dh0, q), P.cu, P.chunk_off, P.scale,
+        BK=bk, BV=bv, HAS_DHT=dht is not None, STORE_DH0=dh0 is not None,
+        num_warps=cfg["state_warps"], num_stages=cfg["num_stages"], **P.common(),
+    )  # fmt: skip
+    return dhs, dh0
+
+
+def bwd_dv(P: Plan, q, k, v, do, ox, gk_cum, gv_cum, hs, dhs):
+    """(dv, d gv in fp32 or None)."""
+    cfg, dev = P.cfg, v.device
+    dv = empty(*v.shape, dtype=v.dtype, device=dev)
+    dgv = empty(*gv_cum.shape, dtype=torch.float32, device=dev) if P.value else None
+    if P.TC:
+        P.kernels.chunk_bwd_dv[(cdiv(P.V, cfg["dv_BV"]), P.TC, P.H)](
+            q, k, v, do, _or(ox, q), _or(gk_cum, q), _or(gv_cum, q), hs, dhs, dv, _or(dgv, q),
+            P.cu, P.chunk_seq, P.chunk_loc, P.scale,
+            SC=cfg["sub"], BK=cfg["dv_BK"], BV=cfg["dv_BV"], BKD=cfg["diag_BK"],
+            num_warps=cfg["dv_warps"], num_stages=cfg["num_stages"], **P.common(),
+        )  # fmt: skip
+    return dv, dgv
+
+
+def bwd_dqk(P: Plan, q, k, v, do, gk_cum, gv_cum, hs, dhs):
+    """(dq, dk, d gk in fp32 or None)."""
+    cfg, dev = P.cfg, v.device
+    dq = empty(*q.shape, dtype=q.dtype, device=dev)
+    dk = empty(*k.shape, dtype=k.dtype, device=dev)
+    dgk = empty(*gk_cum.shape, dtype=torch.float32, device=dev) if P.key else None
+    if P.TC:
+        P.kernels.chunk_bwd_dqk[(cdiv(P.K, cfg["dqk_BK"]), P.TC, P.H)](
+            q, k, v, do, _or(gk_cum, q), _or(gv_cum, q), hs, dhs, dq, dk, _or(dgk, q),
+            P.cu, P.chunk_seq, P.chunk_loc, P.scale,
+            SC=cfg["sub"], BK=cfg["dqk_BK"], BV=cfg["dqk_BV"], BVD=cfg["diag_BV"],
+            num_warps=cfg["dqk_warps"], num_stages=cfg["num_stages"], **P.common(),
+        )  # fmt: skip
+    return dq, dk, dgk
