@@ -270,12 +270,109 @@ def others(rep: Report) -> None:
         rep.save()
 
 
+_CONST_INTS = ("BK", "BV", "CK")
+_INTS = ("T", "H", "K", "V", "NTOK", "NCMAX")
+
+
+def offline_compile(out: Path, K: int = 128, configs=((16, 1), (32, 2), (64, 4))) -> list[dict]:
+    """Compile every kernel for sm_90 without a GPU (Triton's bundled ptxas), registers and spills.
+
+    A compile error or a spill shows here before any GPU time is spent.
+    """
+    import os
+    import re
+    import subprocess
+
+    from scandsl.lowering import sequential_launch
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/ptxas")
+    rows = []
+    for name, sig in TAXONOMY_SIGS.items():
+        KK = 16 if sig.decay is Decay.CHANNEL else K
+        for prefetch in (1, 2):
+            for role, kern in zip(("fwd", "bwd"), sequential_launch._kernels(sig, prefetch)):
+                for BV, warps in configs:
+                    types, const = {}, {}
+                    for a in kern.arg_names:
+                        if a in ("q", "k", "v", "o", "do"):
+                            types[a] = "*bf16"
+                        elif a == "cu_seqlens":
+                            types[a] = "*i32"
+                        elif a.endswith("_sk"):
+                            types[a] = "constexpr"
+                            const[a] = 1
+                        elif a.endswith("_sv"):
+                            types[a] = "i32"
+                        elif a == "scale":
+                            types[a] = "fp32"
+                        elif a in _INTS:
+                            types[a] = "i32"
+                        elif a in _CONST_INTS or a.isupper():
+                            types[a] = "constexpr"
+                            const[a] = {"BK": triton.next_power_of_2(KK), "BV": BV, "CK": 32}.get(a, True)
+                        else:
+                            types[a] = "*fp32"
+                    row = {
+                        "sig": name,
+                        "kernel": role,
+                        "prefetch": prefetch,
+                        "BV": BV,
+                        "num_warps": warps,
+                        "K": KK,
+                    }
+                    try:
+                        src = ASTSource(
+                            kern, types, constexprs={(kern.arg_names.index(a),): v for a, v in const.items()}
+                        )
+                        ck = triton.compile(
+                            src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}
+                        )
+                        ptx = re.sub(r"^\.version \S+", ".version 8.4", ck.asm["ptx"], flags=re.M)
+                        (out / "k.ptx").write_text(ptx)
+                        res = subprocess.run(
+                            [
+                                ptxas,
+                                "--gpu-name",
+                                "sm_90a",
+                                "-v",
+                                str(out / "k.ptx"),
+                                "-o",
+                                str(out / "k.cubin"),
+                            ],
+                            capture_output=True,
+                            text=True,
+                        )
+                        regs = re.search(r"Used (\d+) registers", res.stderr)
+                        spill = re.search(r"(\d+) bytes spill stores", res.stderr)
+                        row.update(
+                            regs=int(regs.group(1)) if regs else None,
+                            spill_bytes=int(spill.group(1)) if spill else None,
+                            shared=ck.metadata.shared,
+                            ptxas_error=None if res.returncode == 0 else res.stderr[-500:],
+                        )
+                    except Exception as err:
+                        row["error"] = f"{type(err).__name__}: {str(err)[:500]}"
+                    rows.append(row)
+                    print(row, flush=True)
+    (out / "sequential_offline_compile.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--budget", type=float, default=300.0, help="seconds before the sweeps stop")
     ap.add_argument("--skip-correctness", action="store_true")
+    ap.add_argument(
+        "--offline-compile", action="store_true", help="no GPU: compile for sm_90 and report registers"
+    )
     args = ap.parse_args()
+    if args.offline_compile:
+        args.out.mkdir(parents=True, exist_ok=True)
+        offline_compile(args.out)
+        return
     rep = Report(args.out, args.budget)
     if not args.skip_correctness:
         correctness(rep)

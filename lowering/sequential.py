@@ -1,8 +1,9 @@
 """Sequential (fused-recurrent) strategy: the recurrence walked step by step, state in registers.
 
 How it is parallelised: one Triton program per (sequence, head, V-block of ``BV`` value
-columns); the program keeps its ``[K, BV]`` slice of ``S^T`` as an fp32 register tile and
-walks the time axis, loading step ``t+1``'s operands while step ``t`` computes. Nothing
+rows of ``S``); the program keeps its ``[BV, K]`` slice of ``S`` as an fp32 register tile
+(K the fast axis, spread over the threads) and walks the time axis, loading the operands of
+the next ``prefetch`` steps while the current one computes. Nothing
 crosses programs except per-V-block partial sums of key-indexed gradients, reduced in
 PyTorch. Any :class:`CoreSig` lowers this way (it is the one strategy legal for every
 taxonomy row) and the same forward kernel with ``T == 1`` is the decoding step.
@@ -57,21 +58,22 @@ def supports(sig: CoreSig) -> str | None:
 
 
 def default_config(sig: CoreSig, shape: Shape) -> dict:
-    """Heuristic from the H100 sweep (bench/gpu_check_sequential.py): small V-blocks, few warps.
+    """Heuristic (sm_90 register counts from ``bench/gpu_check_sequential.py --offline-compile``).
 
-    Small tiles give many independent programs (the time loop is latency-bound) and keep
-    the reductions over K inside one or two warps.
+    The time loop is latency-bound, so small V-blocks (many independent programs) and one
+    warp per 2048-element state tile (64 fp32 registers per thread): with K across the 32
+    lanes of one warp the read-out's reduction over K never leaves the warp.
     """
     BK = triton.next_power_of_2(shape.K)
-    BV = min(triton.next_power_of_2(shape.V), 16 if BK >= 128 else 32)
-    warps = 1 if BK * BV <= 1024 else 2 if BK * BV <= 2048 else 4
+    BV = max(1, min(triton.next_power_of_2(shape.V), 2048 // BK, 32))
+    warps = max(1, min(8, BK * BV // 2048))
     return {
         "BV": BV,
         "num_warps": warps,
         "num_stages": 1,
         "prefetch": 2,
         "BV_bwd": BV,
-        "num_warps_bwd": max(warps, 2) if BK * BV > 1024 else warps,
+        "num_warps_bwd": warps,
         "CK": 32,
     }
 
@@ -198,7 +200,9 @@ def decode_step(
     t["initial_state"] = state
     meta = {**_meta(x), "output_final_state": True, "cu_seqlens": None}
     with torch.no_grad():
-        o, ht, _ = _launch.forward(sig, t, meta, cfg, save_u=False, ht=state if inplace else None)
+        o, ht, _ = _launch.forward(
+            sig, t, meta, cfg, save_u=False, ht=state if inplace else None, decode=True
+        )
     return o, ht
 
 

@@ -11,15 +11,15 @@ this backward recomputes states from checkpoints:
 2. reverse pass over chunks: reload the chunk's checkpoint, recompute its ``CK`` states
    into a per-program ``scratch`` buffer, then walk the chunk backwards with
    ``dS`` in registers: ``E_t = dS_t ⊙ Λ_t ⊙ S_{t-1}`` gives ``d gv_t = Σ_k E_t ⊙ A`` and
-   ``dA += E_t ⊙ gv_t``; ``dS_{t-1} = Λ_t ⊙ dS_t``.
+   ``dA += gv_t ⊙ E_t``; ``dS_{t-1} = Λ_t ⊙ dS_t``.
 
-Cost: one extra forward sweep plus ``CK·K·BV`` fp32 of scratch traffic per chunk; the
+Cost: one extra forward sweep plus ``CK·BV·K`` fp32 of scratch traffic per chunk; the
 scratch of one program is small and stays in L2 for the usual per-channel sizes (N ≤ 64).
 """
 
 from __future__ import annotations
 
-from scandsl.lowering.sequential_codegen import HEADER, PROLOGUE, pipelined_loop
+from scandsl.lowering.sequential_codegen import HEADER, PROLOGUE, expand_states, pipelined_loop, state_strides
 from scandsl.lowering.sequential_slots import (
     decay_factor,
     indent,
@@ -38,9 +38,9 @@ __all__ = ["channel_backward_source"]
 
 def _grad_read(sig: CoreSig) -> str:
     if sig.query_static:
-        return "b_dqst += h * b_do[None, :]  # Σ_t S_t^T ⊙ do_t (times scale at the end)"
+        return "b_dqst += b_do[:, None] * h  # Σ_t do_t ⊙ S_t (times scale at the end)"
     return (
-        "b_dq = tl.sum(h * b_do[None, :], axis=1) * scale  # [BK] partial over V-blocks\n"
+        "b_dq = tl.sum(h * b_do[:, None], axis=0) * scale  # [BK] partial over V-blocks\n"
         "tl.store(dq_part + p_part + row * K + o_k, b_dq, mask=m_k)"
     )
 
@@ -48,7 +48,7 @@ def _grad_read(sig: CoreSig) -> str:
 def _forward_grad_step(sig: CoreSig) -> str:
     lines = [
         "# the state at each chunk start is a checkpoint for the reverse pass",
-        "tl.store(ckpt + p_ck + (i // CK) * K * V, h, mask=m_kv & (i % CK == 0))",
+        "tl.store(ckpt + p_ck + (i // CK) * K * V, h, mask=m_vk & (i % CK == 0))",
     ]
     if sig.readout is Readout.BEFORE:
         lines.append(_grad_read(sig))
@@ -60,33 +60,33 @@ def _forward_grad_step(sig: CoreSig) -> str:
 
 def _reverse_step(sig: CoreSig) -> str:
     lines = [
-        "b_hp = tl.load(scratch + p_s + j * BK * BV)  # [BK, BV] S_{t-1}^T, recomputed",
+        "b_hp = tl.load(scratch + p_s + j * BV * BK)  # [BV, BK] S_{t-1}, recomputed",
     ]
-    dqo = f"dh += {query_term(sig)} * b_do[None, :]"
+    dqo = f"dh += b_do[:, None] * {query_term(sig)}"
     if sig.readout is Readout.AFTER:
         lines.append(dqo)
     if sig.key_static:
         lines += [
-            "b_dv = tl.sum(dh * b_kst, axis=0)  # [BV]",
-            "b_dkst += dh * b_v[None, :]",
+            "b_dv = tl.sum(dh * b_kst, axis=1)  # [BV]",
+            "b_dkst += b_v[:, None] * dh",
         ]
     else:
         lines += [
-            "b_dv = tl.sum(dh * b_k[:, None], axis=0)  # [BV]",
-            "b_dk = tl.sum(dh * b_v[None, :], axis=1)  # [BK] partial over V-blocks",
+            "b_dv = tl.sum(dh * b_k[None, :], axis=1)  # [BV]",
+            "b_dk = tl.sum(dh * b_v[:, None], axis=0)  # [BK] partial over V-blocks",
             "tl.store(dk_part + p_part + row * K + o_k, b_dk, mask=m_k)",
         ]
     lines += [
         "tl.store(dv + row * V + o_v, b_dv, mask=m_v)",
         f"b_lam = {decay_factor(sig)}" if not sig.decay_static else "# b_lam is time-invariant",
-        "b_e = dh * b_lam * b_hp  # [BK, BV] dL/d log Λ_t, element by element",
+        "b_e = dh * b_lam * b_hp  # [BV, BK] dL/d log Λ_t, element by element",
     ]
     if sig.decay_static:
         lines.append("b_esum += b_e  # d gv = Σ_t Σ_k E_t ⊙ A, dA = gv ⊙ Σ_t E_t")
     else:
         lines += [
-            "tl.store(dgv + row * V + o_v, tl.sum(b_e * b_A, axis=0), mask=m_v)",
-            "b_dA += b_e * b_gv[None, :]",
+            "tl.store(dgv + row * V + o_v, tl.sum(b_e * b_A, axis=1), mask=m_v)",
+            "b_dA += b_gv[:, None] * b_e",
         ]
     lines.append("dh = dh * b_lam")
     if sig.readout is Readout.BEFORE:
@@ -117,51 +117,52 @@ def channel_backward_source(sig: CoreSig, depth: int = 2) -> tuple[str, str]:
     cloads = "\n".join(load_line(n, f"b_{n}", "row", "") for n in recompute_ops)
     acc = []
     if sig.query_static:
-        acc.append("b_dqst = tl.zeros([BK, BV], dtype=tl.float32)")
+        acc.append("b_dqst = tl.zeros([BV, BK], dtype=tl.float32)")
     if sig.key_static:
-        acc.append("b_dkst = tl.zeros([BK, BV], dtype=tl.float32)")
-    acc.append(f"{'b_esum' if sig.decay_static else 'b_dA'} = tl.zeros([BK, BV], dtype=tl.float32)")
-    fin = ["if USE_H0:", "    tl.store(dh0 + p_h, dh, mask=m_kv)"]
+        acc.append("b_dkst = tl.zeros([BV, BK], dtype=tl.float32)")
+    acc.append(f"{'b_esum' if sig.decay_static else 'b_dA'} = tl.zeros([BV, BK], dtype=tl.float32)")
+    fin = ["if USE_H0:", "    tl.store(state(dh0), dh, mask=m_vk)"]
     if sig.query_static:
-        fin.append("tl.store(dqst_part + p_h, b_dqst * scale, mask=m_kv)")
+        fin.append("tl.store(dqst_part + p_vk, b_dqst * scale, mask=m_vk)")
     if sig.key_static:
-        fin.append("tl.store(dkst_part + p_h, b_dkst, mask=m_kv)")
+        fin.append("tl.store(dkst_part + p_vk, b_dkst, mask=m_vk)")
     if sig.decay_static:
         fin += [
-            "tl.store(dgv_part + i_nh * V + o_v, tl.sum(b_esum * b_A, axis=0), mask=m_v)",
-            "tl.store(dA_part + p_h, b_esum * b_gv[None, :], mask=m_kv)",
+            "tl.store(dgv_part + i_nh * V + o_v, tl.sum(b_esum * b_A, axis=1), mask=m_v)",
+            "tl.store(dA_part + p_vk, b_gv[:, None] * b_esum, mask=m_vk)",
         ]
     else:
-        fin.append("tl.store(dA_part + p_h, b_dA, mask=m_kv)")
+        fin.append("tl.store(dA_part + p_vk, b_dA, mask=m_vk)")
     body = f"""\
 {PROLOGUE}
 p_part = i_v.to(tl.int64) * NTOK * H * K  # this V-block's slice of the [NV, NTOK, H, K] partials
-p_ck = i_nh.to(tl.int64) * NCMAX * K * V + o_k[:, None] * V + o_v[None, :]  # [BK, BV] into ckpt
-o_s = o_k[:, None] * BV + tl.arange(0, BV)[None, :]  # [BK, BV] into one scratch slot
-p_s = (i_nh.to(tl.int64) * tl.num_programs(0) + i_v) * CK * BK * BV + o_s
+p_vk = p_nh + o_v[:, None] * K + o_k[None, :]  # [BV, BK] into the [N, H, V, K] partials
+p_ck = i_nh.to(tl.int64) * NCMAX * V * K + o_v[:, None] * K + o_k[None, :]  # [BV, BK] into ckpt
+o_s = tl.arange(0, BV)[:, None] * BK + o_k[None, :]  # [BV, BK] into one scratch slot
+p_s = (i_nh.to(tl.int64) * tl.num_programs(0) + i_v) * CK * BV * BK + o_s
 {static_loads(sig)}
 {chr(10).join(acc)}
 
 # ---- pass 1, forward time: S_t again, for dq and the chunk checkpoints ----
-h = tl.zeros([BK, BV], dtype=tl.float32)
+h = tl.zeros([BV, BK], dtype=tl.float32)
 if USE_H0:
-    h += tl.load(h0 + p_h, mask=m_kv, other=0.0)
+    h += tl.load(state(h0), mask=m_vk, other=0.0)
 {pipelined_loop(step_operands(sig, grad=True), _forward_grad_step(sig), depth=depth)}
 tl.debug_barrier()  # checkpoints written above are read by other threads below
 
-# ---- pass 2, reverse time, chunk by chunk: dh = dS_t^T of this V-block ----
-dh = tl.zeros([BK, BV], dtype=tl.float32)
+# ---- pass 2, reverse time, chunk by chunk: dh = dS_t, this V-block's rows ----
+dh = tl.zeros([BV, BK], dtype=tl.float32)
 if USE_DHT:
-    dh += tl.load(dht + p_h, mask=m_kv, other=0.0)
+    dh += tl.load(state(dht), mask=m_vk, other=0.0)
 NC = tl.cdiv(L, CK)
 for ci in range(0, NC):
     t0 = (NC - 1 - ci) * CK
     n_c = tl.minimum(L - t0, CK)
-    h = tl.load(ckpt + p_ck + (t0 // CK) * K * V, mask=m_kv, other=0.0)
+    h = tl.load(ckpt + p_ck + (t0 // CK) * K * V, mask=m_vk, other=0.0)
     # recompute the chunk's states S_{{t-1}} into scratch
     for j in range(0, n_c):
         row = (bos + t0 + j) * H + i_h
-        tl.store(scratch + p_s + j * BK * BV, h)
+        tl.store(scratch + p_s + j * BV * BK, h)
 {indent(cloads, 8)}
         h = h * {decay_factor(sig)}
         h += {input_term(sig)}
@@ -180,11 +181,12 @@ for ci in range(0, NC):
 @triton.jit
 def {name}(
     {ptrs},
+    {state_strides(body)},
     scale, T, NTOK, NCMAX, H, K, V,
     BK: tl.constexpr, BV: tl.constexpr,
     {", ".join(f"{f}: tl.constexpr" for f in flags)},
 ):
 """
     src = HEADER.format(role="backward", describe=sig.describe())
-    src += "\n\n" + sig_text + indent(body, 4) + "\n"
+    src += "\n\n" + sig_text + indent(expand_states(body), 4) + "\n"
     return name, src

@@ -61,8 +61,38 @@ def _tiles(K: int, V: int, BV: int) -> tuple[int, int, int]:
     return BK, BV, triton.cdiv(V, BV)
 
 
-def forward(sig: CoreSig, t: dict, meta: dict, cfg: dict, *, save_u: bool, ht: torch.Tensor | None = None):
-    """Run the forward kernel. ``t``: contiguous tensors by CoreInputs name; returns (o, ht, u)."""
+def _k_major(state: torch.Tensor | None) -> torch.Tensor | None:
+    """An API-shaped ``[N, H, K, V]`` view whose memory is ``[N, H, V, K]`` (K contiguous)."""
+    return None if state is None else state.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
+def _k_major_empty(N: int, H: int, K: int, V: int, device) -> torch.Tensor:
+    return _alloc(N, H, V, K, dtype=torch.float32, device=device).transpose(-1, -2)
+
+
+def _state(name: str, x: torch.Tensor | None, dummy: torch.Tensor) -> dict:
+    """Pointer and (value, key) strides of an API-shaped ``[N, H, K, V]`` state argument."""
+    if x is None:
+        return {name: dummy, f"{name}_sv": 0, f"{name}_sk": 0}
+    return {name: x, f"{name}_sv": x.stride(3), f"{name}_sk": x.stride(2)}
+
+
+def forward(
+    sig: CoreSig,
+    t: dict,
+    meta: dict,
+    cfg: dict,
+    *,
+    save_u: bool,
+    ht: torch.Tensor | None = None,
+    decode: bool = False,
+):
+    """Run the forward kernel. ``t``: contiguous tensors by CoreInputs name; returns (o, ht, u).
+
+    Sequences move the state through K-contiguous copies (the layout the time loop computes
+    in); ``decode`` reads and writes the given state directly (in place when ``ht`` is
+    ``t["initial_state"]``): with one step, its layout costs nothing.
+    """
     B, T, H, V = t["v"].shape
     K = t["q"].shape[-1]
     cu = meta["cu_seqlens"]
@@ -72,9 +102,11 @@ def forward(sig: CoreSig, t: dict, meta: dict, cfg: dict, *, save_u: bool, ht: t
     o = _alloc(B, T, H, V, dtype=meta["out_dtype"], device=dev)
     if cu is not None and int(cu[-1]) != T:
         o.zero_()  # tokens after the last sequence are not any program's: the reference gives 0
-    h0 = t.get("initial_state")
+    h0 = t.get("initial_state") if decode else _k_major(t.get("initial_state"))
     if meta["output_final_state"] and ht is None:
-        ht = _alloc(N, H, K, V, dtype=torch.float32, device=dev)
+        ht = (
+            _alloc(N, H, K, V, dtype=torch.float32, device=dev) if decode else _k_major_empty(N, H, K, V, dev)
+        )
     delta = sig.transition is Transition.DELTA
     u = _alloc(B, T, H, V, dtype=torch.float32, device=dev) if (delta and save_u) else None
     kern, _ = _kernels(sig, cfg["prefetch"])
@@ -85,8 +117,8 @@ def forward(sig: CoreSig, t: dict, meta: dict, cfg: dict, *, save_u: bool, ht: t
     kern[(NV, N * H)](
         **args,
         o=o,
-        h0=h0 if h0 is not None else o,
-        ht=ht if ht is not None else o,
+        **_state("h0", h0, o),
+        **_state("ht", ht, o),
         cu_seqlens=cu,
         scale=meta["scale"],
         T=T,
@@ -102,6 +134,8 @@ def forward(sig: CoreSig, t: dict, meta: dict, cfg: dict, *, save_u: bool, ht: t
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
+    if ht is not None and not decode:
+        ht = ht.contiguous()  # the API's [N, H, K, V] memory layout
     return o, ht, u
 
 
@@ -126,7 +160,7 @@ def backward(
     N = _n_seq(cu, B)
     BK, BV, NV = _tiles(K, V, cfg["BV_bwd"])
     dev, f32 = t["v"].device, torch.float32
-    h0 = t.get("initial_state")
+    h0 = _k_major(t.get("initial_state"))
     NTOK = B * T
     g: dict[str, torch.Tensor] = {}
     buf: dict[str, torch.Tensor] = {}
@@ -134,7 +168,7 @@ def backward(
     names = _ptr_names(kern)
     for name in names:
         if name.endswith("_part") and name not in ("dbeta_part", "dgv_part"):
-            shape = (N, H, K, V) if name in ("dqst_part", "dkst_part", "dA_part") else (NV, NTOK, H, K)
+            shape = (N, H, V, K) if name in ("dqst_part", "dkst_part", "dA_part") else (NV, NTOK, H, K)
             buf[name] = _alloc(*shape, dtype=f32, device=dev)
     buf["dv"] = _alloc(B, T, H, V, dtype=f32, device=dev)
     if "dbeta_part" in names:
@@ -144,7 +178,7 @@ def backward(
     for name in ("du", "dov", "dgv"):
         if name in names:
             buf[name] = _alloc(B, T, H, V, dtype=f32, device=dev)
-    dh0 = _alloc(N, H, K, V, dtype=f32, device=dev) if h0 is not None else None
+    dh0 = _k_major_empty(N, H, K, V, dev) if h0 is not None else None
     if cu is not None and int(cu[-1]) != T:
         for b in buf.values():
             b.zero_()  # tokens outside every sequence get zero gradients
@@ -167,9 +201,9 @@ def backward(
         **buf,
         **extra,
         do=do,
-        dht=dht if dht is not None else do,
-        h0=h0 if h0 is not None else do,
-        dh0=dh0 if dh0 is not None else do,
+        **_state("dht", _k_major(dht), do),
+        **_state("h0", h0, do),
+        **_state("dh0", dh0, do),
         cu_seqlens=cu,
         scale=meta["scale"],
         T=T,
@@ -189,19 +223,19 @@ def backward(
         g["initial_state"] = dh0
     g["v"] = buf["dv"]
     if sig.key_static:
-        g["k"] = buf["dkst_part"].sum(0).transpose(-1, -2)
+        g["k"] = buf["dkst_part"].sum(0)
     else:
         g["k"] = buf["dk_part"].sum(0).view(B, T, H, K)
         if "dk2_part" in buf:
             g["k"] = g["k"] + buf["dk2_part"].sum(0).view(B, T, H, K)
     if sig.query_static:
-        g["q"] = buf["dqst_part"].sum(0).transpose(-1, -2)
+        g["q"] = buf["dqst_part"].sum(0)
     else:
         g["q"] = buf["dq_part"].sum(0).view(B, T, H, K)
     if "dbeta_part" in buf:
         g["beta"] = buf["dbeta_part"].sum(0).view(B, T, H)
     if sig.decay is Decay.CHANNEL:
-        g["A"] = buf["dA_part"].sum(0).transpose(-1, -2)
+        g["A"] = buf["dA_part"].sum(0)
         g["gv"] = buf["dgv_part"].sum(0) if sig.decay_static else buf["dgv"]
     elif sig.decay is not Decay.NONE:
         g.update(_gate_grads(sig, t, meta, g, buf.get("dov"), dht, ht))

@@ -1,17 +1,18 @@
 """Named code slots of the sequential kernels: where a :class:`CoreSig` changes the source.
 
-The kernels keep ``h = S^T`` restricted to one V-block as a ``[BK, BV]`` register tile, so
-every slot below is written in that orientation: a key-indexed vector broadcasts as
-``x[:, None]``, a value-indexed one as ``x[None, :]``.
+The kernels keep the state ``S`` (math orientation, ``[V, K]``) restricted to one V-block
+as a ``[BV, BK]`` register tile, K the fast axis, so every slot below is written in that
+orientation: a key-indexed vector broadcasts as ``x[None, :]``, a value-indexed one as
+``x[:, None]``; sums over K are ``axis=1``, over V ``axis=0``.
 
 Slots (each a small function of the signature returning Triton source text):
 
 - ``step_loads``  which per-step operands a pass reads, and how (``load_line``);
-- ``static_loads`` time-invariant ``[BK, BV]`` tiles read once per program (``A``, static
+- ``static_loads`` time-invariant ``[BV, BK]`` tiles read once per program (``A``, static
   ``k`` / ``q`` / ``gv``);
-- ``decay_factor`` the multiplier ``Λ_t`` as an expression broadcastable to ``[BK, BV]``;
-- ``input_term`` the rank-one (or per-channel) input ``U_t^T``;
-- ``query_term`` the (scaled) query as something broadcastable to ``[BK, BV]``.
+- ``decay_factor`` the multiplier ``Λ_t`` as an expression broadcastable to ``[BV, BK]``;
+- ``input_term`` the rank-one (or per-channel) input ``U_t``;
+- ``query_term`` the (scaled) query as something broadcastable to ``[BV, BK]``.
 """
 
 from __future__ import annotations
@@ -110,48 +111,48 @@ def step_operands(sig: CoreSig, *, grad: bool = False, extra: tuple[str, ...] = 
 
 
 def static_loads(sig: CoreSig) -> str:
-    """Tiles that do not change over time, loaded once (the [H, V, K] tensors, transposed)."""
+    """Tiles that do not change over time, loaded once (the [H, V, K] tensors)."""
     lines = []
-    hvk = "i_h.to(tl.int64) * V * K + o_v[None, :] * K + o_k[:, None]"
+    hvk = "i_h.to(tl.int64) * V * K + o_v[:, None] * K + o_k[None, :]"
     if sig.decay is Decay.CHANNEL:
-        lines.append("# A[h]^T: the per-channel log-decay rates, time-invariant")
-        lines.append(f"b_A = tl.load(A + {hvk}, mask=m_kv, other=0.0).to(tl.float32)  # [BK, BV]")
+        lines.append("# A[h]: the per-channel log-decay rates, time-invariant")
+        lines.append(f"b_A = tl.load(A + {hvk}, mask=m_vk, other=0.0).to(tl.float32)  # [BV, BK]")
         if sig.decay_static:
             lines.append("b_gv = tl.load(gv + i_h * V + o_v, mask=m_v, other=0.0).to(tl.float32)  # [BV]")
-            lines.append("b_lam = tl.exp(b_gv[None, :] * b_A)  # [BK, BV] the same Λ at every step")
+            lines.append("b_lam = tl.exp(b_gv[:, None] * b_A)  # [BV, BK] the same Λ at every step")
     if sig.key_static:
-        lines.append(f"b_kst = tl.load(k + {hvk}, mask=m_kv, other=0.0).to(tl.float32)  # [BK, BV]")
+        lines.append(f"b_kst = tl.load(k + {hvk}, mask=m_vk, other=0.0).to(tl.float32)  # [BV, BK]")
     if sig.query_static:
-        lines.append(f"b_qst = tl.load(q + {hvk}, mask=m_kv, other=0.0).to(tl.float32) * scale  # [BK, BV]")
+        lines.append(f"b_qst = tl.load(q + {hvk}, mask=m_vk, other=0.0).to(tl.float32) * scale  # [BV, BK]")
     return "\n".join(lines)
 
 
 def decay_factor(sig: CoreSig) -> str | None:
-    """Λ_t as an expression broadcastable to [BK, BV], or None for no decay."""
+    """Λ_t as an expression broadcastable to [BV, BK], or None for no decay."""
     d = sig.decay
     if d is Decay.NONE:
         return None
     if d is Decay.SCALAR:
         return "tl.exp(b_g)"
     if d is Decay.KEY:
-        return "tl.exp(b_gk)[:, None]"
+        return "tl.exp(b_gk)[None, :]"
     if d is Decay.VALUE:
-        return "tl.exp(b_gv)[None, :]"
+        return "tl.exp(b_gv)[:, None]"
     if d is Decay.OUTER:
-        # BK + BV exponentials instead of BK * BV
-        return "(tl.exp(b_gk)[:, None] * tl.exp(b_gv)[None, :])"
+        # BV + BK exponentials instead of BV * BK
+        return "(tl.exp(b_gv)[:, None] * tl.exp(b_gk)[None, :])"
     if sig.decay_static:
         return "b_lam"
-    return "tl.exp(b_gv[None, :] * b_A)"
+    return "tl.exp(b_gv[:, None] * b_A)"
 
 
 def input_term(sig: CoreSig, value: str = "b_v") -> str:
-    """U_t^T as a [BK, BV] expression, with the value vector named ``value``."""
+    """U_t as a [BV, BK] expression, with the value vector named ``value``."""
     if sig.key_static:
-        return f"b_kst * {value}[None, :]"
-    return f"b_k[:, None] * {value}[None, :]"
+        return f"{value}[:, None] * b_kst"
+    return f"{value}[:, None] * b_k[None, :]"
 
 
 def query_term(sig: CoreSig) -> str:
-    """The scaled query broadcast to [BK, BV]."""
-    return "b_qst" if sig.query_static else "b_q[:, None]"
+    """The scaled query broadcast to [BV, BK]."""
+    return "b_qst" if sig.query_static else "b_q[None, :]"

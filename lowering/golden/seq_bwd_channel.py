@@ -9,6 +9,7 @@ import triton.language as tl
 @triton.jit
 def seq_bwd_channel(
     q, k, v, gv, A, do, dht, h0, dq_part, dk_part, dv, dgv, dA_part, dh0, ckpt, scratch, cu_seqlens,
+    h0_sv, h0_sk, dht_sv, dht_sk, dh0_sv, dh0_sk,
     scale, T, NTOK, NCMAX, H, K, V,
     BK: tl.constexpr, BV: tl.constexpr,
     USE_H0: tl.constexpr, USE_DHT: tl.constexpr, IS_VARLEN: tl.constexpr, CK: tl.constexpr,
@@ -26,21 +27,24 @@ def seq_bwd_channel(
     o_v = i_v * BV + tl.arange(0, BV)  # [BV]
     m_k = o_k < K
     m_v = o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]  # [BK, BV]
-    p_h = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]  # [BK, BV] into a [N, H, K, V] state
+    m_vk = m_v[:, None] & m_k[None, :]  # [BV, BK]
+    p_nh = i_nh.to(tl.int64) * K * V  # this (sequence, head)'s state; each state tensor has its own
+    # strides (h0_sv, h0_sk, ...), so its [BV, BK] address tile is built where it is used, never
+    # held across the time loop, and a K-contiguous state loads in the layout the loop computes in
 
     p_part = i_v.to(tl.int64) * NTOK * H * K  # this V-block's slice of the [NV, NTOK, H, K] partials
-    p_ck = i_nh.to(tl.int64) * NCMAX * K * V + o_k[:, None] * V + o_v[None, :]  # [BK, BV] into ckpt
-    o_s = o_k[:, None] * BV + tl.arange(0, BV)[None, :]  # [BK, BV] into one scratch slot
-    p_s = (i_nh.to(tl.int64) * tl.num_programs(0) + i_v) * CK * BK * BV + o_s
-    # A[h]^T: the per-channel log-decay rates, time-invariant
-    b_A = tl.load(A + i_h.to(tl.int64) * V * K + o_v[None, :] * K + o_k[:, None], mask=m_kv, other=0.0).to(tl.float32)  # [BK, BV]
-    b_dA = tl.zeros([BK, BV], dtype=tl.float32)
+    p_vk = p_nh + o_v[:, None] * K + o_k[None, :]  # [BV, BK] into the [N, H, V, K] partials
+    p_ck = i_nh.to(tl.int64) * NCMAX * V * K + o_v[:, None] * K + o_k[None, :]  # [BV, BK] into ckpt
+    o_s = tl.arange(0, BV)[:, None] * BK + o_k[None, :]  # [BV, BK] into one scratch slot
+    p_s = (i_nh.to(tl.int64) * tl.num_programs(0) + i_v) * CK * BV * BK + o_s
+    # A[h]: the per-channel log-decay rates, time-invariant
+    b_A = tl.load(A + i_h.to(tl.int64) * V * K + o_v[:, None] * K + o_k[None, :], mask=m_vk, other=0.0).to(tl.float32)  # [BV, BK]
+    b_dA = tl.zeros([BV, BK], dtype=tl.float32)
 
     # ---- pass 1, forward time: S_t again, for dq and the chunk checkpoints ----
-    h = tl.zeros([BK, BV], dtype=tl.float32)
+    h = tl.zeros([BV, BK], dtype=tl.float32)
     if USE_H0:
-        h += tl.load(h0 + p_h, mask=m_kv, other=0.0)
+        h += tl.load(h0 + p_nh + o_v[:, None] * h0_sv + o_k[None, :] * h0_sk, mask=m_vk, other=0.0)
     # steps i+1 .. i+2 are in flight while step i computes (software pipelining by hand)
     row = bos * H + i_h
     f_ok = L > 0
@@ -71,10 +75,10 @@ def seq_bwd_channel(
         n_gv = tl.load(gv + nrow * V + o_v, mask=o_v < n_V, other=0.0).to(tl.float32)
         n_do = tl.load(do + nrow * V + o_v, mask=o_v < n_V, other=0.0).to(tl.float32)
         # the state at each chunk start is a checkpoint for the reverse pass
-        tl.store(ckpt + p_ck + (i // CK) * K * V, h, mask=m_kv & (i % CK == 0))
-        h = h * tl.exp(b_gv[None, :] * b_A)
-        h += b_k[:, None] * b_v[None, :]
-        b_dq = tl.sum(h * b_do[None, :], axis=1) * scale  # [BK] partial over V-blocks
+        tl.store(ckpt + p_ck + (i // CK) * K * V, h, mask=m_vk & (i % CK == 0))
+        h = h * tl.exp(b_gv[:, None] * b_A)
+        h += b_v[:, None] * b_k[None, :]
+        b_dq = tl.sum(h * b_do[:, None], axis=0) * scale  # [BK] partial over V-blocks
         tl.store(dq_part + p_part + row * K + o_k, b_dq, mask=m_k)
         b_q = p1_q
         b_k = p1_k
@@ -89,24 +93,24 @@ def seq_bwd_channel(
 
     tl.debug_barrier()  # checkpoints written above are read by other threads below
 
-    # ---- pass 2, reverse time, chunk by chunk: dh = dS_t^T of this V-block ----
-    dh = tl.zeros([BK, BV], dtype=tl.float32)
+    # ---- pass 2, reverse time, chunk by chunk: dh = dS_t, this V-block's rows ----
+    dh = tl.zeros([BV, BK], dtype=tl.float32)
     if USE_DHT:
-        dh += tl.load(dht + p_h, mask=m_kv, other=0.0)
+        dh += tl.load(dht + p_nh + o_v[:, None] * dht_sv + o_k[None, :] * dht_sk, mask=m_vk, other=0.0)
     NC = tl.cdiv(L, CK)
     for ci in range(0, NC):
         t0 = (NC - 1 - ci) * CK
         n_c = tl.minimum(L - t0, CK)
-        h = tl.load(ckpt + p_ck + (t0 // CK) * K * V, mask=m_kv, other=0.0)
+        h = tl.load(ckpt + p_ck + (t0 // CK) * K * V, mask=m_vk, other=0.0)
         # recompute the chunk's states S_{t-1} into scratch
         for j in range(0, n_c):
             row = (bos + t0 + j) * H + i_h
-            tl.store(scratch + p_s + j * BK * BV, h)
+            tl.store(scratch + p_s + j * BV * BK, h)
             b_k = tl.load(k + row * K + o_k, mask=m_k, other=0.0).to(tl.float32)
             b_v = tl.load(v + row * V + o_v, mask=m_v, other=0.0).to(tl.float32)
             b_gv = tl.load(gv + row * V + o_v, mask=m_v, other=0.0).to(tl.float32)
-            h = h * tl.exp(b_gv[None, :] * b_A)
-            h += b_k[:, None] * b_v[None, :]
+            h = h * tl.exp(b_gv[:, None] * b_A)
+            h += b_v[:, None] * b_k[None, :]
         tl.debug_barrier()
         for jj in range(0, n_c):
             j = n_c - 1 - jj
@@ -116,18 +120,18 @@ def seq_bwd_channel(
             b_v = tl.load(v + row * V + o_v, mask=m_v, other=0.0).to(tl.float32)
             b_gv = tl.load(gv + row * V + o_v, mask=m_v, other=0.0).to(tl.float32)
             b_do = tl.load(do + row * V + o_v, mask=m_v, other=0.0).to(tl.float32)
-            b_hp = tl.load(scratch + p_s + j * BK * BV)  # [BK, BV] S_{t-1}^T, recomputed
-            dh += b_q[:, None] * b_do[None, :]
-            b_dv = tl.sum(dh * b_k[:, None], axis=0)  # [BV]
-            b_dk = tl.sum(dh * b_v[None, :], axis=1)  # [BK] partial over V-blocks
+            b_hp = tl.load(scratch + p_s + j * BV * BK)  # [BV, BK] S_{t-1}, recomputed
+            dh += b_do[:, None] * b_q[None, :]
+            b_dv = tl.sum(dh * b_k[None, :], axis=1)  # [BV]
+            b_dk = tl.sum(dh * b_v[:, None], axis=0)  # [BK] partial over V-blocks
             tl.store(dk_part + p_part + row * K + o_k, b_dk, mask=m_k)
             tl.store(dv + row * V + o_v, b_dv, mask=m_v)
-            b_lam = tl.exp(b_gv[None, :] * b_A)
-            b_e = dh * b_lam * b_hp  # [BK, BV] dL/d log Λ_t, element by element
-            tl.store(dgv + row * V + o_v, tl.sum(b_e * b_A, axis=0), mask=m_v)
-            b_dA += b_e * b_gv[None, :]
+            b_lam = tl.exp(b_gv[:, None] * b_A)
+            b_e = dh * b_lam * b_hp  # [BV, BK] dL/d log Λ_t, element by element
+            tl.store(dgv + row * V + o_v, tl.sum(b_e * b_A, axis=1), mask=m_v)
+            b_dA += b_gv[:, None] * b_e
             dh = dh * b_lam
         tl.debug_barrier()  # the next chunk overwrites scratch
     if USE_H0:
-        tl.store(dh0 + p_h, dh, mask=m_kv)
-    tl.store(dA_part + p_h, b_dA, mask=m_kv)
+        tl.store(dh0 + p_nh + o_v[:, None] * dh0_sv + o_k[None, :] * dh0_sk, dh, mask=m_vk)
+    tl.store(dA_part + p_vk, b_dA, mask=m_vk)

@@ -9,6 +9,7 @@ import triton.language as tl
 @triton.jit
 def seq_bwd_key(
     q, k, v, gk, do, dht, h0, dq_part, dk_part, dv, dh0, cu_seqlens,
+    dht_sv, dht_sk, dh0_sv, dh0_sk, h0_sv, h0_sk,
     scale, T, NTOK, H, K, V,
     BK: tl.constexpr, BV: tl.constexpr,
     USE_H0: tl.constexpr, USE_DHT: tl.constexpr, IS_VARLEN: tl.constexpr,
@@ -26,15 +27,17 @@ def seq_bwd_key(
     o_v = i_v * BV + tl.arange(0, BV)  # [BV]
     m_k = o_k < K
     m_v = o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]  # [BK, BV]
-    p_h = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]  # [BK, BV] into a [N, H, K, V] state
+    m_vk = m_v[:, None] & m_k[None, :]  # [BV, BK]
+    p_nh = i_nh.to(tl.int64) * K * V  # this (sequence, head)'s state; each state tensor has its own
+    # strides (h0_sv, h0_sk, ...), so its [BV, BK] address tile is built where it is used, never
+    # held across the time loop, and a K-contiguous state loads in the layout the loop computes in
 
     p_part = i_v.to(tl.int64) * NTOK * H * K  # this V-block's slice of the [NV, NTOK, H, K] partials
 
-    # ---- pass 1, reverse time: dh = dS_t^T of this V-block ----
-    dh = tl.zeros([BK, BV], dtype=tl.float32)
+    # ---- pass 1, reverse time: dh = dS_t, this V-block's rows ----
+    dh = tl.zeros([BV, BK], dtype=tl.float32)
     if USE_DHT:
-        dh += tl.load(dht + p_h, mask=m_kv, other=0.0)
+        dh += tl.load(dht + p_nh + o_v[:, None] * dht_sv + o_k[None, :] * dht_sk, mask=m_vk, other=0.0)
     # steps i+1 .. i+2 are in flight while step i computes (software pipelining by hand)
     row = (eos - 1) * H + i_h
     f_ok = L > 0
@@ -65,13 +68,13 @@ def seq_bwd_key(
         n_gk = tl.load(gk + nrow * K + o_k, mask=o_k < n_K, other=0.0).to(tl.float32)
         n_do = tl.load(do + nrow * V + o_v, mask=o_v < n_V, other=0.0).to(tl.float32)
         # o_t = S_t q_t feeds dS_t
-        dh += b_q[:, None] * b_do[None, :]
-        b_dv = tl.sum(dh * b_k[:, None], axis=0)  # [BV]
-        b_dk = tl.sum(dh * b_v[None, :], axis=1)  # [BK] partial over V-blocks
+        dh += b_do[:, None] * b_q[None, :]
+        b_dv = tl.sum(dh * b_k[None, :], axis=1)  # [BV]
+        b_dk = tl.sum(dh * b_v[:, None], axis=0)  # [BK] partial over V-blocks
         tl.store(dv + row * V + o_v, b_dv, mask=m_v)
         tl.store(dk_part + p_part + row * K + o_k, b_dk, mask=m_k)
         # dS_{t-1} = Λ_t ⊙ dP_t
-        dh = dh * tl.exp(b_gk)[:, None]
+        dh = dh * tl.exp(b_gk)[None, :]
         b_q = p1_q
         b_k = p1_k
         b_v = p1_v
@@ -84,12 +87,12 @@ def seq_bwd_key(
         p1_do = n_do
 
     if USE_H0:
-        tl.store(dh0 + p_h, dh, mask=m_kv)
+        tl.store(dh0 + p_nh + o_v[:, None] * dh0_sv + o_k[None, :] * dh0_sk, dh, mask=m_vk)
 
     # ---- pass 2, forward time: recompute S_t for the gradients that need it ----
-    h = tl.zeros([BK, BV], dtype=tl.float32)
+    h = tl.zeros([BV, BK], dtype=tl.float32)
     if USE_H0:
-        h += tl.load(h0 + p_h, mask=m_kv, other=0.0)
+        h += tl.load(h0 + p_nh + o_v[:, None] * h0_sv + o_k[None, :] * h0_sk, mask=m_vk, other=0.0)
     # steps i+1 .. i+2 are in flight while step i computes (software pipelining by hand)
     row = bos * H + i_h
     f_ok = L > 0
@@ -119,9 +122,9 @@ def seq_bwd_key(
         n_v = tl.load(v + nrow * V + o_v, mask=o_v < n_V, other=0.0).to(tl.float32)
         n_gk = tl.load(gk + nrow * K + o_k, mask=o_k < n_K, other=0.0).to(tl.float32)
         n_do = tl.load(do + nrow * V + o_v, mask=o_v < n_V, other=0.0).to(tl.float32)
-        h = h * tl.exp(b_gk)[:, None]
-        h += b_k[:, None] * b_v[None, :]
-        b_dq = tl.sum(h * b_do[None, :], axis=1) * scale  # [BK] partial over V-blocks
+        h = h * tl.exp(b_gk)[None, :]
+        h += b_v[:, None] * b_k[None, :]
+        b_dq = tl.sum(h * b_do[:, None], axis=0) * scale  # [BK] partial over V-blocks
         tl.store(dq_part + p_part + row * K + o_k, b_dq, mask=m_k)
         b_q = p1_q
         b_k = p1_k

@@ -9,6 +9,7 @@ import triton.language as tl
 @triton.jit
 def seq_fwd_scalar(
     q, k, v, g, o, h0, ht, cu_seqlens,
+    h0_sv, h0_sk, ht_sv, ht_sk,
     scale, T, H, K, V,
     BK: tl.constexpr, BV: tl.constexpr,
     USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr,
@@ -26,13 +27,15 @@ def seq_fwd_scalar(
     o_v = i_v * BV + tl.arange(0, BV)  # [BV]
     m_k = o_k < K
     m_v = o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]  # [BK, BV]
-    p_h = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]  # [BK, BV] into a [N, H, K, V] state
+    m_vk = m_v[:, None] & m_k[None, :]  # [BV, BK]
+    p_nh = i_nh.to(tl.int64) * K * V  # this (sequence, head)'s state; each state tensor has its own
+    # strides (h0_sv, h0_sk, ...), so its [BV, BK] address tile is built where it is used, never
+    # held across the time loop, and a K-contiguous state loads in the layout the loop computes in
 
-    # S^T of this V-block, fp32, in registers for the whole sequence
-    h = tl.zeros([BK, BV], dtype=tl.float32)
+    # S restricted to this V-block, fp32, in registers for the whole sequence
+    h = tl.zeros([BV, BK], dtype=tl.float32)
     if USE_H0:
-        h += tl.load(h0 + p_h, mask=m_kv, other=0.0)
+        h += tl.load(h0 + p_nh + o_v[:, None] * h0_sv + o_k[None, :] * h0_sk, mask=m_vk, other=0.0)
     # steps i+1 .. i+2 are in flight while step i computes (software pipelining by hand)
     row = bos * H + i_h
     f_ok = L > 0
@@ -62,9 +65,9 @@ def seq_fwd_scalar(
         # decay: S <- Λ_t ⊙ S
         h = h * tl.exp(b_g)
         # input: S <- S + U_t
-        h += b_k[:, None] * b_v[None, :]
+        h += b_v[:, None] * b_k[None, :]
         # read-out: o_t = S_t q_t
-        b_o = tl.sum(h * b_q[:, None], axis=0)  # [BV]
+        b_o = tl.sum(h * b_q[None, :], axis=1)  # [BV]
         tl.store(o + row * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
         b_q = p1_q
         b_k = p1_k
@@ -76,4 +79,4 @@ def seq_fwd_scalar(
         p1_g = n_g
 
     if STORE_HT:
-        tl.store(ht + p_h, h, mask=m_kv)
+        tl.store(ht + p_nh + o_v[:, None] * ht_sv + o_k[None, :] * ht_sk, h, mask=m_vk)
