@@ -23,11 +23,11 @@ Kernel source: :mod:`scandsl.lowering.scan_source` (templates) and
 from __future__ import annotations
 
 import torch
-
-from scandsl._core import CoreInputs, CoreSig, Decay, Shape, Transition
 from scandsl.autotune._space import Param, SearchSpace
 from scandsl.lowering._source import load_source
 from scandsl.lowering.scan_source import generate_source, module_name
+
+from scandsl._core import CoreInputs, CoreSig, Decay, Shape, Transition
 
 __all__ = ["supports", "run", "search_space", "default_config", "generate_source", "kernels"]
 
@@ -35,8 +35,9 @@ __all__ = ["supports", "run", "search_space", "default_config", "generate_source
 POISON_OUTPUTS = False
 
 _MAX_FEATURE = 256
-# fp32 elements of one [BT, BV, BK] tile a thread may hold: about six such tiles are live.
-_TILE_PER_THREAD = 32
+# fp32 elements of one [BT, BK, BV] tile a thread may hold: the forward keeps about four such
+# tiles live, the backward about ten (more spills to local memory).
+_TILE_PER_THREAD = {"": 128, "bwd_": 32}
 
 
 def supports(sig: CoreSig) -> str | None:
@@ -58,44 +59,64 @@ def _pow2(n: int) -> int:
 
 
 def default_config(sig: CoreSig, shape: Shape) -> dict:
-    """Small tiles: BK covers K when it is small (per-channel states), else 32 lanes."""
+    """Heuristic tiles; keys without prefix are the forward's, ``bwd_*`` the backward's.
+
+    Tiles are ``[BT, BK, BV]`` with V fastest: lanes go to V and the rest of K stays in each
+    thread. Per-channel states (K = N small) keep all of K in one program; the backward, with
+    its sums over V as well as over K, takes 8 V-lanes x 4 K-lanes in one warp.
+    """
     kp, vp = _pow2(shape.K), _pow2(shape.V)
-    bk = min(kp, 16 if sig.decay is Decay.CHANNEL else 32)
-    if sig.decay is Decay.CHANNEL and kp <= 32:
-        bk = kp
-    bv = min(vp, 16)
-    bt = max(4, min(32, 4096 // (bk * bv)))
-    return {"BT": bt, "BV": bv, "BK": bk, "num_warps": 4, "num_stages": 1}
+    if sig.decay is Decay.CHANNEL and kp <= 16:
+        fwd = {"BT": 8, "BK": kp, "BV": min(vp, 16), "num_warps": 1, "num_stages": 1}
+        bwd = {"BT": 8, "BK": kp, "BV": min(vp, 8), "num_warps": 1, "num_stages": 1}
+    else:
+        bk, bv = min(kp, 32), min(vp, 32)
+        fwd = {"BT": 4, "BK": bk, "BV": bv, "num_warps": 4, "num_stages": 1}
+        bwd = {"BT": 4, "BK": bk, "BV": min(vp, 16), "num_warps": 2, "num_stages": 1}
+    for cfg in (fwd, bwd):  # shrink the time block until a tile fits the register budget
+        while cfg["BT"] > 2 and _per_thread(cfg) > _TILE_PER_THREAD["bwd_"]:
+            cfg["BT"] //= 2
+    return {**fwd, **{f"bwd_{key}": value for key, value in bwd.items()}}
+
+
+def _per_thread(cfg: dict, prefix: str = "") -> float:
+    return cfg[f"{prefix}BT"] * cfg[f"{prefix}BK"] * cfg[f"{prefix}BV"] / (32 * cfg[f"{prefix}num_warps"])
 
 
 def _check_config(cfg: dict, shape: Shape) -> str | None:
     kp, vp = _pow2(shape.K), _pow2(shape.V)
-    for name in ("BT", "BV", "BK"):
-        if cfg[name] & (cfg[name] - 1) or cfg[name] < 2:
-            return f"{name}={cfg[name]} must be a power of two >= 2"
-    if cfg["BK"] > max(kp, 2):
-        return f"BK={cfg['BK']} exceeds the padded K={kp}"
-    if cfg["BV"] > max(vp, 2):
-        return f"BV={cfg['BV']} exceeds the padded V={vp}"
-    per_thread = cfg["BT"] * cfg["BV"] * cfg["BK"] / (32 * cfg["num_warps"])
-    if per_thread > _TILE_PER_THREAD:
-        return f"a [BT, BV, BK] tile is {per_thread:.0f} fp32 values a thread (> {_TILE_PER_THREAD})"
+    for prefix in ("", "bwd_"):
+        for name in ("BT", "BK", "BV"):
+            value = cfg[prefix + name]
+            if value & (value - 1) or value < 2:
+                return f"{prefix}{name}={value} must be a power of two >= 2"
+        if cfg[prefix + "BK"] > max(kp, 2):
+            return f"{prefix}BK={cfg[prefix + 'BK']} exceeds the padded K={kp}"
+        if cfg[prefix + "BV"] > max(vp, 2):
+            return f"{prefix}BV={cfg[prefix + 'BV']} exceeds the padded V={vp}"
+        per_thread = _per_thread(cfg, prefix)
+        if per_thread > _TILE_PER_THREAD[prefix]:
+            return (
+                f"a [{prefix}BT, {prefix}BK, {prefix}BV] tile is {per_thread:.0f} fp32 values "
+                f"a thread (> {_TILE_PER_THREAD[prefix]})"
+            )
+    if cfg["bwd_BT"] % cfg["BT"]:
+        return f"bwd_BT={cfg['bwd_BT']} must be a multiple of BT={cfg['BT']} (checkpoints every bwd_BT steps)"
     return None
 
 
 def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
     kp, vp = _pow2(shape.K), _pow2(shape.V)
-    return SearchSpace(
-        strategy="scan",
-        params=(
-            Param("BT", (8, 16, 32, 64, 128)),
-            Param("BV", tuple(b for b in (4, 8, 16, 32, 64) if b <= max(vp, 4))),
-            Param("BK", tuple(b for b in (8, 16, 32, 64, 128, 256) if b <= max(kp, 8))),
-            Param("num_warps", (1, 2, 4, 8)),
-            Param("num_stages", (1, 2, 3)),
-        ),
-        valid=lambda cfg: _check_config(cfg, shape),
-    )
+    params = []
+    for prefix in ("", "bwd_"):
+        params += [
+            Param(f"{prefix}BT", (2, 4, 8, 16, 32, 64)),
+            Param(f"{prefix}BK", tuple(b for b in (2, 4, 8, 16, 32, 64, 128, 256) if b <= max(kp, 2))),
+            Param(f"{prefix}BV", tuple(b for b in (4, 8, 16, 32, 64, 128) if b <= max(vp, 4))),
+            Param(f"{prefix}num_warps", (1, 2, 4, 8)),
+            Param(f"{prefix}num_stages", (1, 2)),
+        ]
+    return SearchSpace(strategy="scan", params=tuple(params), valid=lambda cfg: _check_config(cfg, shape))
 
 
 def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
@@ -108,6 +129,8 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
         raise ValueError(f"scan strategy: cu_seqlens needs batch size 1, got B={x.B}")
     shape = Shape(x.B, x.T, x.H, x.K, x.V)
     cfg = {**default_config(sig, shape), **(config or {})}
+    if config and "BT" in config and "bwd_BT" not in config:  # keep checkpoints on forward blocks
+        cfg["bwd_BT"] = max(cfg["bwd_BT"], cfg["BT"])
     bad = _check_config(cfg, shape)
     if bad is not None:
         raise ValueError(f"scan strategy: invalid config {cfg}: {bad}")
@@ -128,23 +151,23 @@ def _contig(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.contiguous()
 
 
-def _geometry(cfg, v, q, cu_seqlens):
+def _geometry(cfg, prefix, v, q, cu_seqlens):
+    """Sizes, block counts and the checkpoint layout (one state per ``bwd_BT`` steps)."""
     B, T, H, V = v.shape
     K = q.shape[-1]
-    NK, NV = triton_cdiv(K, cfg["BK"]), triton_cdiv(V, cfg["BV"])
+    NK, NV = _cdiv(K, cfg[prefix + "BK"]), _cdiv(V, cfg[prefix + "BV"])
+    ct = cfg["bwd_BT"]
     if cu_seqlens is None:
-        N, chunk_offsets, n_blocks = B, None, B * triton_cdiv(T, cfg["BT"])
+        N, chunk_offsets, n_ckpt = B, None, B * _cdiv(T, ct)
     else:
         N = cu_seqlens.numel() - 1
-        lens = cu_seqlens[1:] - cu_seqlens[:-1]
-        blocks = (lens + cfg["BT"] - 1) // cfg["BT"]
+        blocks = (cu_seqlens[1:] - cu_seqlens[:-1] + ct - 1) // ct
         chunk_offsets = torch.cat([blocks.new_zeros(1), blocks.cumsum(0)]).to(torch.int32)
-        # an upper bound on Σ ceil(len / BT), so no device sync is needed
-        n_blocks = triton_cdiv(T, cfg["BT"]) + N
-    return B, T, H, K, V, N, NK, NV, chunk_offsets, n_blocks
+        n_ckpt = _cdiv(T, ct) + N  # an upper bound on Σ ceil(len / ct): no device sync
+    return B, T, H, K, V, N, NK, NV, chunk_offsets, n_ckpt
 
 
-def triton_cdiv(a: int, b: int) -> int:
+def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
@@ -152,17 +175,17 @@ class _ScanFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, sig, cfg, scale, cu_seqlens, out_dtype, output_final_state, save, *tensors):
         q, k, v, g, gk, gv, A, h0 = (_contig(t) for t in tensors)
-        B, T, H, K, V, N, NK, NV, chunk_offsets, n_blocks = _geometry(cfg, v, q, cu_seqlens)
+        B, T, H, K, V, N, NK, NV, chunk_offsets, n_ckpt = _geometry(cfg, "", v, q, cu_seqlens)
         dev = v.device
         R = B * T
         o = _empty(NK, B, T, H, V, dtype=out_dtype if NK == 1 else torch.float32, device=dev)
         ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if output_final_state else None
-        hc = _empty(n_blocks, H, K, V, dtype=torch.float32, device=dev) if save else None
+        hc = _empty(n_ckpt, H, K, V, dtype=torch.float32, device=dev) if save else None
         mod = kernels(sig)
         grid = (NV, NK, N * H)
         mod.scan_fwd_kernel[grid](
             q, k, v, g, gk, gv, A, h0, o, ht, hc, cu_seqlens, chunk_offsets, scale, T, R,
-            H=H, K=K, V=V, BT=cfg["BT"], BK=cfg["BK"], BV=cfg["BV"],
+            H=H, K=K, V=V, BT=cfg["BT"], BK=cfg["BK"], BV=cfg["BV"], CT=cfg["bwd_BT"],
             USE_H0=h0 is not None, STORE_HT=output_final_state, SAVE_CKPT=save,
             IS_VARLEN=cu_seqlens is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
@@ -176,7 +199,7 @@ class _ScanFunction(torch.autograd.Function):
     def backward(ctx, do, dht):
         q, k, v, g, gk, gv, A, h0, hc, cu_seqlens, chunk_offsets = ctx.saved_tensors
         sig, cfg, scale, dtypes = ctx.meta
-        B, T, H, K, V, N, NK, NV, _, _ = _geometry(cfg, v, q, cu_seqlens)
+        B, T, H, K, V, N, NK, NV, _, _ = _geometry(cfg, "bwd_", v, q, cu_seqlens)
         dev, R, f32 = v.device, B * T, torch.float32
         need = ctx.needs_input_grad[7:]
 
@@ -197,9 +220,9 @@ class _ScanFunction(torch.autograd.Function):
         mod.scan_bwd_kernel[(NV, NK, N * H)](
             q, k, v, g, gk, gv, A, hc, do.contiguous(), _contig(dht), dq, dk, dv, dg, dgk, dgv, dA, dh0,
             cu_seqlens, chunk_offsets, scale, T, R, N,
-            H=H, K=K, V=V, BT=cfg["BT"], BK=cfg["BK"], BV=cfg["BV"],
+            H=H, K=K, V=V, BT=cfg["bwd_BT"], BK=cfg["bwd_BK"], BV=cfg["bwd_BV"], CT=cfg["bwd_BT"],
             USE_DHT=dht is not None, STORE_DH0=dh0 is not None, IS_VARLEN=cu_seqlens is not None,
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            num_warps=cfg["bwd_num_warps"], num_stages=cfg["bwd_num_stages"],
         )  # fmt: skip
         grads = []
         for i, (part, dtype) in enumerate(zip((dq, dk, dv, dg, dgk, dgv, dA, dh0), dtypes)):

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import textwrap
 
-from scandsl._core import CoreSig, Decay
 from scandsl.lowering import scan_slots as slot
+
+from scandsl._core import CoreSig, Decay
 
 __all__ = ["generate_source", "module_name"]
 
@@ -41,8 +42,8 @@ def compose(a_first, u_first, a_then, u_then):
 
 
 @triton.jit
-def sequence_bounds(i_n, T, cu_seqlens, chunk_offsets, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
-    """First row, length and first checkpoint block of sequence ``i_n``."""
+def sequence_bounds(i_n, T, cu_seqlens, chunk_offsets, CT: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """First row, length and first checkpoint (one per CT steps) of sequence ``i_n``."""
     if IS_VARLEN:
         bos = tl.load(cu_seqlens + i_n).to(tl.int64)
         eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
@@ -50,7 +51,7 @@ def sequence_bounds(i_n, T, cu_seqlens, chunk_offsets, BT: tl.constexpr, IS_VARL
     else:
         bos = i_n.to(tl.int64) * T
         eos = bos + T
-        boc = i_n.to(tl.int64) * tl.cdiv(T, BT)
+        boc = i_n.to(tl.int64) * tl.cdiv(T, CT)
     return bos, (eos - bos).to(tl.int32), boc
 '''
 
@@ -59,15 +60,15 @@ _PROGRAM = """\
 i_v, i_k, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
 NK = tl.num_programs(1)
 i_n, i_h = i_nh // H, i_nh % H
-bos, T_n, boc = sequence_bounds(i_n, T, cu_seqlens, chunk_offsets, BT, IS_VARLEN)
+bos, T_n, boc = sequence_bounds(i_n, T, cu_seqlens, chunk_offsets, CT, IS_VARLEN)
 o_t = tl.arange(0, BT)
 o_k = i_k * BK + tl.arange(0, BK)
 o_v = i_v * BV + tl.arange(0, BV)
 m_k = o_k < K
 m_v = o_v < V
-m_s = m_v[:, None] & m_k[None, :]  # [BV, BK]
-p_s = o_k[None, :] * V + o_v[:, None]  # [BV, BK] offsets into a [K, V] state (S transposed)
-p_hvk = (i_h * V + o_v[:, None]) * K + o_k[None, :]  # [BV, BK] offsets into an [H, V, K] operand
+m_s = m_k[:, None] & m_v[None, :]  # [BK, BV]
+p_s = o_k[:, None] * V + o_v[None, :]  # [BK, BV] offsets into a [K, V] state (S^T, as stored)
+p_hkv = (i_h * V + o_v[None, :]) * K + o_k[:, None]  # [BK, BV] offsets into an [H, V, K] operand
 """
 
 _BLOCK_ROWS = """\
@@ -84,21 +85,24 @@ _FWD = '''
 def scan_fwd_kernel(
     q, k, v, g, gk, gv, A, h0, o, ht, hc, cu_seqlens, chunk_offsets, scale, T, R,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, CT: tl.constexpr,
     USE_H0: tl.constexpr, STORE_HT: tl.constexpr, SAVE_CKPT: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    """One program owns the [BV, BK] state tile of one (sequence, head) and walks its time
+    """One program owns the [BK, BV] state tile of one (sequence, head) and walks its time
     axis in blocks of BT steps: a tree scan inside each block, a register carry between them."""
 {program}
     o_base = o + i_k.to(tl.int64) * R * H * V  # this K-block's partial output (NK > 1)
-    b_h = tl.zeros([BV, BK], dtype=tl.float32)  # S[v, k] entering the block
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)  # S^T entering the block
     if USE_H0:
         b_h += tl.load(h0 + i_nh.to(tl.int64) * K * V + p_s, mask=m_s, other=0.0)
     # -- slot: time-invariant operands --
 {static_loads}
     for i_t in range(0, tl.cdiv(T_n, BT)):
-        if SAVE_CKPT:  # the backward rebuilds this block's states from its entry state
-            tl.store(hc + ((boc + i_t) * H + i_h) * K * V + p_s, b_h, mask=m_s)
+        # every CT steps (the backward's block, a multiple of BT) save the state entering
+        # there: the backward rebuilds its block's states from it
+        if SAVE_CKPT:
+            if (i_t * BT) % CT == 0:
+                tl.store(hc + ((boc + i_t * BT // CT) * H + i_h) * K * V + p_s, b_h, mask=m_s)
 {block_rows}
         # -- slot: decay Λ_t ({decay_kind}) --
 {decay}
@@ -108,7 +112,8 @@ def scan_fwd_kernel(
         # -- slot: read-out ({readout_kind}) --
 {readout}
         # padded rows are identity steps, so the last row is the state leaving the block
-        b_h = tl.sum(tl.where((o_t == BT - 1)[:, None, None], b_hs, 0.0), axis=0)
+        # (-0.0 elsewhere: x + -0.0 == x folds away when the time axis sits in one thread)
+        b_h = tl.sum(tl.where((o_t == BT - 1)[:, None, None], b_hs, -0.0), axis=0)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_s, b_h, mask=m_s)
 '''
@@ -120,14 +125,14 @@ def scan_bwd_kernel(
     q, k, v, g, gk, gv, A, hc, do, dht, dq, dk, dv, dg, dgk, dgv, dA, dh0,
     cu_seqlens, chunk_offsets, scale, T, R, N,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, CT: tl.constexpr,
     USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     """Same tiling as the forward, blocks visited last to first. Per block: rebuild S_t from
     the saved entry state (forward scan), then dS_t (reverse scan), then every gradient."""
 {program}
     # dL/dS entering the block, counting only steps from the block on (the final state's at first)
-    b_dh = tl.zeros([BV, BK], dtype=tl.float32)
+    b_dh = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_DHT:
         b_dh += tl.load(dht + i_nh.to(tl.int64) * K * V + p_s, mask=m_s, other=0.0)
 {static_loads}
@@ -136,7 +141,7 @@ def scan_bwd_kernel(
     for i_r in range(0, NT_n):
         i_t = NT_n - 1 - i_r
 {block_rows}
-        b_h = tl.load(hc + ((boc + i_t) * H + i_h) * K * V + p_s, mask=m_s, other=0.0)  # [BV, BK]
+        b_h = tl.load(hc + ((boc + i_t) * H + i_h) * K * V + p_s, mask=m_s, other=0.0)  # [BK, BV]
         # -- slot: decay Λ_t ({decay_kind}) --
 {decay}
         # -- slot: input U_t --
@@ -148,14 +153,14 @@ def scan_bwd_kernel(
 {decay_next}
 {rscan}
         # dv_t[v] = Σ_k dS_t[v, k] k_t[k]
-        b_dv = tl.sum(b_dhs * {k_tile}, axis=2)  # [BT, BV]
+        b_dv = tl.sum(b_dhs * {k_tile}, axis=1)  # [BT, BV]
         tl.store(dv + i_k.to(tl.int64) * R * H * V + (r_t[:, None] * H + i_h) * V + o_v[None, :], b_dv, mask=m_t[:, None] & m_v[None, :])
 {dk}
 {dq}
         # -- slot: decay gradient; S_t − U_t = Λ_t ⊙ S_(t-1), so no division by Λ --
 {decay_grad}
         # dL/dS_(t0-1) from this block on: Λ_t0 ⊙ dS_t0 (+ step t0's read-out for BEFORE)
-        b_dh = tl.sum(tl.where((o_t == 0)[:, None, None], b_a * b_dhs, 0.0), axis=0)
+        b_dh = tl.sum(tl.where((o_t == 0)[:, None, None], b_a * b_dhs, -0.0), axis=0)
 {carry_extra}
     if STORE_DH0:
         tl.store(dh0 + i_nh.to(tl.int64) * K * V + p_s, b_dh, mask=m_s)
@@ -164,20 +169,20 @@ def scan_bwd_kernel(
 
 _SCAN = """\
 b_P, b_X = tl.associative_scan((b_a, b_u), 0, compose)  # block prefixes of (Λ, U)
-b_hs = b_P * b_h[None, :, :] + b_X  # [BT, BV, BK] S_t"""
+b_hs = b_P * b_h[None, :, :] + b_X  # [BT, BK, BV] S_t"""
 
 _SCAN_NONE = """\
-b_hs = b_h[None, :, :] + tl.cumsum(b_u, 0)  # [BT, BV, BK] S_t (no decay: a plain prefix sum)"""
+b_hs = b_h[None, :, :] + tl.cumsum(b_u, 0)  # [BT, BK, BV] S_t (no decay: a plain prefix sum)"""
 
 _RSCAN = """\
 b_Pr, b_Xr = tl.associative_scan((b_a1, b_c), 0, compose, reverse=True)
-b_dhs = b_Pr * b_dh[None, :, :] + b_Xr  # [BT, BV, BK] dL/dS_t"""
+b_dhs = b_Pr * b_dh[None, :, :] + b_Xr  # [BT, BK, BV] dL/dS_t"""
 
 _RSCAN_NONE = """\
-b_dhs = b_dh[None, :, :] + tl.cumsum(b_c, 0, reverse=True)  # [BT, BV, BK] dL/dS_t"""
+b_dhs = b_dh[None, :, :] + tl.cumsum(b_c, 0, reverse=True)  # [BT, BK, BV] dL/dS_t"""
 
 _DL = """\
-b_dl = tl.where(m_t[:, None, None], b_dhs * (b_hs - b_u), 0.0)  # [BT, BV, BK] dL/d log Λ_t
+b_dl = tl.where(m_t[:, None, None], b_dhs * (b_hs - b_u), 0.0)  # [BT, BK, BV] dL/d log Λ_t
 """
 
 
@@ -211,7 +216,7 @@ def generate_source(sig: CoreSig, config: dict | None = None) -> str:
         cotangent=_ind(slot.bwd_cotangent(sig), 2),
         decay_next=_ind(slot.decay(sig, "b_a1", "(r_t + 1)", "m_t1"), 2) if not none else "        pass",
         rscan=_ind(_RSCAN_NONE if none else _RSCAN, 2),
-        k_tile="b_kS[None, :, :]" if sig.key_static else "b_k[:, None, :]",
+        k_tile="b_kS[None, :, :]" if sig.key_static else "b_k[:, :, None]",
         dk=_ind(slot.bwd_dk(sig), 2),
         dq=_ind(slot.bwd_dq(sig), 2),
         decay_grad=_ind(("" if none else _DL) + slot.bwd_decay_grad(sig), 2),

@@ -1,0 +1,249 @@
+"""Scan (Blelloch) strategy against ``core_reference``, on the Triton interpreter.
+
+Every call runs with NaN-poisoned outputs, partials, checkpoints and gradient buffers, so an
+element a kernel fails to write shows up as an infinite error. Time blocks of 8 and 16 steps
+make T = 37 and 67 span several blocks (and end inside one).
+
+The interpreter emulates ``tl.associative_scan`` with a non-sum combine one element at a time
+in Python (minutes per call here); the fixture below swaps in a vectorised doubling
+(Hillis-Steele) scan that calls the kernel's own ``combine`` on whole arrays. The kernel source
+is unchanged, and ``test_doubling_scan_matches_interpreter`` checks the swap against the stock one.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported anywhere
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from scandsl.lowering import load_strategy, scan  # noqa: E402
+from triton.runtime import interpreter  # noqa: E402
+
+from scandsl._core import CoreInputs, CoreSig, Decay, Readout, Shape, Transition, core_reference  # noqa: E402
+from scandsl.testing import TAXONOMY_SIGS, TOLERANCES, assert_close, random_core_inputs  # noqa: E402
+
+SIGS = {name: sig for name, sig in TAXONOMY_SIGS.items() if sig.transition is Transition.IDENTITY}
+EXTRA = {
+    "none_before": CoreSig(readout=Readout.BEFORE),
+    "channel_before": CoreSig(decay=Decay.CHANNEL, readout=Readout.BEFORE),
+    "channel_static_before": CoreSig(
+        decay=Decay.CHANNEL, readout=Readout.BEFORE, key_static=True, query_static=True, decay_static=True
+    ),
+}
+
+
+_STOCK_SCAN = interpreter.ScanOps.generic_scan
+
+
+def _doubling_scan(self, inputs):
+    """Inclusive scan by doubling: log2(n) calls of the combine on whole (rolled) arrays."""
+    axis, n = self.axis, inputs[0].handle.data.shape[self.axis]
+    data = [np.array(x.handle.data) for x in inputs]
+    shape = [1] * data[0].ndim
+    shape[axis] = n
+    step = 1
+    while step < n:
+        # block shapes must stay powers of two: combine with a rolled copy, keep rows >= step
+        left = [self.to_tensor(np.roll(d, step, axis=axis), x.dtype) for d, x in zip(data, inputs)]
+        right = [self.to_tensor(d, x.dtype) for d, x in zip(data, inputs)]
+        with np.errstate(all="ignore"):
+            out = self.combine_fn.fn(*left, *right)
+        out = out if isinstance(out, tuple) else (out,)
+        keep = (np.arange(n) >= step).reshape(shape)
+        data = [np.where(keep, o.handle.data, d) for d, o in zip(data, out)]
+        step *= 2
+    return [self.to_tensor(d, x.dtype) for d, x in zip(data, inputs)]
+
+
+@pytest.fixture(autouse=True)
+def _interpreter(monkeypatch):
+    monkeypatch.setattr(interpreter.ScanOps, "generic_scan", _doubling_scan)
+    monkeypatch.setattr(scan, "POISON_OUTPUTS", True)
+    # the register budget is a compiled-GPU limit; the interpreter takes any tile
+    monkeypatch.setattr(scan, "_TILE_PER_THREAD", {"": 1 << 20, "bwd_": 1 << 20})
+
+
+def _cfg(K: int, *, BT: int = 16, BK: int | None = None, BV: int = 64, bwd: dict | None = None) -> dict:
+    fwd = {"BT": BT, "BK": BK or min(32, scan._pow2(K)), "BV": BV, "num_warps": 1, "num_stages": 1}
+    return {**fwd, **{f"bwd_{k}": v for k, v in {**fwd, **(bwd or {})}.items()}}
+
+
+def _grad_names(x: CoreInputs) -> list[str]:
+    return [n for n, t in x.tensors().items() if t.requires_grad]
+
+
+def _compare(sig: CoreSig, x: CoreInputs, cfg: dict, dtype: torch.dtype = torch.float32) -> None:
+    """Outputs, final state and every gradient against the fp32 reference."""
+    tol_out, tol_grad = TOLERANCES[dtype]
+    o, ht = scan.run(sig, x, cfg)
+    ro, rht = core_reference(sig, x)
+    assert o.dtype == (x.out_dtype or x.v.dtype)
+    assert_close(o.float(), ro.float(), tol_out, "o")
+    w = torch.randn(ro.shape, generator=torch.Generator().manual_seed(1))
+    loss_k, loss_r = (o.float() * w).sum(), (ro.float() * w).sum()
+    if x.output_final_state:
+        assert_close(ht, rht, tol_out, "final_state")
+        dht = torch.randn(rht.shape, generator=torch.Generator().manual_seed(2))
+        loss_k, loss_r = loss_k + (ht * dht).sum(), loss_r + (rht * dht).sum()
+    else:
+        assert ht is None
+    names = _grad_names(x)
+    if not names:
+        return
+    tensors = [getattr(x, n) for n in names]
+    got = torch.autograd.grad(loss_k, tensors)
+    ref = torch.autograd.grad(loss_r, tensors)
+    for name, a, b in zip(names, got, ref):
+        assert a.dtype == b.dtype, f"d{name} dtype"
+        assert_close(a.float(), b.float(), tol_grad, f"d{name}")
+
+
+def _inputs(sig: CoreSig, **kw) -> CoreInputs:
+    kw.setdefault("K", 16 if sig.decay is Decay.CHANNEL else 24)
+    return random_core_inputs(sig, V=40, requires_grad=True, **kw)
+
+
+@triton.jit
+def _compose(a1, u1, a2, u2):
+    return a2 * a1, a2 * u1 + u2
+
+
+@triton.jit
+def _scan_probe(a_ptr, u_ptr, out_ptr, REVERSE: tl.constexpr):
+    offs = (
+        tl.arange(0, 8)[:, None, None] * 8
+        + tl.arange(0, 2)[None, :, None] * 4
+        + tl.arange(0, 4)[None, None, :]
+    )
+    _, x = tl.associative_scan((tl.load(a_ptr + offs), tl.load(u_ptr + offs)), 0, _compose, reverse=REVERSE)
+    tl.store(out_ptr + offs, x)
+
+
+def test_doubling_scan_matches_interpreter(monkeypatch):
+    """The fixture's vectorised scan equals the interpreter's own element-by-element one."""
+    gen = torch.Generator().manual_seed(0)
+    a, u = torch.rand(8, 2, 4, generator=gen), torch.randn(8, 2, 4, generator=gen)
+    for reverse in (False, True):
+        fast, stock = torch.empty_like(u), torch.empty_like(u)
+        _scan_probe[(1,)](a, u, fast, REVERSE=reverse)
+        with monkeypatch.context() as mp:
+            mp.setattr(interpreter.ScanOps, "generic_scan", _STOCK_SCAN)
+            _scan_probe[(1,)](a, u, stock, REVERSE=reverse)
+        torch.testing.assert_close(fast, stock, rtol=1e-6, atol=1e-6)
+
+
+def test_supports():
+    assert load_strategy("scan") is scan
+    for name, sig in TAXONOMY_SIGS.items():
+        reason = scan.supports(sig)
+        if sig.transition is Transition.DELTA:
+            assert reason and "delta" in reason, name
+        else:
+            assert reason is None, name
+    with pytest.raises(ValueError, match="delta"):
+        scan.run(TAXONOMY_SIGS["delta"], random_core_inputs(TAXONOMY_SIGS["delta"], T=4), None)
+
+
+@pytest.mark.parametrize("T", [1, 37, 67])
+@pytest.mark.parametrize("name", list(SIGS))
+def test_taxonomy_sig(name: str, T: int):
+    sig = SIGS[name]
+    x = _inputs(sig, B=2 if T < 64 else 1, T=T, H=2, seed=T)
+    _compare(sig, x, _cfg(x.K))
+
+
+@pytest.mark.parametrize("name", list(EXTRA))
+def test_before_readout_variants(name: str):
+    sig = EXTRA[name]
+    _compare(sig, _inputs(sig, B=1, T=37, H=2), _cfg(16 if sig.decay is Decay.CHANNEL else 24))
+
+
+@pytest.mark.parametrize("name", ["channel", "outer", "key_before", "channel_static"])
+def test_small_tiles(name: str):
+    """Several K- and V-blocks (partial sums), forward blocks of 8 under backward blocks of 16."""
+    sig = TAXONOMY_SIGS[name]
+    x = _inputs(sig, B=1, T=37, H=2, seed=5)
+    cfg = _cfg(x.K, BT=8, BK=8, BV=16, bwd={"BT": 16, "BK": 8, "BV": 32})
+    _compare(sig, x, cfg)
+
+
+@pytest.mark.parametrize("name", ["channel", "channel_static", "key_before", "scalar"])
+def test_varlen(name: str):
+    sig = TAXONOMY_SIGS[name]
+    cu = torch.tensor([0, 0, 1, 6, 37])  # lengths 0, 1, 5, 31
+    x = _inputs(sig, T=37, H=2, cu_seqlens=cu, seed=3)
+    _compare(sig, x, _cfg(x.K, BT=8, bwd={"BT": 16}))
+
+
+@pytest.mark.parametrize("name", ["channel", "key_before"])
+def test_no_state_in_or_out(name: str):
+    sig = TAXONOMY_SIGS[name]
+    x = _inputs(sig, B=2, T=19, H=1, with_state=False)
+    x.output_final_state = False
+    _compare(sig, x, _cfg(x.K, BT=8))
+
+
+@pytest.mark.parametrize("name", ["channel", "channel_static", "key_before", "outer"])
+def test_state_hand_off(name: str):
+    """Running T = 37 in two calls, the first's final state as the second's initial state."""
+    sig = TAXONOMY_SIGS[name]
+    x = _inputs(sig, B=2, T=37, H=2, seed=7)
+    cfg = _cfg(x.K, BT=8)
+    o_full, h_full = scan.run(sig, x, cfg)
+
+    def part(lo: int, hi: int, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def cut(name: str) -> torch.Tensor | None:
+            t = getattr(x, name)
+            static = (name == "q" and sig.query_static) or (name == "k" and sig.key_static)
+            static = static or (name == "gv" and sig.decay_static) or name == "A"
+            return t if t is None or static else t[:, lo:hi]
+
+        y = CoreInputs(**{f: getattr(x, f) for f in x.__dataclass_fields__})
+        for name in ("q", "k", "v", "g", "gk", "gv", "A"):
+            setattr(y, name, cut(name))
+        y.initial_state = h0
+        return scan.run(sig, y, cfg)
+
+    o1, h1 = part(0, 20, x.initial_state)
+    o2, h2 = part(20, 37, h1)
+    assert_close(torch.cat([o1, o2], 1), o_full, 1e-5, "o (two calls)")
+    assert_close(h2, h_full, 1e-5, "final state (two calls)")
+
+
+@pytest.mark.parametrize("name", ["channel", "key"])
+def test_bf16(name: str):
+    """bf16 q, k, v (fp32 gates and state): bf16 outputs within the bf16 tolerances."""
+    sig = TAXONOMY_SIGS[name]
+    x = _inputs(sig, B=1, T=37, H=2, dtype=torch.bfloat16, seed=11)
+    _compare(sig, x, _cfg(x.K), dtype=torch.bfloat16)
+
+
+def test_default_config_and_search_space():
+    for name, sig in SIGS.items():
+        for shape in (Shape(4, 4096, 16, 16, 128), Shape(4, 4096, 16, 128, 128), Shape(1, 37, 2, 24, 40)):
+            if sig.decay is not Decay.CHANNEL and shape.K == 16 and shape.V == 128:
+                continue
+            cfg = scan.default_config(sig, shape)
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(scan, "_TILE_PER_THREAD", {"": 128, "bwd_": 32})
+                assert scan._check_config(cfg, shape) is None, (name, shape, cfg)
+                space = scan.search_space(sig, shape)
+                assert {p.name for p in space.params} >= set(cfg)
+                assert space.valid(cfg) is None
+                assert "multiple" in space.valid({**cfg, "BT": 2 * cfg["bwd_BT"]})
+
+
+def test_generated_source_is_readable():
+    for name, sig in {**SIGS, **EXTRA}.items():
+        src = scan.generate_source(sig, scan.default_config(sig, Shape(1, 64, 1, 16, 64)))
+        compile(src, f"<{name}>", "exec")
+        assert "# -- slot: decay" in src and "# -- slot: read-out" in src
+        assert "tl.associative_scan" in src or sig.decay is Decay.NONE
+        assert ("tl.exp2(b_gv[:, None, :] * b_A2" in src) == (
+            sig.decay is Decay.CHANNEL and not sig.decay_static
+        )
