@@ -1,4 +1,6 @@
-"""Chunked delta-rule kernels against ``core_reference``, on the Triton interpreter.
+"""Chunked delta-rule kernels against ``core_reference``: on the Triton interpreter without a GPU,
+compiled on one with (the ``gpu``-marked bf16 case runs only there: the interpreter's bf16
+``tl.dot`` is not exact arithmetic, it reads the raw bits).
 
 DeltaNet (``delta``) and Gated DeltaNet (``scalar_delta``): outputs, final states and the gradient
 of q, k, v, beta, g and the initial state, with every buffer the kernels fill poisoned with NaN.
@@ -11,10 +13,13 @@ from __future__ import annotations
 import ast
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported anywhere
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported anywhere
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 from scandsl.lowering import chunk_delta  # noqa: E402
 
 from scandsl._core import CoreInputs, CoreSig, Shape, core_reference  # noqa: E402
@@ -40,19 +45,19 @@ def _poison(monkeypatch):
     monkeypatch.setattr(chunk_delta, "POISON", True)
 
 
-def _compare(sig: CoreSig, x: CoreInputs, cfg: dict = CFG) -> None:
+def _compare(sig: CoreSig, x: CoreInputs, cfg: dict = CFG, dtype: torch.dtype = torch.float32) -> None:
     """Outputs, final state and every gradient against the fp32 reference."""
-    tol_out, tol_grad = TOLERANCES[torch.float32]
+    tol_out, tol_grad = TOLERANCES[dtype]
     o, ht = chunk_delta.run(sig, x, cfg)
     ro, rht = core_reference(sig, x)
     assert_close(o, ro, tol_out, "o")
     assert_close(ht, rht, tol_out, "final state")
     named = [(n, getattr(x, n)) for n in NAMES if getattr(x, n) is not None and getattr(x, n).requires_grad]
     gen = torch.Generator().manual_seed(7)
-    do = torch.randn(ro.shape, generator=gen)
-    dht = torch.randn(rht.shape, generator=gen)
-    got = torch.autograd.grad((o * do).sum() + (ht * dht).sum(), [t for _, t in named])
-    ref = torch.autograd.grad((ro * do).sum() + (rht * dht).sum(), [t for _, t in named])
+    do = torch.randn(ro.shape, generator=gen).to(DEVICE)
+    dht = torch.randn(rht.shape, generator=gen).to(DEVICE)
+    got = torch.autograd.grad((o.float() * do).sum() + (ht * dht).sum(), [t for _, t in named])
+    ref = torch.autograd.grad((ro.float() * do).sum() + (rht * dht).sum(), [t for _, t in named])
     for (name, _), a, b in zip(named, got, ref):
         assert_close(a, b, tol_grad, f"d{name}")
 
@@ -61,32 +66,41 @@ def _compare(sig: CoreSig, x: CoreInputs, cfg: dict = CFG) -> None:
 @pytest.mark.parametrize("T", [1, 37, 67])
 def test_matches_reference(name, T):
     sig = TAXONOMY_SIGS[name]
-    _compare(sig, random_core_inputs(sig, B=2, T=T, H=2, K=24, V=40, seed=T, requires_grad=True))
+    _compare(
+        sig, random_core_inputs(sig, B=2, T=T, H=2, K=24, V=40, seed=T, requires_grad=True, device=DEVICE)
+    )
 
 
 @pytest.mark.parametrize("name", SIGS)
 def test_small_heads(name):
     sig = TAXONOMY_SIGS[name]
-    _compare(sig, random_core_inputs(sig, B=1, T=37, H=2, K=16, V=16, seed=3, requires_grad=True))
+    _compare(
+        sig, random_core_inputs(sig, B=1, T=37, H=2, K=16, V=16, seed=3, requires_grad=True, device=DEVICE)
+    )
 
 
 def test_chunk_64_block_solve():
     sig = TAXONOMY_SIGS["scalar_delta"]
-    x = random_core_inputs(sig, B=1, T=67, H=1, K=24, V=40, seed=5, requires_grad=True)
+    x = random_core_inputs(sig, B=1, T=67, H=1, K=24, V=40, seed=5, requires_grad=True, device=DEVICE)
     _compare(sig, x, CFG | {"chunk": 64, "bv": 32, "out_bv": 64, "bwd_bk": 32})
 
 
 @pytest.mark.parametrize("name", SIGS)
 def test_varlen(name):
     sig = TAXONOMY_SIGS[name]
-    cu = torch.tensor([0, 0, 1, 6, 37])  # lengths 0, 1, 5, 31
-    _compare(sig, random_core_inputs(sig, T=37, H=2, K=24, V=40, seed=11, cu_seqlens=cu, requires_grad=True))
+    cu = torch.tensor([0, 0, 1, 6, 37], device=DEVICE)  # lengths 0, 1, 5, 31
+    _compare(
+        sig,
+        random_core_inputs(
+            sig, T=37, H=2, K=24, V=40, seed=11, cu_seqlens=cu, requires_grad=True, device=DEVICE
+        ),
+    )
 
 
 def test_state_handoff():
     """Two halves through the final/initial state give the same as one pass."""
     sig = TAXONOMY_SIGS["scalar_delta"]
-    x = random_core_inputs(sig, B=2, T=37, H=2, K=24, V=40, seed=13)
+    x = random_core_inputs(sig, B=2, T=37, H=2, K=24, V=40, seed=13, device=DEVICE)
     o, ht = chunk_delta.run(sig, x, CFG)
 
     def part(sl, h0):
@@ -103,7 +117,9 @@ def test_state_handoff():
 def test_no_state_no_final_no_grad():
     """Without an initial state or a final-state gradient, and the inference path (no T kept)."""
     sig = TAXONOMY_SIGS["delta"]
-    x = random_core_inputs(sig, B=2, T=37, H=2, K=24, V=40, seed=17, with_state=False, requires_grad=True)
+    x = random_core_inputs(
+        sig, B=2, T=37, H=2, K=24, V=40, seed=17, with_state=False, requires_grad=True, device=DEVICE
+    )
     x.output_final_state = False
     o, ht = chunk_delta.run(sig, x, CFG)
     ro, _ = core_reference(sig, x)
@@ -128,6 +144,16 @@ def test_generated_source_slots():
         assert "b_T10 = -_dot32(b_T11, _dot32(b_A10, b_T00))" in src  # the unrolled block solve
     assert "tl.exp" not in src_none and "b_G" not in src_none  # no decay at all for DeltaNet
     assert "b_G = tl.cumsum(b_g, axis=0)" in src_scalar
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", SIGS)
+def test_bf16_compiled(name):
+    """bf16 operands at the default tiles (chunks of 64, wgmma-sized), K = V = 128."""
+    sig = TAXONOMY_SIGS[name]
+    x = random_core_inputs(sig, B=2, T=300, H=2, K=128, V=128, seed=19, requires_grad=True, device=DEVICE,
+                           dtype=torch.bfloat16)  # fmt: skip
+    _compare(sig, x, cfg={}, dtype=torch.bfloat16)
 
 
 @pytest.mark.parametrize("name", sorted(chunk_delta.GOLDEN))
