@@ -5,6 +5,9 @@ Run on the GPU machine from the repository root:
     pip install --no-deps --no-build-isolation -e . -q
     python bench/gpu_check_chunk_delta.py --out $OUT [--budget 320] [--skip-correctness] [--sweep N]
 
+Without a GPU, ``--offline-compile`` compiles the default-config kernels for sm_90 with Triton's
+bundled ptxas and reports registers and spills per kernel (a compile check, not a timing).
+
 1. ``delta`` and ``scalar_delta`` against ``core_reference`` (fp32): B=2 T=300 H=4 K=V=128 in
    fp32 and bf16, varlen (lengths 0, 1, 5, 31, 163) at K=24 V=40, K=V=256, and a long sequence
    (T=4096) for stability; outputs, final states and every gradient;
@@ -229,6 +232,79 @@ def profile(rep: Report, name: str, sig: CoreSig, x, cfg, do) -> None:
         rep.data["profile"][name] = f"{type(err).__name__}: {err}"[:800]
 
 
+def offline_compile(out: Path) -> None:
+    """Compile the default-config kernels for sm_90 without a GPU (Triton's bundled ptxas) and
+    report registers and spill bytes per thread from the cubin: a compile check and a register
+    pressure check for sessions that have no GPU. Writes ``<out>/chunk_delta_offline.json``."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    from scandsl.lowering._source import load_source
+    from scandsl.lowering.chunk_delta_source import generate_source
+    from triton.backends.compiler import GPUTarget
+
+    ints = {"T", "NT", "n_rows"}
+    wide = {"beta", "g", "h0", "ht", "dht", "dh0", "dbeta", "dg"}  # fp32 tensors
+    tables = {"cu_seqlens", "chunk_seq", "chunk_start", "chunk_offsets"}
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
+    shape = Shape(B=4, T=4096, H=16, K=128, V=128)
+    report = {}
+    for name in SIGS:
+        sig = TAXONOMY_SIGS[name]
+        cfg = chunk_delta.default_config(sig, shape)
+        mod = load_source(generate_source(sig, cfg, dtype=torch.bfloat16), name=f"offline_{name}")
+        base = dict(H=shape.H, K=shape.K, V=shape.V, C=cfg["chunk"], BK=128, IS_VARLEN=False)
+        kernels = {
+            "delta_prepare": (base | dict(STORE_T=True, BV=cfg["out_bv"]), cfg["num_warps"]),
+            "delta_fwd_state": (base | dict(USE_H0=True, STORE_HT=True, BV=cfg["bv"]), cfg["state_warps"]),
+            "delta_fwd_out": (base | dict(BV=cfg["out_bv"], NV=2), cfg["num_warps"]),
+            "delta_bwd_state": (base | dict(USE_DHT=True, STORE_DH0=True, BV=cfg["bv"]), cfg["state_warps"]),
+            "delta_bwd_chunk": (base | dict(BK=cfg["bwd_bk"], BV=cfg["out_bv"], NK=2), cfg["bwd_warps"]),
+        }
+        for kname, (consts, warps) in kernels.items():
+            fn = getattr(mod, kname)
+            sig_types = {}
+            for a in fn.arg_names:
+                if a in consts:
+                    sig_types[a] = "constexpr"
+                elif a in ints:
+                    sig_types[a] = "i32"
+                elif a == "scale":
+                    sig_types[a] = "fp32"
+                else:
+                    sig_types[a] = "*fp32" if a in wide else "*i32" if a in tables else "*bf16"
+            attrs = {
+                (i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if sig_types[a][0] == "*"
+            }
+            src = triton.compiler.ASTSource(fn=fn, signature=sig_types, constexprs=consts, attrs=attrs)
+            key = f"{name}/{kname}"
+            try:
+                k = triton.compile(
+                    src,
+                    target=GPUTarget("cuda", 90, 128),
+                    options={"num_warps": warps, "num_stages": cfg["num_stages"]},
+                )
+                with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as fh:
+                    fh.write(k.asm["cubin"])
+                usage = subprocess.run(
+                    [tool, "--dump-resource-usage", fh.name], capture_output=True, text=True
+                ).stdout
+                regs, stack = re.search(r"REG:(\d+)", usage), re.search(r"STACK:(\d+)", usage)
+                report[key] = {
+                    "warps": warps,
+                    "regs": int(regs.group(1)) if regs else None,
+                    "spill_bytes": int(stack.group(1)) if stack else None,
+                    "smem": k.metadata.shared,
+                }
+            except Exception as err:
+                report[key] = {"error": f"{type(err).__name__}: {err}"[:1500]}
+            print(key, report[key], flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "chunk_delta_offline.json").write_text(json.dumps(report, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
@@ -236,7 +312,11 @@ def main() -> None:
     ap.add_argument("--skip-correctness", action="store_true")
     ap.add_argument("--sweep", type=int, default=len(SWEEP), help="time only the first N configs of SWEEP")
     ap.add_argument("--smoke", action="store_true", help="tiny timing shape (checks the script itself)")
+    ap.add_argument("--offline-compile", action="store_true", help="no GPU: sm_90 compile + registers only")
     args = ap.parse_args()
+    if args.offline_compile:
+        offline_compile(args.out)
+        return
     if args.smoke:
         global BENCH
         BENCH = Shape(B=1, T=40, H=1, K=32, V=32)
