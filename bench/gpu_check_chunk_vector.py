@@ -1,0 +1,325 @@
+"""GPU check of the chunked vector-decay kernels: compile, correctness (fp32 + bf16), timing.
+
+Run on the GPU machine from the repository root:
+
+    pip install --no-deps --no-build-isolation -e . -q
+    python bench/gpu_check_chunk_vector.py --out $OUT [--budget 330] [--no-sweep] [--config JSON]
+
+1. warm-up: every (signature, dtype, shape, config) this script runs is compiled first, in
+   parallel worker processes sharing Triton's disk cache (compiling is the slow part);
+2. correctness against ``core_reference`` (outputs, final state, every gradient): fp32 and
+   bf16 for decay key / key-before / value / outer, K=24 V=40, varlen with lengths 0 and 1,
+   and strong decays (log-decay in [-8, -5]) at T = 65536;
+3. timing at B=4 T=4096 H=16 K=V=128 bf16 (gk fp32) for key and key-before: forward and
+   forward+backward with the default config; a per-kernel tile sweep (each variant's outputs
+   are checked against the default's before it is timed); the combination of the fastest
+   variants; the chunk sizes 32 and 128.
+
+Timings are not reported for a signature whose correctness failed. Results go to
+``<out>/chunk_vector.json``, rewritten after every item so a timeout keeps what finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from scandsl._core import CoreInputs, CoreSig, Decay, Readout, Shape, core_reference
+from scandsl.testing import TOLERANCES, random_core_inputs, rel_err
+
+SIGS = {
+    "key": CoreSig(decay=Decay.KEY),
+    "key_before": CoreSig(decay=Decay.KEY, readout=Readout.BEFORE),
+    "value": CoreSig(decay=Decay.VALUE),
+    "outer": CoreSig(decay=Decay.OUTER),
+}
+NAMES = ("q", "k", "v", "gk", "gv", "initial_state")
+TARGET = Shape(4, 4096, 16, 128, 128)
+# per-kernel tile variants timed against the default (the first of each list is the default's shape)
+SWEEP = {
+    "fwd_o": [dict(fwd_BK=64, fwd_BV=128, fwd_warps=4), dict(fwd_BK=64, fwd_BV=128, fwd_warps=8),
+              dict(fwd_BK=32, fwd_BV=128, fwd_warps=4), dict(fwd_BK=64, fwd_BV=64, fwd_warps=4),
+              dict(fwd_BK=128, fwd_BV=128, fwd_warps=8), dict(fwd_BK=64, fwd_BV=128, fwd_warps=8, diag_BK=64)],
+    "state": [dict(state_BK=64, state_BV=64, state_warps=4), dict(state_BK=32, state_BV=64, state_warps=4),
+              dict(state_BK=32, state_BV=32, state_warps=4), dict(state_BK=64, state_BV=128, state_warps=8),
+              dict(state_BK=64, state_BV=64, state_warps=4, num_stages=3)],
+    "bwd_dv": [dict(dv_BK=64, dv_BV=128, dv_warps=4), dict(dv_BK=64, dv_BV=128, dv_warps=8),
+               dict(dv_BK=32, dv_BV=128, dv_warps=4), dict(dv_BK=64, dv_BV=64, dv_warps=4),
+               dict(dv_BK=128, dv_BV=128, dv_warps=8)],
+    "bwd_dqk": [dict(dqk_BK=32, dqk_BV=64, dqk_warps=4), dict(dqk_BK=32, dqk_BV=64, dqk_warps=8),
+                dict(dqk_BK=32, dqk_BV=32, dqk_warps=4), dict(dqk_BK=64, dqk_BV=64, dqk_warps=8),
+                dict(dqk_BK=16, dqk_BV=64, dqk_warps=4), dict(dqk_BK=32, dqk_BV=128, dqk_warps=8)],
+}  # fmt: skip
+KERNEL_GROUP = {"cumsum": None, "fwd_state": "state", "fwd_o": "fwd_o", "bwd_state": "state",
+                "bwd_dv": "bwd_dv", "bwd_dqk": "bwd_dqk"}  # fmt: skip
+
+
+class Report:
+    def __init__(self, out: Path, budget: float):
+        self.path = out / "chunk_vector.json"
+        self.data: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+        self.start, self.budget = time.time(), budget
+        out.mkdir(parents=True, exist_ok=True)
+
+    def left(self) -> float:
+        return self.budget - (time.time() - self.start)
+
+    def put(self, section: str, key: str, value) -> None:
+        self.data.setdefault(section, {})[key] = value
+        self.data["elapsed_s"] = round(time.time() - self.start, 1)
+        self.path.write_text(json.dumps(self.data, indent=1, default=str))
+        print(f"[{self.data['elapsed_s']:6.1f}s] {section}/{key}: {value}", flush=True)
+
+
+def gates(x: CoreInputs, sig: CoreSig, strong: bool, seed: int) -> None:
+    """Replace the log-gates by strong decays in [-8, -5] (keys) / ~-4 (values)."""
+    if not strong:
+        return
+    gen = torch.Generator().manual_seed(seed)
+    if x.gk is not None:
+        x.gk = (-5.0 - 3.0 * torch.rand(x.gk.shape, generator=gen)).to(x.gk.device)
+    if x.gv is not None:
+        x.gv = F.logsigmoid(torch.randn(x.gv.shape, generator=gen) - 4.0).to(x.gv.device)
+
+
+def make_inputs(name, dtype, B, T, H, K, V, *, seed=0, cu=None, strong=False, grad=True, state=True):
+    sig = SIGS[name]
+    x = random_core_inputs(sig, B=B, T=T, H=H, K=K, V=V, dtype=dtype, device="cuda", seed=seed,
+                           cu_seqlens=cu, with_state=state)  # fmt: skip
+    gates(x, sig, strong, seed + 1)
+    if grad:
+        for n in NAMES:
+            t = getattr(x, n)
+            if t is not None:
+                t.requires_grad_(True)
+    return sig, x
+
+
+def _warm(job: tuple) -> str | None:
+    """Worker: run one (signature, dtype, H, K, V, config) fwd+bwd on tiny inputs to fill the cache."""
+    name, dtype_name, H, K, V, cfg = job
+    try:
+        from scandsl.lowering import chunk_vector
+
+        sig, x = make_inputs(name, getattr(torch, dtype_name), 1, 130, H, K, V)
+        o, ht = chunk_vector.run(sig, x, cfg)
+        torch.autograd.grad((o.float().sum() + ht.sum()), [x.q, x.k, x.v])
+        torch.cuda.synchronize()
+        return None
+    except Exception as err:  # a config that does not compile is a result, not a crash
+        return f"{job}: {type(err).__name__}: {str(err)[:300]}"
+
+
+def warm_up(rep: Report, cfg_over: dict, sweep: bool) -> None:
+    jobs = []
+    for name in SIGS:
+        jobs += [(name, "float32", 16, 128, 128, cfg_over), (name, "bfloat16", 16, 128, 128, cfg_over)]
+    jobs += [("outer", "float32", 2, 24, 40, cfg_over), ("key_before", "float32", 1, 32, 32, cfg_over)]
+    if sweep:
+        for name in ("key", "key_before"):
+            for variants in SWEEP.values():
+                jobs += [(name, "bfloat16", 16, 128, 128, {**cfg_over, **v}) for v in variants[1:]]
+            jobs += [(name, "bfloat16", 16, 128, 128, {**cfg_over, "chunk": c}) for c in (32, 128)]
+    t0 = time.time()
+    with mp.get_context("spawn").Pool(min(len(jobs), max(1, (mp.cpu_count() or 2) - 2))) as pool:
+        try:
+            errors = [e for e in pool.map_async(_warm, jobs, chunksize=1).get(timeout=200) if e]
+        except mp.TimeoutError:  # compiles left undone happen (serially) at first use below
+            errors = ["warm-up timed out after 200 s"]
+            pool.terminate()
+    rep.put("warm_up", "jobs", len(jobs))
+    rep.put("warm_up", "seconds", round(time.time() - t0, 1))
+    rep.put("warm_up", "errors", errors)
+
+
+def compare(sig, x, cfg, dtype) -> dict:
+    """Relative errors of o, final state and every gradient against the fp32 reference."""
+    from scandsl.lowering import chunk_vector
+
+    o, ht = chunk_vector.run(sig, x, cfg)
+    x32 = CoreInputs(**{f: getattr(x, f) for f in ("q", "k", "v", "gk", "gv", "initial_state", "scale",
+                                                   "output_final_state", "cu_seqlens")})  # fmt: skip
+    ro, rht = core_reference(sig, x32)
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(ro.shape, generator=gen).cuda()
+    dht = torch.randn(rht.shape, generator=gen).cuda()
+    named = [(n, getattr(x, n)) for n in NAMES if getattr(x, n) is not None]
+    got = torch.autograd.grad((o.float() * w).sum() + (ht * dht).sum(), [t for _, t in named])
+    ref = torch.autograd.grad((ro.float() * w).sum() + (rht * dht).sum(), [t for _, t in named])
+    errs = {"o": rel_err(o.float(), ro.float()), "final_state": rel_err(ht, rht)}
+    errs.update({f"d{n}": rel_err(a.float(), b.float()) for (n, _), a, b in zip(named, got, ref)})
+    tol_out, tol_grad = TOLERANCES[dtype]
+    ok = all(v <= (tol_out if k in ("o", "final_state") else tol_grad) for k, v in errs.items())
+    return {"ok": ok, **{k: float(f"{v:.3e}") for k, v in errs.items()}}
+
+
+def correctness(rep: Report, cfg: dict) -> dict:
+    status = {}
+    for name in SIGS:
+        for dtype in (torch.float32, torch.bfloat16):
+            tag = f"{name}/{str(dtype)[6:]}/B2-T300-H16-K128-V128"
+            try:
+                sig, x = make_inputs(name, dtype, 2, 300, 16, 128, 128, seed=1)
+                res = compare(sig, x, cfg, dtype)
+            except Exception:
+                res = {"ok": False, "error": traceback.format_exc()[-1500:]}
+            rep.put("correctness", tag, res)
+            status[name] = status.get(name, True) and res["ok"]
+    cases = {
+        "outer/float32/K24-V40-T67": dict(name="outer", dtype=torch.float32, B=2, T=67, H=2, K=24, V=40),
+        "key_before/float32/varlen-0-1-5-31-263": dict(
+            name="key_before", dtype=torch.float32, B=1, T=300, H=16, K=128, V=128,
+            cu=torch.tensor([0, 0, 1, 6, 37, 300], dtype=torch.int32, device="cuda")),
+        "key/bfloat16/varlen-0-1-5-31-263": dict(
+            name="key", dtype=torch.bfloat16, B=1, T=300, H=16, K=128, V=128,
+            cu=torch.tensor([0, 0, 1, 6, 37, 300], dtype=torch.int32, device="cuda")),
+        "key_before/float32/strong-decay-T65536": dict(
+            name="key_before", dtype=torch.float32, B=1, T=65536, H=1, K=32, V=32, strong=True),
+    }  # fmt: skip
+    for tag, c in cases.items():
+        if rep.left() < 120:
+            rep.put("correctness", tag, "skipped: time budget")
+            continue
+        try:
+            dtype = c.pop("dtype")
+            sig, x = make_inputs(dtype=dtype, seed=2, **c)
+            res = compare(sig, x, cfg, dtype)
+        except Exception:
+            res = {"ok": False, "error": traceback.format_exc()[-1500:]}
+        rep.put("correctness", tag, res)
+        status[c["name"]] = status.get(c["name"], True) and res["ok"]
+    return status
+
+
+def strong_target_shape(rep: Report, cfg: dict) -> None:
+    """bf16 at B=1 T=65536 H=16 K=V=128 with log-decays in [-8, -5]: everything stays finite."""
+    from scandsl.lowering import chunk_vector
+
+    for name in ("key", "key_before"):
+        sig, x = make_inputs(name, torch.bfloat16, 1, 65536, 16, 128, 128, seed=3, strong=True)
+        o, ht = chunk_vector.run(sig, x, cfg)
+        grads = torch.autograd.grad(o.float().sum() + ht.sum(), [x.q, x.k, x.v, x.gk, x.initial_state])
+        finite = all(bool(torch.isfinite(t).all()) for t in (o, ht, *grads))
+        rep.put("strong_decay_T65536_bf16", name, {"finite": finite})
+
+
+def timing(rep: Report, name: str, cfg_over: dict, sweep: bool) -> None:
+    from scandsl.lowering import chunk_vector
+    from scandsl.lowering import chunk_vector_launch as L
+    from triton.testing import do_bench
+
+    def bench(fn) -> float:
+        return round(do_bench(fn, warmup=25, rep=200, return_mode="median"), 4)
+
+    B, T, H, K, V = TARGET
+    sig, x = make_inputs(name, torch.bfloat16, B, T, H, K, V, seed=4, state=False)
+    x.output_final_state = False
+    do = torch.randn_like(x.v)
+    inputs = [x.q, x.k, x.v, x.gk]
+
+    def fwd(cfg):
+        with torch.no_grad():
+            return chunk_vector.run(sig, x, cfg)
+
+    def fwd_bwd(cfg):
+        o, _ = chunk_vector.run(sig, x, cfg)
+        return torch.autograd.grad(o, inputs, do)
+
+    base = chunk_vector.resolve_config(sig, x, cfg_over)
+    section = f"timing/{name}"
+    rep.put(section, "default_config", base)
+    rep.put(section, "default_fwd_ms", bench(lambda: fwd(base)))
+    rep.put(section, "default_fwd_bwd_ms", bench(lambda: fwd_bwd(base)))
+    if not sweep:
+        return
+    # per-kernel times with the default config, then the tile variants of each kernel
+    P = L.Plan(sig, x, base)
+    q, k, v, gk = (t.detach() for t in inputs)
+    gk_cum = L.cumsum(P, gk)
+    hs, _ = L.fwd_state(P, k, v, gk_cum, None, None, False)
+    dhs, _ = L.bwd_state(P, q, do, gk_cum, None, hs, None, False)
+    kernels = {
+        "cumsum": lambda P: (L.cumsum(P, gk),),
+        "fwd_state": lambda P: L.fwd_state(P, k, v, gk_cum, None, None, False)[:1],
+        "fwd_o": lambda P: L.fwd_o(P, q, k, v, gk_cum, None, hs, torch.bfloat16)[:1],
+        "bwd_state": lambda P: L.bwd_state(P, q, do, gk_cum, None, hs, None, False)[:1],
+        "bwd_dv": lambda P: L.bwd_dv(P, q, k, v, do, None, gk_cum, None, hs, dhs)[:1],
+        "bwd_dqk": lambda P: L.bwd_dqk(P, q, k, v, do, gk_cum, None, hs, dhs),
+    }
+    best = {}
+    for kname, fn in kernels.items():
+        ref = fn(P)
+        rep.put(section, f"{kname}_default_ms", bench(lambda fn=fn: fn(P)))
+        group = KERNEL_GROUP[kname]
+        if group is None or rep.left() < 60:
+            continue
+        results = []
+        for var in SWEEP[group]:
+            try:
+                Pv = P.with_config(**var)
+                err = max(rel_err(a.float(), b.float()) for a, b in zip(fn(Pv), ref))
+                ms = bench(lambda fn=fn, Pv=Pv: fn(Pv)) if err < 2e-2 else None
+                results.append({"config": var, "rel_err_vs_default": float(f"{err:.2e}"), "ms": ms})
+            except Exception as e:
+                results.append({"config": var, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+        rep.put(section, f"{kname}_sweep", results)
+        timed = [r for r in results if r.get("ms") is not None]
+        if timed:
+            best[kname] = min(timed, key=lambda r: r["ms"])
+    combined = dict(base)
+    for kname in ("fwd_o", "bwd_dv", "bwd_dqk"):
+        if kname in best:
+            combined.update(best[kname]["config"])
+    if "fwd_state" in best and "bwd_state" in best:
+        s_f, s_b = best["fwd_state"], best["bwd_state"]
+        combined.update(min((s_f, s_b), key=lambda r: r["ms"])["config"])  # one state config serves both
+    combined = chunk_vector.resolve_config(sig, x, combined)
+    rep.put(section, "combined_config", combined)
+    rep.put(section, "combined_fwd_ms", bench(lambda: fwd(combined)))
+    rep.put(section, "combined_fwd_bwd_ms", bench(lambda: fwd_bwd(combined)))
+    for chunk in (32, 128):
+        if rep.left() < 30:
+            break
+        cfg = chunk_vector.resolve_config(sig, x, {**cfg_over, "chunk": chunk})
+        rep.put(section, f"chunk{chunk}_fwd_ms", bench(lambda cfg=cfg: fwd(cfg)))
+        rep.put(section, f"chunk{chunk}_fwd_bwd_ms", bench(lambda cfg=cfg: fwd_bwd(cfg)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--budget", type=float, default=330.0)
+    ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--config", type=json.loads, default={}, help="overrides of the default config")
+    args = ap.parse_args()
+    rep = Report(args.out, args.budget)
+    import triton
+
+    rep.put("env", "triton", triton.__version__)
+    sweep = not args.no_sweep
+    warm_up(rep, args.config, sweep)
+    status = correctness(rep, args.config)
+    for name in ("key", "key_before"):
+        if not status.get(name):
+            rep.put(f"timing/{name}", "refused", "correctness failed")
+            continue
+        try:
+            timing(rep, name, args.config, sweep)
+        except Exception:
+            rep.put(f"timing/{name}", "error", traceback.format_exc()[-2000:])
+    if rep.left() > 40:
+        try:
+            strong_target_shape(rep, args.config)
+        except Exception:
+            rep.put("strong_decay_T65536_bf16", "error", traceback.format_exc()[-1500:])
+
+
+if __name__ == "__main__":
+    main()
