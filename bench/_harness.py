@@ -1,0 +1,221 @@
+"""Running one benchmark case: check first, then time, beside the floor.
+
+A :class:`Case` is data plus callables — make inputs, run the reference, slice a time
+prefix, and a list of :class:`Impl` (ours per strategy, anchors) that each *prepare* a
+zero-argument function on given inputs. :func:`run_case` then, per implementation:
+
+1. runs it once on the case's inputs and compares the output (and final state) with the
+   float32 reference on the same inputs — on the first ``check_T`` steps when ``T`` is
+   longer (causality makes the prefix of the full output the output of the prefix), so
+   the reference loop stays affordable. A wrong kernel of ours is ``wrong`` and gets *no*
+   timing (and the run's exit status says so); a disagreeing anchor is ``mismatch``;
+2. for ``fwd_bwd``, checks the gradients of ours on a short prefix against the
+   reference's autograd;
+3. times ``fwd`` and ``fwd_bwd`` with ``triton.testing.do_bench`` medians (CUDA events;
+   gradients reset between repetitions), on fresh random inputs (never zeros).
+
+Every record carries the case's floor (bytes and FLOPs over the ceilings measured in the
+same run, see ``_floor``), so ratios to the floor and to the anchors come out of the JSON.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from scandsl._core import Shape
+from scandsl.testing import TOLERANCES, rel_err
+
+from ._anchors import AnchorAbsent
+from ._floor import Ceilings, Work, floor_ms, tensor_bytes
+
+__all__ = ["Impl", "Case", "run_case", "Timer", "do_bench_ms", "compare"]
+
+# prepare(inputs, requires_grad) -> (fn() -> (o, final_state | None), {name: grad leaf})
+PrepareFn = Callable[[Any, bool], tuple[Callable[[], tuple], dict[str, torch.Tensor]]]
+Timer = Callable[[Callable[[], Any], list], float]  # (fn, grad_to_none) -> median ms
+
+
+@dataclass(frozen=True)
+class Impl:
+    name: str  # "ours.chunk", "fla.chunk_gla"
+    kind: str  # "ours" | "anchor"
+    prepare: PrepareFn
+
+
+@dataclass
+class Case:
+    name: str
+    op: str
+    shape: Shape
+    dtype: torch.dtype
+    impls: list[Impl]
+    make_inputs: Callable[[int, torch.device], Any]
+    reference: Callable[[Any], tuple]  # float32 (o, final_state | None) of the given inputs
+    slice_T: Callable[[Any, int], Any]  # the first T' steps of the inputs
+    reference_grads: Callable[[Any, torch.Tensor], dict[str, torch.Tensor]] | None = None
+    input_bytes: Callable[[Any], int] = tensor_bytes
+    state_elems: int = 0
+    modes: tuple[str, ...] = ("fwd", "fwd_bwd")
+    group: str = ""  # plots: cases of one group form a line over ``x``
+    x: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def do_bench_ms(fn: Callable[[], Any], grad_to_none: list) -> float:
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none or None, return_mode="median"))
+
+
+def compare(got: tuple, ref: tuple, tol: float, T_checked: int, T: int) -> tuple[bool, float, str]:
+    """(ok, output error, reason) for outputs ``[B,T,...]`` and final states (only when fully checked)."""
+    o, s = got
+    ro, rs = ref
+    err = rel_err(o[:, :T_checked], ro)
+    if not err <= tol:
+        return False, err, f"output relative error {err:.2e} > {tol:.0e} vs the reference"
+    if T_checked == T and rs is not None and s is not None:
+        for i, (a, b) in enumerate(zip(_as_tuple(s), _as_tuple(rs))):
+            e = rel_err(a, b)
+            if not e <= tol:
+                return False, err, f"final state {i} relative error {e:.2e} > {tol:.0e}"
+    return True, err, ""
+
+
+def _as_tuple(x) -> tuple:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _short(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}".replace("\n", " ")
+    return text if len(text) < 400 else text[:397] + "..."
+
+
+def run_case(
+    case: Case,
+    *,
+    ceilings: Ceilings,
+    device: torch.device | str = "cuda",
+    check_T: int = 4096,
+    grad_T: int = 128,
+    timer: Timer | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """All records of one case (see the module docstring)."""
+    device = torch.device(device)
+    timer = timer or do_bench_ms
+    T = case.shape.T
+    Tc = min(T, check_T)
+    inputs = case.make_inputs(seed, device)
+    t0 = time.perf_counter()
+    ref = case.reference(case.slice_T(inputs, Tc) if Tc < T else inputs)
+    log(f"[{case.name}] reference on {Tc}/{T} steps: {time.perf_counter() - t0:.1f} s")
+    out_bytes = ref[0].numel() // Tc * T * torch.empty((), dtype=case.dtype).element_size()
+    B, _, H = case.shape.B, case.shape.T, case.shape.H
+    work = Work.of(case.input_bytes(inputs), out_bytes, B * T * H, case.state_elems)
+    tol, grad_tol = TOLERANCES[case.dtype]
+    base = {
+        "case": case.name, "op": case.op, "group": case.group, "x": case.x, "shape": list(case.shape),
+        "dtype": str(case.dtype).removeprefix("torch."), "checked_T": Tc, **case.meta,
+    }  # fmt: skip
+    records: list[dict[str, Any]] = []
+
+    def add(impl: Impl, mode: str, status: str, **kw) -> None:
+        rec = {**base, "impl": impl.name, "kind": impl.kind, "mode": mode, "status": status, **kw}
+        rec.update(floor_ms(work, ceilings, mode))
+        rec["bytes"] = work.bytes_fwd if mode == "fwd" else work.bytes_fwd_bwd
+        rec["flops"] = work.flops_fwd if mode == "fwd" else work.flops_fwd_bwd
+        records.append(rec)
+        what = f"{rec['ms']:.4f} ms" if rec.get("ms") is not None else f"{status} {kw.get('reason', '')}"
+        log(f"[{case.name}] {impl.name} {mode}: {what}")
+
+    for impl in case.impls:
+        try:
+            fn, _ = impl.prepare(inputs, False)
+            with torch.no_grad():
+                got = fn()
+            _sync(device)
+        except AnchorAbsent as err:
+            for mode in case.modes:
+                add(impl, mode, "absent", reason=str(err))
+            continue
+        except Exception as err:  # a kernel that cannot even run is reported, not fatal
+            for mode in case.modes:
+                add(impl, mode, "error", reason=_short(err))
+            continue
+        ok, err, reason = compare(got, ref, tol, Tc, T)
+        if not ok:
+            status = "wrong" if impl.kind == "ours" else "mismatch"
+            for mode in case.modes:
+                add(impl, mode, status, err=err, reason=reason)
+            continue
+        del got
+        for mode in case.modes:
+            try:
+                if mode == "fwd":
+
+                    def fwd(fn=fn):
+                        with torch.no_grad():
+                            return fn()
+
+                    ms = timer(fwd, [])
+                    add(impl, mode, "ok", ms=ms, err=err)
+                    continue
+                grad_err = None
+                if impl.kind == "ours" and case.reference_grads is not None:
+                    gok, grad_err, why = _check_grads(case, impl, inputs, min(T, grad_T), grad_tol, device)
+                    if not gok:
+                        add(impl, mode, "wrong", err=err, grad_err=grad_err, reason=why)
+                        continue
+                fb, leaves = impl.prepare(inputs, True)
+                o0 = fb()[0]
+                do = torch.randn_like(o0)
+                del o0
+
+                def step(fb=fb, do=do):
+                    fb()[0].backward(do)
+
+                ms = timer(step, list(leaves.values()))
+                add(impl, mode, "ok", ms=ms, err=err, grad_err=grad_err)
+                del fb, leaves, do
+            except Exception as exc:
+                add(impl, mode, "error", err=err, reason=_short(exc))
+        del fn
+    del inputs
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return records
+
+
+def _check_grads(case: Case, impl: Impl, inputs, Tg: int, tol: float, device) -> tuple[bool, float, str]:
+    """Gradients of ours vs the reference's autograd on the first ``Tg`` steps."""
+    short = case.slice_T(inputs, Tg)
+    fn, leaves = impl.prepare(short, True)
+    o, _ = fn()
+    gen = torch.Generator(device="cpu").manual_seed(11)
+    do = torch.randn(o.shape, generator=gen, dtype=torch.float32).to(device)
+    o.float().backward(do)
+    ref = case.reference_grads(short, do)
+    worst = 0.0
+    for name, g_ref in ref.items():
+        leaf = leaves.get(name)
+        if leaf is None:
+            continue
+        if leaf.grad is None:
+            return False, float("inf"), f"no gradient for {name}"
+        e = rel_err(leaf.grad, g_ref)
+        worst = max(worst, e)
+        if not e <= tol:
+            return False, e, f"d{name} relative error {e:.2e} > {tol:.0e} (first {Tg} steps)"
+    return True, worst, ""

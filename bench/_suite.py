@@ -1,0 +1,123 @@
+"""The standard suite, in named parts that each fit one GPU command (< 8 minutes).
+
+Every part measures the ceilings itself, so its floors come from the same run.
+
+- ``std1`` / ``std2`` / ``std3`` — B=4, T=4096, H=16, K=V=128, bf16, fwd and fwd+bwd, for every
+  chunk-legal op (ours ``chunk``), with FLA's / mamba_ssm's chunked kernels beside it;
+- ``sweep-mamba2`` / ``sweep-gla`` — T from 1K to 64K at a fixed 64K tokens (B·T), fwd;
+- ``scan`` — the Mamba-1 shape (B=4, T=4096, 16 heads × 128 channels = 2048 channels, N=16),
+  ``mamba`` and ``s4`` on ``scan`` and ``sequential``;
+- ``recurrent`` — ours ``sequential`` vs FLA's fused-recurrent kernels (mamba2, gla);
+- ``decode`` — one token from a state (B=64), ours ``sequential`` vs FLA / mamba_ssm steps;
+- ``smoke`` — tiny shapes through every path (a first GPU run that checks the harness).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from scandsl._core import Shape
+
+from ._cases import op_case
+from ._harness import Case
+
+__all__ = ["PARTS", "part_cases", "STANDARD", "CHUNK_OPS"]
+
+STANDARD = Shape(B=4, T=4096, H=16, K=128, V=128)
+BF16 = torch.bfloat16
+# every chunk-legal row, the ones with an anchor first
+CHUNK_OPS = (
+    "linear_attn", "retention", "mamba2", "gla", "rwkv6", "deltanet", "gated_deltanet",
+    "gated_rfa", "abc", "dfw", "hgrn2", "mlstm", "gsa",
+)  # fmt: skip
+SWEEP_TOKENS = 1 << 16
+SWEEP_T = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
+
+
+def _std(ops: tuple[str, ...]) -> Callable[[], list[Case]]:
+    return lambda: [
+        op_case(op, STANDARD, BF16, strategies=("chunk",), name=f"{op}", group="standard") for op in ops
+    ]
+
+
+def _sweep(op: str) -> list[Case]:
+    return [
+        op_case(
+            op,
+            Shape(SWEEP_TOKENS // T, T, 16, 128, 128),
+            BF16,
+            strategies=("chunk",),
+            modes=("fwd",),
+            name=f"{op} T={T}",
+            group=f"sweep {op}",
+            x=T,
+        )  # fmt: skip
+        for T in SWEEP_T
+    ]
+
+
+def _scan() -> list[Case]:
+    shape = Shape(B=4, T=4096, H=16, K=16, V=128)  # K plays N, the state size per channel
+    return [
+        op_case("mamba", shape, BF16, strategies=("scan", "sequential"), anchor_kind="scan", name="mamba (Mamba-1 shape)"),
+        op_case("s4", shape, BF16, strategies=("scan", "sequential"), anchor_kind=None, name="s4 (Mamba-1 shape)"),
+    ]  # fmt: skip
+
+
+def _recurrent() -> list[Case]:
+    return [
+        op_case(
+            op,
+            STANDARD,
+            BF16,
+            strategies=("sequential",),
+            anchor_kind="recurrent",
+            modes=("fwd",),
+            name=f"{op} fused-recurrent",
+            group="recurrent",
+        )  # fmt: skip
+        for op in ("mamba2", "gla")
+    ]
+
+
+def _decode() -> list[Case]:
+    step = Shape(B=64, T=1, H=16, K=128, V=128)
+    mamba = Shape(B=64, T=1, H=16, K=16, V=128)
+    return [
+        op_case("mamba2", step, BF16, strategies=("sequential",), anchor_kind="decode", modes=("fwd",),
+                decode=True, name="mamba2 decode step", group="decode"),
+        op_case("mamba", mamba, BF16, strategies=("sequential",), anchor_kind="decode", modes=("fwd",),
+                decode=True, name="mamba decode step", group="decode"),
+    ]  # fmt: skip
+
+
+def _smoke() -> list[Case]:
+    tiny = Shape(B=2, T=200, H=2, K=64, V=64)
+    cases = [op_case(op, tiny, BF16, strategies=("chunk", "sequential"), name=f"smoke {op}")
+             for op in ("mamba2", "gla", "deltanet")]  # fmt: skip
+    cases.append(op_case("mamba", Shape(2, 200, 2, 16, 64), BF16, strategies=("scan", "sequential"),
+                         anchor_kind="scan", name="smoke mamba"))  # fmt: skip
+    cases.append(op_case("mamba2", Shape(4, 1, 2, 64, 64), BF16, strategies=("sequential",), anchor_kind="decode",
+                         modes=("fwd",), decode=True, name="smoke mamba2 decode"))  # fmt: skip
+    return cases
+
+
+PARTS: dict[str, Callable[[], list[Case]]] = {
+    "smoke": _smoke,
+    "std1": _std(CHUNK_OPS[:4]),
+    "std2": _std(CHUNK_OPS[4:8]),
+    "std3": _std(CHUNK_OPS[8:]),
+    "sweep-mamba2": lambda: _sweep("mamba2"),
+    "sweep-gla": lambda: _sweep("gla"),
+    "scan": _scan,
+    "recurrent": _recurrent,
+    "decode": _decode,
+}
+
+
+def part_cases(name: str) -> list[Case]:
+    if name not in PARTS:
+        raise SystemExit(f"unknown part {name!r}; parts: {', '.join(PARTS)}")
+    return PARTS[name]()
