@@ -92,7 +92,9 @@ def parse_shape(text: str) -> Shape:
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="op / spec name (or core:<sig> for a bare core recurrence)")
     p.add_argument("--shape", type=parse_shape, required=True, help="B,T,H,K,V (K is N for per-channel rows)")
-    p.add_argument("--trials", type=int, default=40, help="Optuna trials (default 40)")
+    p.add_argument("--trials", type=int, default=40,
+                   help="fresh evaluations (compiled, checked, timed) Optuna may spend (default 40)")  # fmt: skip
+    p.add_argument("--budget-s", type=float, default=None, help="also stop after this many seconds per stage")
     p.add_argument("--storage", default=None,
                    help="journal file path or RDB URL shared by several processes/hosts "
                         "(default: the journal under SCANDSL_CACHE_DIR)")  # fmt: skip
@@ -124,6 +126,7 @@ def tune_main(argv: Sequence[str] | None = None, *, resolve: Resolver | None = N
 
 
 def run(args: argparse.Namespace, *, resolve: Resolver | None = None) -> int:
+    from ._json import result_to_json
     from ._report import plot_history, print_table
     from ._tune import grid_search, tune
 
@@ -139,7 +142,8 @@ def run(args: argparse.Namespace, *, resolve: Resolver | None = None) -> int:
     status = 0
     dump = []
     for i, sig in enumerate(target.stages):
-        common = dict(progress=not args.no_progress, objective=args.objective, check_grads=args.check_grads)
+        common = dict(progress=not args.no_progress, objective=args.objective, check_grads=args.check_grads,
+                      budget_s=args.budget_s)  # fmt: skip
         if args.grid:
             result = grid_search(
                 target.spec_key,
@@ -175,24 +179,3 @@ def run(args: argparse.Namespace, *, resolve: Resolver | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(dump, indent=1))
     return status
-
-
-def result_to_json(result) -> dict:
-    def rec(r):
-        if r is None:
-            return None
-        return {"number": r.number, "strategy": r.strategy, "config": r.config, "state": r.state,
-                "ms": r.ms, "reason": r.reason, "err": r.err, **r.extra}  # fmt: skip
-
-    best = result.best
-    return {
-        "key": str(result.key),
-        "key_fields": result.key.fields(),
-        "sampler": result.sampler,
-        "seconds": result.seconds,
-        "best": rec(best),
-        "default": rec(result.default),
-        "worst": rec(result.worst),
-        "evaluations": result.evaluations,
-        "records": [rec(r) for r in result.records],
-    }

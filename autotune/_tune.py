@@ -1,19 +1,9 @@
-"""Searching strategy × tile space with Optuna (ask/tell), and the exhaustive grid baseline.
+"""Tuning one core stage: Optuna search, the exhaustive grid, and replays of a recorded grid.
 
-The search space is conditional: a trial first picks a strategy among the legal, built
-ones, then that strategy's own parameters (named ``<strategy>.<param>``, from its
-``search_space(sig, shape)``). Each candidate goes through :class:`Evaluator`'s gates;
-its outcome is told to Optuna as
-
-- ``PRUNED`` for an invalid config (user attr ``state="invalid"`` and the ``reason``),
-- ``FAIL`` for a compile/launch error or a wrong result (``state`` ``error`` / ``wrong``),
-- ``COMPLETE`` with the median time in ms otherwise.
-
-A config already evaluated in the study (by this process or another one sharing the
-storage) is not run again: its recorded outcome is told for the new trial, so samplers
-that re-suggest good points cost nothing. The heuristic default (what ``choose()`` runs
-untuned) is always measured first and enters the study as a trial, so a tuned winner is
-never slower than the default on the same inputs.
+Each candidate goes through :class:`Evaluator`'s gates (valid, runs, matches the
+reference on a probe, then timed). The heuristic default (what ``choose()`` runs untuned)
+is always measured first and enters the study as a trial, so a tuned winner is never
+slower than the default on the same inputs. ``trials`` budgets fresh evaluations.
 
 Samplers: ``"tpe"`` (multivariate, grouped: handles the conditional space), ``"random"``,
 ``"gp"`` (needs scipy), ``"cmaes"`` (needs cmaes), ``"qmc"`` (needs scipy) or any
@@ -23,11 +13,8 @@ parameter of every strategy is suggested on each trial (the unused ones are igno
 
 from __future__ import annotations
 
-import math
-import os
-import socket
+import random
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +32,17 @@ from ._choose import forget_choices, heuristic, usable_strategies
 from ._evaluate import Evaluator, MakeInputs, Timer, TrialRecord
 from ._key import TuneKey, make_key
 from ._report import Progress
+from ._study import (
+    FLAT_SAMPLERS,
+    check_choices,
+    config_id,
+    make_sampler,
+    open_storage,
+    record_from_trial,
+    search,
+)
 
-__all__ = ["TuneResult", "tune", "grid_search", "replay", "make_sampler", "open_storage", "JOURNAL_NAME"]
-
-JOURNAL_NAME = "optuna-journal.log"
-_FLAT_SAMPLERS = ("gp", "cmaes", "qmc")
+__all__ = ["TuneResult", "tune", "grid_search", "replay", "is_backward_param"]
 
 
 @dataclass
@@ -100,216 +93,6 @@ class TuneResult:
         return out
 
 
-# -- Optuna plumbing -----------------------------------------------------------------------
-def make_sampler(sampler: Any, *, seed: int | None, n_startup: int):
-    import optuna
-
-    if not isinstance(sampler, str):
-        return sampler
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if sampler == "tpe":
-            return optuna.samplers.TPESampler(
-                multivariate=True, group=True, n_startup_trials=n_startup, seed=seed, constant_liar=True
-            )
-        if sampler == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        if sampler == "gp":
-            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup)
-        if sampler == "cmaes":
-            return optuna.samplers.CmaEsSampler(
-                seed=seed, n_startup_trials=n_startup, warn_independent_sampling=False
-            )
-        if sampler == "qmc":
-            return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
-    raise ValueError(f"sampler must be one of 'tpe', 'random', 'gp', 'cmaes', 'qmc', got {sampler!r}")
-
-
-def open_storage(storage: Any, cache_dir: Path):
-    """An Optuna storage: ``None`` -> the journal under the cache folder; ``"scheme://..."`` -> RDB;
-    any other string or path -> a journal file (file-locked, safe for many processes and hosts
-    on a shared disk); an Optuna storage object is used as it is."""
-    import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-
-    if storage is None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        storage = cache_dir / JOURNAL_NAME
-    if isinstance(storage, optuna.storages.BaseStorage):
-        return storage
-    text = str(storage)
-    if "://" in text:
-        return optuna.storages.RDBStorage(text)
-    path = Path(text).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(
-        JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
-    )
-
-
-def _check_choices(strategy: str, params) -> None:
-    for p in params:
-        for c in p.choices:
-            if c is not None and not isinstance(c, (bool, int, float, str)):
-                raise TypeError(
-                    f"search space of {strategy!r}: Param {p.name!r} choice {c!r} is a {type(c).__name__}; "
-                    "Optuna categorical choices must be None, bool, int, float or str"
-                )
-
-
-def _config_id(strategy: str, config: dict[str, Any]) -> tuple:
-    return (strategy, tuple(sorted(config.items())))
-
-
-def _record_from_trial(t) -> TrialRecord | None:
-    attrs = t.user_attrs
-    if not t.state.is_finished() or "strategy" not in attrs:
-        return None  # still running (another worker), or a trial this module did not write
-    rec = TrialRecord(
-        strategy=attrs["strategy"],
-        config=dict(attrs.get("config", {})),
-        state=attrs.get("state", "error"),
-        ms=attrs.get("ms"),
-        reason=attrs.get("reason", ""),
-        err=attrs.get("err"),
-        number=t.number,
-        extra={k: attrs[k] for k in ("reused", "worker", "default") if k in attrs},
-    )
-    return rec
-
-
-def _tell(study, trial, rec: TrialRecord, worker: str, reused: bool, is_default: bool = False) -> None:
-    from optuna.trial import TrialState
-
-    attrs = {"strategy": rec.strategy, "config": rec.config, "state": rec.state, "worker": worker}
-    if rec.reason:
-        attrs["reason"] = rec.reason
-    if rec.err is not None:
-        attrs["err"] = rec.err
-    if rec.ms is not None:
-        attrs["ms"] = rec.ms
-    if reused:
-        attrs["reused"] = True
-    if is_default:
-        attrs["default"] = True
-    for k, v in attrs.items():
-        trial.set_user_attr(k, v)
-    if rec.state == "ok":
-        study.tell(trial, rec.ms)
-    elif rec.state == "invalid":
-        study.tell(trial, state=TrialState.PRUNED)
-    else:
-        study.tell(trial, state=TrialState.FAIL)
-
-
-def _search(
-    study,
-    strategies: tuple[str, ...],
-    spaces: dict[str, Any],
-    evaluate: Callable[[str, dict[str, Any]], TrialRecord],
-    trials: int,
-    *,
-    flat: bool,
-    default: tuple[str, dict[str, Any]] | None,
-    progress: Progress,
-    complete: Callable[[str, dict[str, Any]], dict[str, Any]] = lambda s, cfg: cfg,
-) -> TrialRecord | None:
-    """The ask/tell loop; returns the default's record (measured first) if one was given."""
-    worker = f"{socket.gethostname()}:{os.getpid()}"
-    seen: dict[tuple, TrialRecord] = {}
-    for t in study.get_trials(deepcopy=False):
-        rec = _record_from_trial(t)
-        if rec is not None and not rec.extra.get("reused"):
-            seen.setdefault(_config_id(rec.strategy, rec.config), rec)
-
-    def refresh_seen() -> None:  # other workers' results, so we never re-run what they measured
-        for t in study.get_trials(deepcopy=False):
-            rec = _record_from_trial(t)
-            if rec is not None and not rec.extra.get("reused"):
-                seen.setdefault(_config_id(rec.strategy, rec.config), rec)
-
-    default_rec = None
-    if default is not None:
-        d_strategy, d_cfg = default
-        cid = _config_id(d_strategy, d_cfg)
-        default_rec = seen.get(cid) or evaluate(d_strategy, d_cfg)
-        if cid not in seen:
-            seen[cid] = default_rec
-            _add_default_trial(study, strategies, spaces, default_rec, worker, flat)
-        progress.update(default_rec)
-
-    # ``trials`` budgets *fresh evaluations* (compiled, checked, timed): re-suggested configs
-    # and ones the predicate rejects cost nothing, so they do not count, up to a cap on asks.
-    space_size = sum(math.prod(len(p.choices) for p in spaces[s].params) for s in strategies)
-    evaluated, asks, max_asks = 0, 0, 4 * trials + 50
-    while evaluated < trials and asks < max_asks and len(seen) < space_size:
-        asks += 1
-        trial = study.ask()
-        strategy = trial.suggest_categorical("strategy", list(strategies))
-        config: dict[str, Any] = {}
-        for name in strategies if flat else (strategy,):
-            for p in spaces[name].params:
-                value = trial.suggest_categorical(f"{name}.{p.name}", list(p.choices))
-                if name == strategy:
-                    config[p.name] = value
-        config = complete(strategy, config)
-        cid = _config_id(strategy, config)
-        if cid not in seen:
-            refresh_seen()
-        prior = seen.get(cid)
-        rec = prior if prior is not None else evaluate(strategy, config)
-        if prior is None:
-            seen[cid] = rec
-            evaluated += rec.state != "invalid"
-        _tell(study, trial, rec, worker, reused=prior is not None)
-        progress.update(rec)
-    return default_rec
-
-
-def _add_default_trial(study, strategies, spaces, rec: TrialRecord, worker: str, flat: bool) -> None:
-    """Put the default into the study as a finished trial when its config lies in the space."""
-    from optuna.distributions import CategoricalDistribution
-    from optuna.trial import TrialState, create_trial
-
-    space = spaces.get(rec.strategy)
-    if space is None:
-        return
-    params: dict[str, Any] = {"strategy": rec.strategy}
-    dists: dict[str, Any] = {"strategy": CategoricalDistribution(list(strategies))}
-    names = {p.name: p for p in space.params}
-    if any(n not in rec.config or rec.config[n] not in names[n].choices for n in names):
-        return  # the default sits outside the tuned grid: it is still compared, not told
-    if flat:
-        return  # a fixed space would need values for every other strategy's params too
-    for n, p in names.items():
-        params[f"{rec.strategy}.{n}"] = rec.config[n]
-        dists[f"{rec.strategy}.{n}"] = CategoricalDistribution(list(p.choices))
-    attrs = {
-        "strategy": rec.strategy,
-        "config": rec.config,
-        "state": rec.state,
-        "worker": worker,
-        "default": True,
-    }
-    if rec.ms is not None:
-        attrs["ms"] = rec.ms
-    if rec.reason:
-        attrs["reason"] = rec.reason
-    if rec.err is not None:
-        attrs["err"] = rec.err
-    state = {"ok": TrialState.COMPLETE, "invalid": TrialState.PRUNED}.get(rec.state, TrialState.FAIL)
-    study.add_trial(
-        create_trial(
-            params=params,
-            distributions=dists,
-            value=rec.ms if rec.ok else None,
-            state=state,
-            user_attrs=attrs,
-        )
-    )
-
-
-# -- public entry points -------------------------------------------------------------------
 def _resolve_device(device) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -361,7 +144,7 @@ def _setup(sig, shape, dtype, legal, loader, make_inputs, timer, device, check_g
     for s in strategies:
         mod = ev.module(s)
         full = mod.search_space(sig, shape)
-        _check_choices(s, full.params)
+        check_choices(s, full.params)
         keep = tuple(p for p in full.params if objective != "fwd" or not is_backward_param(p.name))
         kept = {p.name for p in keep}
         fixed[s] = {k: v for k, v in dict(mod.default_config(sig, shape)).items() if k not in kept}
@@ -392,6 +175,7 @@ def tune(
     device: torch.device | str | int | None = None,
     seed: int | None = None,
     study_name: str | None = None,
+    budget_s: float | None = None,
     write_cache: bool = True,
     cache_dir: Path | None = None,
     loader: Callable[[str], ModuleType | None] = load_strategy,
@@ -400,6 +184,7 @@ def tune(
 
     ``trials`` is the budget of *fresh evaluations* (candidates compiled, checked and timed);
     Optuna may ask more often, since re-suggested and invalid configs cost nothing.
+    ``budget_s`` also stops the search when that many seconds have passed.
 
     ``make_inputs(shape, seed) -> CoreInputs`` builds inputs on the tuning device (default:
     :func:`scandsl.testing.random_core_inputs`). ``storage`` shares the study between
@@ -415,7 +200,7 @@ def tune(
     key = make_key(spec_key, sig, shape, dtype, dev)
     prob = _setup(sig, shape, dtype, legal, loader, make_inputs, timer, dev, check_grads, objective)
     name = isinstance(sampler, str) and sampler or type(sampler).__name__
-    flat = isinstance(sampler, str) and sampler in _FLAT_SAMPLERS
+    flat = isinstance(sampler, str) and sampler in FLAT_SAMPLERS
     study = optuna.create_study(
         storage=open_storage(storage, cache_dir),
         study_name=study_name or str(key),
@@ -424,11 +209,11 @@ def tune(
         load_if_exists=True,
     )
     with Progress(total=trials + 1, title=f"tuning {spec_key} [{key.sig}]", enabled=progress) as bar:
-        default_rec = _search(
+        default_rec = search(
             study, prob.strategies, prob.spaces, prob.evaluate, trials, flat=flat, default=prob.default,
-            progress=bar, complete=prob.complete,
+            progress=bar, complete=prob.complete, deadline=None if budget_s is None else t0 + budget_s,
         )  # fmt: skip
-    records = [r for r in (_record_from_trial(t) for t in study.get_trials(deepcopy=False)) if r is not None]
+    records = [r for r in (record_from_trial(t) for t in study.get_trials(deepcopy=False)) if r is not None]
     result = TuneResult(
         key=key, records=records, default=default_rec, sampler=name, study_name=study.study_name,
         storage=None if storage is None else str(storage), seconds=time.perf_counter() - t0,
@@ -454,19 +239,35 @@ def grid_search(
     write_cache: bool = False,
     cache_dir: Path | None = None,
     loader: Callable[[str], ModuleType | None] = load_strategy,
+    budget_s: float | None = None,
+    shuffle_seed: int | None = None,
+    on_record: Callable[[TrialRecord], None] | None = None,
 ) -> TuneResult:
-    """Evaluate every valid config of every legal, built strategy (the baseline tuning is judged by)."""
+    """Evaluate every valid config of every legal, built strategy (the baseline tuning is judged by).
+
+    With ``budget_s`` the walk stops when the time is spent (``result.meta["complete"]`` says
+    whether it finished); ``shuffle_seed`` visits the grid in a random order, so a stopped walk
+    is an unbiased sample of the space rather than its first corner.
+    """
     t0 = time.perf_counter()
     dev = _resolve_device(device)
     key = make_key(spec_key, sig, shape, dtype, dev)
     prob = _setup(sig, shape, dtype, legal, loader, make_inputs, timer, dev, check_grads, objective)
     ev, (d_strategy, d_cfg) = prob.evaluator, prob.default
     grid = [(s, prob.complete(s, cfg)) for s in prob.strategies for cfg in prob.spaces[s].grid()]
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(grid)
     records: list[TrialRecord] = []
     default_rec = None
+    complete = True
     with Progress(total=len(grid), title=f"grid {spec_key} [{key.sig}]", enabled=progress) as bar:
         for i, (s, cfg) in enumerate(grid):
+            if budget_s is not None and time.perf_counter() - t0 > budget_s:
+                complete = False
+                break
             rec = ev.evaluate(s, cfg)
+            if on_record is not None:
+                on_record(rec)
             rec.number = i
             records.append(rec)
             if s == d_strategy and cfg == d_cfg:
@@ -475,8 +276,9 @@ def grid_search(
     if default_rec is None:
         default_rec = ev.evaluate(d_strategy, d_cfg)
     result = TuneResult(
-        key=key, records=records, default=default_rec, sampler="grid", seconds=time.perf_counter() - t0
-    )
+        key=key, records=records, default=default_rec, sampler="grid", seconds=time.perf_counter() - t0,
+        meta={"complete": complete, "grid_size": len(grid)},
+    )  # fmt: skip
     if write_cache:
         _write_winner(result, Path(cache_dir) if cache_dir is not None else knobs.cache_dir())
     return result
@@ -491,24 +293,24 @@ def replay(grid: TuneResult, *, sampler: Any = "tpe", trials: int, seed: int | N
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    table = {_config_id(r.strategy, r.config): r for r in grid.records}
+    table = {config_id(r.strategy, r.config): r for r in grid.records}
     strategies = tuple(dict.fromkeys(r.strategy for r in grid.records))
     spaces = _spaces_from_records(grid.records)
 
     def evaluate(strategy: str, config: dict[str, Any]) -> TrialRecord:
-        hit = table.get(_config_id(strategy, config))
+        hit = table.get(config_id(strategy, config))
         if hit is None:
             return TrialRecord(strategy, dict(config), "invalid", reason="not in the recorded grid")
         return TrialRecord(strategy, dict(config), hit.state, ms=hit.ms, reason=hit.reason, err=hit.err)
 
-    flat = isinstance(sampler, str) and sampler in _FLAT_SAMPLERS
+    flat = isinstance(sampler, str) and sampler in FLAT_SAMPLERS
     study = optuna.create_study(
         direction="minimize", sampler=make_sampler(sampler, seed=seed, n_startup=max(3, min(10, trials // 4)))
     )
     default = None
-    if grid.default is not None and _config_id(grid.default.strategy, grid.default.config) in table:
+    if grid.default is not None and config_id(grid.default.strategy, grid.default.config) in table:
         default = (grid.default.strategy, grid.default.config)
-    default_rec = _search(
+    default_rec = search(
         study,
         strategies,
         spaces,
@@ -518,7 +320,7 @@ def replay(grid: TuneResult, *, sampler: Any = "tpe", trials: int, seed: int | N
         default=default,
         progress=Progress(enabled=False),
     )
-    records = [r for r in (_record_from_trial(t) for t in study.get_trials(deepcopy=False)) if r is not None]
+    records = [r for r in (record_from_trial(t) for t in study.get_trials(deepcopy=False)) if r is not None]
     name = isinstance(sampler, str) and sampler or type(sampler).__name__
     return TuneResult(key=grid.key, records=records, default=default_rec or grid.default, sampler=name)
 

@@ -220,3 +220,21 @@ def test_forward_objective_fixes_backward_params():
                loader=loader_for(fake), progress=False, seed=0)  # fmt: skip
     assert res.best.config == {"bwd_BT": 32, "num_warps_bwd": 4, "extra": 1, "BT": 32}
     assert any(r.extra.get("default") for r in res.records)  # the default entered the study as a trial
+
+
+def test_grid_budget_json_round_trip_and_sampler_study(tmp_path):
+    from scandsl.autotune._json import result_from_json, result_to_json
+    from scandsl.bench.tune_study import main as study_main
+
+    mods, loader, timer = _fakes()
+    stopped = grid_search("fake", SIG, TINY, torch.float32, LEGAL, timer=timer, loader=loader, progress=False,
+                          budget_s=0.0, shuffle_seed=0)  # fmt: skip
+    assert stopped.meta == {"complete": False, "grid_size": 193} and not stopped.records
+    grid = grid_search("fake", SIG, TINY, torch.float32, LEGAL, timer=timer, loader=loader, progress=False,
+                       shuffle_seed=0)  # fmt: skip
+    back = result_from_json(json.loads(json.dumps(result_to_json(grid))))
+    assert back.best.ms == grid.best.ms and back.key == grid.key and len(back.records) == 193
+    path = tmp_path / "tune_study.json"
+    path.write_text(json.dumps({"grid": result_to_json(grid)}))
+    assert study_main(["replay", str(path), "--samplers", "tpe,random", "--seeds", "2",
+                       "--plot", str(tmp_path / "s.png")]) == 0  # fmt: skip
