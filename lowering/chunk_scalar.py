@@ -3,12 +3,14 @@
 How it is parallelised: fused-chunk. The forward runs one program per (V-block, sequence, head);
 each walks its sequence's chunks of ``C`` steps in order with its ``[K, BV]`` slice of the fp32
 state in registers, doing per chunk the causal decayed intra-chunk product and the read of the
-carried state on tensor cores. The backward runs two program roles side by side (one launch, or two with ``bwd_fused`` off): per (K-block,
-sequence, head) a forward sweep for ``dq`` then a reverse sweep for ``dk``, ``dg`` and the
-initial-state gradient; per (V-block, sequence, head) a reverse sweep for ``dv``. Rows of the
-state evolve independently under a scalar decay, which is what lets each program rebuild only
-its own slice. The kernels and the algebra are in :mod:`scandsl.lowering.chunk_scalar_source`
-(Mamba-2's SSD, Dao & Gu 2024; Yang et al. 2024, fused-chunk GLA).
+carried state on tensor cores. The backward runs three independent program roles, all in one
+launch by default (``bwd_fused``): per (K-block, sequence, head) a forward sweep for ``dq``; per
+(K-block, sequence, head) a reverse sweep for ``dk``, ``dg`` and the initial-state gradient; per
+(V-block, sequence, head) a reverse sweep for ``dv``. Rows of the state evolve independently under
+a scalar decay, which is what lets each program rebuild only its own slice; ``dg`` needs no ``dq``
+because ``q_t . dq_t = o_t . do_t``. The kernels and the algebra are in
+:mod:`scandsl.lowering.chunk_scalar_source` (Mamba-2's SSD, Dao & Gu 2024; Yang et al. 2024,
+fused-chunk GLA).
 
 Log-decays enter only as ``exp`` of within-chunk differences that are ``<= 0``, so long
 sequences (T = 65536 and beyond) cannot overflow.
@@ -37,19 +39,31 @@ def supports(sig: CoreSig) -> str | None:
     return None
 
 
-def default_config(sig: CoreSig, shape: Shape) -> dict:
-    """Heuristic tiles: the state slice each program carries stays near 64 fp32 registers a thread."""
+def default_config(sig: CoreSig, shape: Shape, *, dtype: torch.dtype | None = None) -> dict:
+    """Heuristic tiles, chosen from sm_90 builds (``bench/gpu_check_chunk_scalar.py --aot``): no
+    register spills, chunks of 64 so that every ``[C, *]`` product runs on wgmma.
+
+    fp32 inputs (``dtype=torch.float32``) take small tiles instead: their exact (``ieee``) products
+    run on FMA units, whose operand layouts spill at the 16-bit tile sizes.
+    """
     kp, vp = _pow2(shape.K), _pow2(shape.V)
+    if dtype == torch.float32:
+        return {
+            "chunk": 16, "block_v": min(vp, 32), "num_warps": 4, "num_stages": 1,
+            "bwd_chunk": 16, "bwd_block_k": min(kp, 32), "bwd_block_v": min(vp, 32),
+            "bwd_num_warps": 4, "bwd_num_stages": 1, "bwd_fused": True, "fp32_dot": "ieee",
+        }  # fmt: skip
+    wide = max(kp, vp) > 128
     return {
-        "chunk": 64 if max(kp, vp) <= 128 else 32,
-        "block_v": min(vp, 64 if kp <= 128 else 32),
-        "num_warps": 4,
+        "chunk": 64,
+        "block_v": min(vp, 32),
+        "num_warps": 8 if wide else 4,
         "num_stages": 2,
-        "bwd_block_k": min(kp, 64 if vp <= 128 else 32),
-        "bwd_block_v": min(vp, 64 if kp <= 128 else 32),
-        "bwd_num_warps": 4,
+        "bwd_chunk": 64,
+        "bwd_block_k": min(kp, 16 if wide else 64),
+        "bwd_block_v": min(vp, 16 if wide else 32),
+        "bwd_num_warps": 8,
         "bwd_num_stages": 2,
-        "bwd_chunk": 64 if max(kp, vp) <= 128 else 32,
         "bwd_fused": True,
         "fp32_dot": "ieee",
     }
@@ -69,8 +83,8 @@ def _check_config(cfg: dict, shape: Shape) -> str | None:
         "bwd_dv": (kp * cfg["bwd_block_v"] + cb * cb, threads["bwd"]),
     }
     for kernel, (elems, n) in tiles.items():
-        if elems / n > 160:
-            return f"{kernel}: state + score tiles need {elems // n} fp32 registers a thread (> 160)"
+        if elems / n > 80:  # past this, sm_90 builds of these kernels spill (measured with --aot)
+            return f"{kernel}: state + score tiles need {elems // n} fp32 registers a thread (> 80)"
     # shared memory (16-bit): pipelined input tiles per stage, plus the state staged as a dot operand
     bk, bv, bvb = cfg["bwd_block_k"], cfg["block_v"], cfg["bwd_block_v"]
     smem = {
@@ -115,18 +129,20 @@ class _ChunkScalar(torch.autograd.Function):
         o, ht = launch_fwd(plan, q, k, v, g, h0c, cu_seqlens, out_dtype, output_final_state)
         ctx.plan = plan
         ctx.in_dtypes = (g.dtype if g is not None else None, h0.dtype if h0 is not None else None)
-        ctx.save_for_backward(q, k, v, g, h0c, cu_seqlens)
+        # o feeds dg (q.dq = o.do) and the final state <S_T, dS_T>: both only for SCALAR
+        scalar = plan.sig.decay is Decay.SCALAR
+        ctx.save_for_backward(q, k, v, g, h0c, cu_seqlens, o if scalar else None, ht if scalar else None)
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
         P: Plan = ctx.plan
-        q, k, v, g, h0, cu_seqlens = ctx.saved_tensors
+        q, k, v, g, h0, cu_seqlens, o, ht = ctx.saved_tensors
         if do is None:
             do = torch.zeros(P.B, P.T, P.H, P.V, dtype=v.dtype, device=v.device)
         do = do.to(v.dtype).contiguous()
         dht = dht.float().contiguous() if dht is not None else None
-        dq, dk, dv, dg, dh0 = launch_bwd(P, q, k, v, g, h0, cu_seqlens, do, dht)
+        dq, dk, dv, dg, dh0 = launch_bwd(P, q, k, v, g, o, h0, ht, cu_seqlens, do, dht)
         g_dtype, h0_dtype = ctx.in_dtypes
         dg = dg.to(g_dtype) if dg is not None else None
         dh0 = dh0.to(h0_dtype) if dh0 is not None else None
@@ -149,7 +165,7 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
     """``(o, final_state)`` for one core recurrence; differentiable in q, k, v, g, initial_state."""
     _validate(sig, x)
     shape = Shape(x.B, x.T, x.H, x.K, x.V)
-    cfg = {**default_config(sig, shape), **(config or {})}
+    cfg = {**default_config(sig, shape, dtype=x.v.dtype), **(config or {})}
     kp, vp = _pow2(x.K), _pow2(x.V)
     # a block wider than the padded feature size is the same launch as the full width
     cfg.update(block_v=min(cfg["block_v"], vp), bwd_block_k=min(cfg["bwd_block_k"], kp))

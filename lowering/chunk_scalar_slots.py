@@ -20,11 +20,17 @@ Slots (each a function of the signature returning Triton source text):
   matrix ``b_s`` (rows ``s``, columns ``j``) or ``b_st`` (rows ``j``, columns ``s``); the exponent is
   masked to ``-inf`` first, so no ``exp`` of a positive difference is ever taken;
 - ``decay_q``      the per-row factor ``exp(gq[s])`` of a term read from the chunk-start state;
-- ``k_to_end``     keys decayed to the chunk end, ``k_j exp(gn - gc[j])``, in the input dtype;
-- ``q_decayed``    queries decayed from the chunk start, ``q_s exp(gq[s])`` (fp32);
+- ``k_to_end`` / ``v_to_end``  keys / values decayed to the chunk end, ``x_j exp(gn - gc[j])``, in the
+  input dtype; ``decay_k_end`` the same row factor on an fp32 product;
+- ``q_decayed`` / ``do_decayed``  queries / output gradients decayed from the chunk start,
+  ``x_s exp(gq[s])``, in the input dtype.
+
+Where a per-row factor can go on either operand of a product, the kernels put it on the narrower
+tile, or on the fp32 result: each decayed copy is a register tile (and a trip through shared
+memory on its way to the tensor cores), the main cost of SCALAR over NONE.
 - ``decay_state``  the whole-chunk factor ``exp(gn)`` on a carried state;
-- ``dg_forward`` / ``dg_init`` / ``dg_reverse``  the log-decay gradient (nothing for NONE), see
-  :mod:`scandsl.lowering.chunk_scalar_source`.
+- ``dg_init_k`` / ``dg_reverse_k`` / ``dg_init_v`` / ``dg_reverse_v``  the log-decay gradient, built
+  in the reverse sweeps of the dk and dv programs (nothing for NONE), see ``_dg_rows``.
 """
 
 from __future__ import annotations
@@ -51,22 +57,42 @@ def _gates(sig: CoreSig) -> str:
     )
 
 
-def _dg_reverse(sig: CoreSig) -> str:
-    if sig.decay is Decay.NONE:
-        return ""
+def _dg_rows(sig: CoreSig, term: str, own: str) -> str:
+    """Reverse cumulative sum of one per-step ``term`` ([C]) into this block's row of ``dg``.
+
+    dg_t = sum_{s >= t} (q_s.dq_s - k_s.dk_s) + <S_T, dS_T>, with q_s.dq_s = o_s.do_s: the dk
+    programs add ``-k.dk`` over their K-block (and ``<S_T, dS_T>``), the dv programs ``o.do`` over
+    their V-block, each into its own row, summed on the host. ``own`` is the part of ``term`` the
+    step's own g does not reach (the read-out before the update does not see g_t).
+    """
     lines = [
-        "# dg_t = sum_{s >= t} (q_s.dq_s - k_s.dk_s) + <S_T, dS_T>  (a reverse cumulative sum)",
-        "b_qdq = tl.load(dg + p_dg, mask=m_t, other=0.0)  # [C] q.dq written by the forward sweep",
-        "b_x = b_qdq - tl.sum(b_k.to(tl.float32) * b_dk, axis=1)  # [C]",
+        f"b_x = {term}  # [C]",
         "b_dg = b_dg_carry + tl.sum(b_x, axis=0) - tl.cumsum(b_x, axis=0) + b_x  # [C] sum over steps >= t",
     ]
-    if sig.readout is Readout.BEFORE:
-        lines.append("b_dg -= b_qdq  # the read-out at t reads S_{t-1}: its own q.dq does not see g_t")
+    if own and sig.readout is Readout.BEFORE:
+        lines.append(f"b_dg -= {own}  # the read-out at t reads S_{{t-1}}: its own q.dq does not see g_t")
     lines += [
-        "tl.store(dg + p_dg, b_dg, mask=m_t)",
+        "tl.store(dg + i_row.to(tl.int64) * NTH + row, b_dg, mask=m_t)",
         "b_dg_carry += tl.sum(b_x, axis=0)",
     ]
     return "\n".join(lines)
+
+
+_DG_INIT_K = """\
+i_row = i_k  # this program's row of the dg partials
+b_dg_carry = tl.sum(tl.zeros([C], dtype=tl.float32), axis=0)  # fp32 scalar carried across chunks
+if HAS_DHT:
+    # <S_T, dS_T> enters every dg_t of the sequence
+    b_dg_carry += tl.sum(tl.sum(tl.load(ht + p_hv, mask=m_hv, other=0.0) * b_dh, axis=1), axis=0)"""
+
+_DG_INIT_V = """\
+i_row = NK + i_v  # this program's row of the dg partials, after the K-blocks'
+b_dg_carry = tl.sum(tl.zeros([C], dtype=tl.float32), axis=0)  # fp32 scalar carried across chunks"""
+
+_DG_DV_TERM = """\
+b_o = tl.load(o + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)  # [C, BV]
+b_odo = tl.sum(b_o.to(tl.float32) * b_do.to(tl.float32), axis=1)  # [C] q.dq over this V-block
+"""
 
 
 def slots(sig: CoreSig) -> dict[str, str]:
@@ -89,19 +115,15 @@ def slots(sig: CoreSig) -> dict[str, str]:
         ),
         "decay_q": " * tl.exp(b_gq)[:, None]" if scalar else "",
         "k_to_end": "(b_k * tl.exp(b_gn - b_gc)[:, None]).to(b_k.dtype)" if scalar else "b_k",
-        "q_decayed": "b_q * tl.exp(b_gq)[:, None]" if scalar else "b_q",
+        "v_to_end": "(b_v * tl.exp(b_gn - b_gc)[:, None]).to(b_v.dtype)" if scalar else "b_v",
+        "decay_k_end": " * tl.exp(b_gn - b_gc)[:, None]" if scalar else "",
+        "q_decayed": "(b_q * tl.exp(b_gq)[:, None]).to(b_q.dtype)" if scalar else "b_q",
+        "do_decayed": "(b_do * tl.exp(b_gq)[:, None]).to(b_do.dtype)" if scalar else "b_do",
         "decay_state": " * tl.exp(b_gn)" if scalar else "",
-        "dg_forward": (
-            "tl.store(dg + p_dg, tl.sum(b_q.to(tl.float32) * b_dq, axis=1), mask=m_t)  # q.dq, for dg"
-            if scalar
-            else ""
-        ),
-        "dg_init": (
-            "b_dg_carry = tl.sum(tl.sum(b_h * b_dh, axis=1), axis=0)  # <S_T, dS_T>: b_h is now S_T"
-            if scalar
-            else ""
-        ),
-        "dg_reverse": _dg_reverse(sig),
+        "dg_init_k": _DG_INIT_K if scalar else "",
+        "dg_reverse_k": _dg_rows(sig, "-tl.sum(b_k.to(tl.float32) * b_dk, axis=1)", "") if scalar else "",
+        "dg_init_v": _DG_INIT_V if scalar else "",
+        "dg_reverse_v": _DG_DV_TERM + _dg_rows(sig, "b_odo", "b_odo") if scalar else "",
     }
 
 

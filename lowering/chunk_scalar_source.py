@@ -15,16 +15,22 @@ Training", 2024). With ``h = S^T`` (``[K, V]``), ``gc``/``gq``/``gn`` as in
 Kernels, all generated from the same slots:
 
 - ``chunk_scalar_fwd``   program per (V-block, sequence, head): ``o`` and the final state.
-- ``_bwd_dq_dk`` (a role of ``chunk_scalar_bwd``) program per (K-block, sequence, head). A forward sweep rebuilds
-  ``h[K-block, :]`` (rows of ``h`` evolve independently under a scalar decay) and gives
-  ``dq_s = sum_{j<=s} exp(gq_s - gc_j)(do_s . v_j) k_j + exp(gq_s) h do_s``; a reverse sweep carries
-  ``dh[K-block, :]`` (``dh_start = exp(gn) dh_end + sum_s exp(gq_s) q~_s do_s^T``) and gives
+- ``chunk_scalar_bwd``   three independent program roles, in one launch or one launch each:
+
+  ``_bwd_dq``, per (K-block, sequence, head): a forward sweep rebuilds ``h[K-block, :]`` (rows of
+  ``h`` evolve independently under a scalar decay) and gives
+  ``dq_s = sum_{j<=s} exp(gq_s - gc_j)(do_s . v_j) k_j + exp(gq_s) h do_s`` (times ``scale``).
+
+  ``_bwd_dk``, per (K-block, sequence, head): a reverse sweep carries ``dh[K-block, :]`` at the chunk
+  end (``dh_start = exp(gn) dh_end + sum_s exp(gq_s) q~_s do_s^T``) and gives
   ``dk_j = sum_{s>=j} exp(gq_s - gc_j)(do_s . v_j) q~_s + exp(gn - gc_j) dh_end v_j``, the
-  initial-state gradient, and (SCALAR) the per-block part of
-  ``dg_t = sum_{s>=t} (q_s.dq_s - k_s.dk_s) + <S_T, dS_T>`` (for a read-out before the update the
-  ``q.dq`` sum runs over ``s > t``), summed over K-blocks on the host.
-- ``_bwd_dv`` (the other role of ``chunk_scalar_bwd``) program per (V-block, sequence, head): a reverse sweep carrying
-  ``dh[:, V-block]`` gives ``dv_j = sum_{s>=j} exp(gq_s - gc_j)(q~_s . k_j) do_s + exp(gn - gc_j) dh_end^T k_j``.
+  initial-state gradient, and (SCALAR) the block's part of
+  ``dg_t = sum_{s>=t} (q_s.dq_s - k_s.dk_s) + <S_T, dS_T>`` (summed over K-blocks on the host), using
+  ``q_s.dq_s = o_s.do_s`` so that it needs no dq; for a read-out before the update the ``q.dq``
+  sum runs over ``s > t``.
+
+  ``_bwd_dv``, per (V-block, sequence, head): a reverse sweep carrying ``dh[:, V-block]`` gives
+  ``dv_j = sum_{s>=j} exp(gq_s - gc_j)(q~_s . k_j) do_s + exp(gn - gc_j) dh_end^T k_j``.
 
 Dot operands are in the input dtype (fp32 inputs use ``DOT_PRECISION``), accumulation in fp32.
 """
@@ -94,30 +100,30 @@ def chunk_scalar_fwd(
         b_k = tl.load(k + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)  # [C, BK]
         b_v = tl.load(v + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)  # [C, BV]
         @gates@
-        # intra-chunk: causal, decay-weighted scores on tensor cores
+        # inter-chunk: read the carried state (before this chunk's inputs)
+        b_o = tl.dot(b_q, b_h.to(b_q.dtype), input_precision=DOT_PRECISION)@decay_q@  # [C, BV]
+        # intra-chunk: causal, decay-weighted scores on tensor cores, accumulated onto it
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)  # [C, C] q_s . k_j
         @mask_qk@
-        b_o = tl.dot(b_s.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)  # [C, BV]
-        # inter-chunk: read the carried state (before this chunk's inputs)
-        b_o += tl.dot(b_q, b_h.to(b_q.dtype), input_precision=DOT_PRECISION)@decay_q@
+        b_o = tl.dot(b_s.to(b_v.dtype), b_v, b_o, input_precision=DOT_PRECISION)
         tl.store(o + row[:, None] * V + o_v[None, :], (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
         # carry the state to the chunk end
-        b_kd = @k_to_end@  # [C, BK]
-        b_h = b_h@decay_state@ + tl.dot(tl.trans(b_kd), b_v, input_precision=DOT_PRECISION)
+        b_vd = @v_to_end@  # [C, BV] values decayed to the chunk end (narrower than the keys)
+        b_h = tl.dot(tl.trans(b_k), b_vd, b_h@decay_state@, input_precision=DOT_PRECISION)
     if STORE_HT:
         tl.store(ht + p_hv, b_h, mask=m_hv)
 """
 
-_BWD_K = '''
+_BWD_K = """
 
 @triton.jit
-def _bwd_dq_dk(
-    i_k, i_nh, q, k, v, g, do, dq, dk, dg, h0, dht, dh0, cu_seqlens, scale, T, NTH,
+def _bwd_dq(
+    i_k, i_nh, k, v, g, do, dq, h0, cu_seqlens, scale, T,
     H, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    IS_VARLEN: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_H0: tl.constexpr,
 ):
-    """K-block i_k of (sequence, head) i_nh: dq, dk, dg's partial, dS0[K-block, :]; BV covers V."""
+    # K-block i_k of (sequence, head) i_nh, BV covering V: a forward sweep rebuilding h = S^T[K-block, :]
     i_n = i_nh // H
     i_h = i_nh % H
     bos, eos = _bounds(cu_seqlens, i_n, T, IS_VARLEN)
@@ -127,12 +133,9 @@ def _bwd_dq_dk(
     m_k = o_k < K
     m_v = o_v < V
     m_qk = @causal_qk@  # [C, C] rows: query step s, columns: key step j
-    m_kq = @causal_kq@  # [C, C] rows: key step j, columns: query step s
     p_hv = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]  # [BK, BV] in [N, H, K, V]
     m_hv = m_k[:, None] & m_v[None, :]
     n_c = tl.cdiv(eos - bos, C).to(tl.int32)
-
-    # forward sweep: dq, with h = S^T[K-block, :] rebuilt chunk by chunk
     b_h = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_H0:
         b_h += tl.load(h0 + p_hv, mask=m_hv, other=0.0)
@@ -140,37 +143,51 @@ def _bwd_dq_dk(
         t = bos + i_c * C + o_c
         m_t = t < eos
         row = t * H + i_h
-        p_dg = i_k * NTH + row  # this K-block's partial of dg
         m_tk = m_t[:, None] & m_k[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
-        b_q = tl.load(q + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)  # [C, BK]
         b_k = tl.load(k + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)  # [C, BK]
         b_v = tl.load(v + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)  # [C, BV]
         b_do = tl.load(do + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)  # [C, BV]
         @gates@
+        b_dq = tl.dot(b_do, tl.trans(b_h).to(b_do.dtype), input_precision=DOT_PRECISION)@decay_q@  # [C, BK]
         b_s = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PRECISION)  # [C, C] do_s . v_j
         @mask_qk@
-        b_dq = tl.dot(b_s.to(b_k.dtype), b_k, input_precision=DOT_PRECISION)  # [C, BK]
-        b_dq += tl.dot(b_do, tl.trans(b_h).to(b_do.dtype), input_precision=DOT_PRECISION)@decay_q@
-        b_dq = b_dq * scale
-        tl.store(dq + row[:, None] * K + o_k[None, :], b_dq.to(dq.dtype.element_ty), mask=m_tk)
-        @dg_forward@
-        b_kd = @k_to_end@  # [C, BK]
-        b_h = b_h@decay_state@ + tl.dot(tl.trans(b_kd), b_v, input_precision=DOT_PRECISION)
+        b_dq = tl.dot(b_s.to(b_k.dtype), b_k, b_dq, input_precision=DOT_PRECISION)
+        tl.store(dq + row[:, None] * K + o_k[None, :], (b_dq * scale).to(dq.dtype.element_ty), mask=m_tk)
+        b_kd = @k_to_end@  # [C, BK] (narrower than v)
+        b_h = tl.dot(tl.trans(b_kd), b_v, b_h@decay_state@, input_precision=DOT_PRECISION)
 
-    # the reverse sweep re-reads what other threads of this program stored above
-    tl.debug_barrier()
 
-    # reverse sweep: dk, dg and the initial-state gradient, with dh = dS^T[K-block, :] at the chunk end
+@triton.jit
+def _bwd_dk(
+    i_k, i_nh, q, k, v, g, o, do, dk, dg, ht, dht, dh0, cu_seqlens, scale, T, NTH,
+    H, K: tl.constexpr, V: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+):
+    # K-block i_k of (sequence, head) i_nh, BV covering V: a reverse sweep carrying
+    # dh = dS^T[K-block, :] at the chunk end; dk, this block's part of dg, and dS0[K-block, :]
+    i_n = i_nh // H
+    i_h = i_nh % H
+    bos, eos = _bounds(cu_seqlens, i_n, T, IS_VARLEN)
+    o_c = tl.arange(0, C)
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_kq = @causal_kq@  # [C, C] rows: key step j, columns: query step s
+    p_hv = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]  # [BK, BV] in [N, H, K, V]
+    m_hv = m_k[:, None] & m_v[None, :]
+    n_c = tl.cdiv(eos - bos, C).to(tl.int32)
     b_dh = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_DHT:
         b_dh += tl.load(dht + p_hv, mask=m_hv, other=0.0)
-    @dg_init@
+    @dg_init_k@
+    b_dh = b_dh / scale  # carried as dS^T / scale, so that the query products need no scaling
     for i_r in range(0, n_c):
         t = bos + (n_c - 1 - i_r) * C + o_c
         m_t = t < eos
         row = t * H + i_h
-        p_dg = i_k * NTH + row
         m_tk = m_t[:, None] & m_k[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
         b_q = tl.load(q + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)  # [C, BK]
@@ -180,23 +197,24 @@ def _bwd_dq_dk(
         @gates@
         b_st = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PRECISION)  # [C, C] v_j . do_s
         @mask_kq@
-        b_dk = tl.dot(b_st.to(b_q.dtype), b_q, input_precision=DOT_PRECISION) * scale  # [C, BK]
-        b_dk += tl.dot(b_v, tl.trans(b_dh).to(b_v.dtype), input_precision=DOT_PRECISION)@decay_k_end@
+        b_st = (b_st * scale).to(b_q.dtype)
+        b_dk = tl.dot(b_v, tl.trans(b_dh).to(b_v.dtype), input_precision=DOT_PRECISION) * scale@decay_k_end@
+        b_dk = tl.dot(b_st, b_q, b_dk, input_precision=DOT_PRECISION)  # [C, BK]
         tl.store(dk + row[:, None] * K + o_k[None, :], b_dk.to(dk.dtype.element_ty), mask=m_tk)
-        @dg_reverse@
-        b_qd = (@q_decayed@ * scale).to(b_do.dtype)  # [C, BK]
-        b_dh = b_dh@decay_state@ + tl.dot(tl.trans(b_qd), b_do, input_precision=DOT_PRECISION)
+        @dg_reverse_k@
+        b_qd = @q_decayed@  # [C, BK] (narrower than do)
+        b_dh = tl.dot(tl.trans(b_qd), b_do, b_dh@decay_state@, input_precision=DOT_PRECISION)
     if STORE_DH0:
-        tl.store(dh0 + p_hv, b_dh, mask=m_hv)
-'''
+        tl.store(dh0 + p_hv, b_dh * scale, mask=m_hv)
+"""
 
 _BWD_V = '''
 
 @triton.jit
 def _bwd_dv(
-    i_v, i_nh, q, k, g, do, dv, dht, cu_seqlens, scale, T,
+    i_v, i_nh, q, k, g, o, do, dv, dg, dht, cu_seqlens, scale, T, NTH,
     H, K: tl.constexpr, V: tl.constexpr,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_DHT: tl.constexpr,
 ):
     """V-block i_v of (sequence, head) i_nh: dv; BK covers K."""
@@ -216,6 +234,8 @@ def _bwd_dv(
     b_dh = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_DHT:
         b_dh += tl.load(dht + p_hv, mask=m_hv, other=0.0)
+    b_dh = b_dh / scale  # carried as dS^T / scale, so that the query products need no scaling
+    @dg_init_v@
     for i_r in range(0, n_c):
         t = bos + (n_c - 1 - i_r) * C + o_c
         m_t = t < eos
@@ -228,50 +248,48 @@ def _bwd_dv(
         @gates@
         b_st = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PRECISION)  # [C, C] k_j . q_s
         @mask_kq@
-        b_dv = tl.dot((b_st * scale).to(b_do.dtype), b_do, input_precision=DOT_PRECISION)  # [C, BV]
-        b_kd = @k_to_end@  # [C, BK]
-        b_dv += tl.dot(b_kd, b_dh.to(b_kd.dtype), input_precision=DOT_PRECISION)
+        b_st = (b_st * scale).to(b_do.dtype)
+        b_dv = tl.dot(b_k, b_dh.to(b_k.dtype), input_precision=DOT_PRECISION) * scale@decay_k_end@  # [C, BV]
+        b_dv = tl.dot(b_st, b_do, b_dv, input_precision=DOT_PRECISION)
         tl.store(dv + row[:, None] * V + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_tv)
-        b_qd = (@q_decayed@ * scale).to(b_do.dtype)  # [C, BK]
-        b_dh = b_dh@decay_state@ + tl.dot(tl.trans(b_qd), b_do, input_precision=DOT_PRECISION)
+        @dg_reverse_v@
+        b_dod = @do_decayed@  # [C, BV] (narrower than q)
+        b_dh = tl.dot(tl.trans(b_q), b_dod, b_dh@decay_state@, input_precision=DOT_PRECISION)
 
 
 @triton.jit
 def chunk_scalar_bwd(
-    q, k, v, g, do, dq, dk, dv, dg, h0, dht, dh0, cu_seqlens, scale, T, NTH,
+    q, k, v, g, o, do, dq, dk, dv, dg, h0, ht, dht, dh0, cu_seqlens, scale, T, NTH,
     H, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, KP: tl.constexpr, VP: tl.constexpr, NK: tl.constexpr,
-    DO_DQ_DK: tl.constexpr, DO_DV: tl.constexpr,
+    DO_DQ: tl.constexpr, DO_DK: tl.constexpr, DO_DV: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
 ):
-    """Program (i, sequence * H + head): i < NK is K-block i of dq/dk/dg, the rest are V-blocks of dv.
-
-    One launch holding both roles lets the dv programs fill the SMs beside the (longer) dq/dk ones;
-    DO_DQ_DK / DO_DV select a single role for two separate launches instead.
-    """
+    """Program (i, sequence * H + head) of the roles enabled, in the order dq (NK K-blocks), dk
+    (NK K-blocks), dv (V-blocks). The three roles are independent, so one launch can hold them all
+    and let the short ones fill the SMs beside the long ones."""
     i_b = tl.program_id(0)
     i_nh = tl.program_id(1)
-    if DO_DQ_DK and DO_DV:
+    if DO_DQ:
         if i_b < NK:
-            _bwd_dq_dk(
-                i_b, i_nh, q, k, v, g, do, dq, dk, dg, h0, dht, dh0, cu_seqlens, scale, T, NTH,
-                H, K, V, C, BK, VP, IS_VARLEN, HAS_H0, HAS_DHT, STORE_DH0,
+            _bwd_dq(
+                i_b, i_nh, k, v, g, do, dq, h0, cu_seqlens, scale, T,
+                H, K, V, C, BK, VP, IS_VARLEN, HAS_H0,
             )
-        else:
+        i_b -= NK
+    if DO_DK:
+        if (i_b >= 0) & (i_b < NK):
+            _bwd_dk(
+                i_b, i_nh, q, k, v, g, o, do, dk, dg, ht, dht, dh0, cu_seqlens, scale, T, NTH,
+                H, K, V, C, BK, VP, IS_VARLEN, HAS_DHT, STORE_DH0,
+            )
+        i_b -= NK
+    if DO_DV:
+        if i_b >= 0:
             _bwd_dv(
-                i_b - NK, i_nh, q, k, g, do, dv, dht, cu_seqlens, scale, T,
-                H, K, V, C, KP, BV, IS_VARLEN, HAS_DHT,
+                i_b, i_nh, q, k, g, o, do, dv, dg, dht, cu_seqlens, scale, T, NTH,
+                H, K, V, C, KP, BV, NK, IS_VARLEN, HAS_DHT,
             )
-    elif DO_DQ_DK:
-        _bwd_dq_dk(
-            i_b, i_nh, q, k, v, g, do, dq, dk, dg, h0, dht, dh0, cu_seqlens, scale, T, NTH,
-            H, K, V, C, BK, VP, IS_VARLEN, HAS_H0, HAS_DHT, STORE_DH0,
-        )
-    else:
-        _bwd_dv(
-            i_b, i_nh, q, k, g, do, dv, dht, cu_seqlens, scale, T,
-            H, K, V, C, KP, BV, IS_VARLEN, HAS_DHT,
-        )
 '''
 
 
@@ -291,8 +309,6 @@ def generate_source(sig: CoreSig, config: dict | None = None) -> str:
     values = slots(sig)
     values["describe"] = sig.describe()
     values["precision"] = precision
-    # dk's state term decays from the chunk end: the same factor as k_to_end, on an fp32 product
-    values["decay_k_end"] = " * tl.exp(b_gn - b_gc)[:, None]" if sig.decay is Decay.SCALAR else ""
     return fill(_HEADER + _FWD + _BWD_K + _BWD_V, values)
 
 

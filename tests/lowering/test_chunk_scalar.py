@@ -87,11 +87,11 @@ def test_without_states(name):
     _compare(sig, x)
 
 
-def test_default_chunk_and_wide_blocks():
-    """The default config (chunk 64, one block over K and V): one full chunk and a ragged one."""
+def test_default_tiles():
+    """The 16-bit default tiles (chunk 64, fused backward) on fp32 inputs: one full chunk and a ragged one."""
     sig = SIGS["scalar"]
     x = random_core_inputs(sig, B=1, T=67, H=1, K=24, V=40, seed=7, requires_grad=True)
-    _compare(sig, x, cfg=None)
+    _compare(sig, x, cfg=chunk_scalar.default_config(sig, Shape(1, 67, 1, 24, 40)))
 
 
 @pytest.mark.parametrize("name", ["none", "scalar_before"])
@@ -151,7 +151,13 @@ def test_half_inputs():
 def test_generated_source_has_named_slots():
     none = chunk_scalar.generate_source(SIGS["none"], None)
     scalar = chunk_scalar.generate_source(SIGS["scalar_before"], {"fp32_dot": "tf32"})
-    for kernel in ("def chunk_scalar_fwd(", "def chunk_scalar_bwd(", "def _bwd_dq_dk(", "def _bwd_dv("):
+    for kernel in (
+        "def chunk_scalar_fwd(",
+        "def chunk_scalar_bwd(",
+        "def _bwd_dq(",
+        "def _bwd_dk(",
+        "def _bwd_dv(",
+    ):
         assert kernel in none and kernel in scalar
     assert "tl.exp" not in none and "b_g = tl.load(g + row" not in none
     assert "b_gq = b_gc - b_g" in scalar and 'DOT_PRECISION = tl.constexpr("tf32")' in scalar
