@@ -1,9 +1,12 @@
 """The named slots of the scan kernels: the lines a core signature changes.
 
-Each function returns Triton source text (unindented; the templates in
-:mod:`scandsl.lowering.scan_source` indent it) for one slot. Tiles are ``[BT, BK, BV]``
-(time, key, value; value fastest, so Triton's default layout puts lanes on V and keeps most of
-K inside a thread: the read-out's sum over K then needs few shuffles). Names the slots share:
+Tiles are ``[BT, BK, BV]`` (time, key, value; value fastest, so Triton's default layout puts
+lanes on V and keeps most of K inside a thread: the read-out's sum over K needs few shuffles,
+and the time axis, inside each thread, scans without any).
+
+Per-block operands are declared as :class:`RowLoad` s; the templates issue each block's loads
+one block ahead (``n_<name>``, kept in the storage dtype) and hand them to the slots as fp32
+``b_<name>``. The other slots return source text (unindented) using these names:
 
 - ``b_a``: the step factors ``Λ_t`` of the block's rows (1 on padded rows);
   ``b_a1``: ``Λ_{t+1}`` for the backward's adjoint scan;
@@ -16,9 +19,13 @@ Row masks: ``m_t`` (step exists), ``m_t1`` (step ``t+1`` exists and lies in this
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from scandsl._core import CoreSig, Decay, Readout
 
 __all__ = [
+    "RowLoad",
+    "row_loads",
     "static_loads",
     "decay",
     "step_input",
@@ -36,17 +43,78 @@ _FULL = "(BT, BK, BV)"
 _LOG2E = "1.4426950408889634"
 
 
-def _rows(width: str, lane: str, rows: str = "r_t") -> str:
-    """Offsets of a ``[BT, B*]`` tile of a ``[B*T, H, D]`` tensor."""
-    return f"({rows}[:, None] * H + i_h) * {width} + {lane}[None, :]"
+@dataclass(frozen=True, slots=True)
+class RowLoad:
+    """One per-block operand: ``ptr`` is ``[B*T, H, width]`` (``[B*T, H]`` when width is None).
+
+    ``rows``: ``"t"`` (the block's steps, ``[BT, lanes]``), ``"t+1"`` (shifted by one step,
+    inside the block) or ``"t0"`` (the block's first step only, ``[lanes]``).
+    """
+
+    name: str
+    ptr: str
+    width: str | None
+    rows: str = "t"
+    scaled: bool = False
+
+    def emit(self, rows: str, mask: str, mask1: str, first: str, block: str) -> str:
+        """``n_<name> = tl.load(...)`` for the block whose rows/masks are named by the arguments."""
+        lane = {"K": "o_k", "V": "o_v", None: None}[self.width]
+        m_lane = {"K": "m_k", "V": "m_v", None: None}[self.width]
+        if self.rows == "t0":
+            off = f"({first} * H + i_h) * {self.width} + {lane}"
+            ok = f"block_exists({lane}, {block}, T_n, BT)"
+            return f"n_{self.name} = tl.load({self.ptr} + {off}, mask={m_lane} & {ok}, other=0.0)"
+        r, m = (rows, mask) if self.rows == "t" else (f"({rows} + 1)", mask1)
+        if lane is None:
+            return f"n_{self.name} = tl.load({self.ptr} + {r} * H + i_h, mask={m}, other=0.0)"
+        off = f"({r}[:, None] * H + i_h) * {self.width} + {lane}[None, :]"
+        return (
+            f"n_{self.name} = tl.load({self.ptr} + {off}, mask={m}[:, None] & {m_lane}[None, :], other=0.0)"
+        )
+
+    def take(self) -> str:
+        scale = " * scale" if self.scaled else ""
+        shape = {"t": "[BT, B{w}]", "t+1": "[BT, B{w}], step t+1", "t0": "[B{w}], step t0"}[self.rows]
+        shape = shape.format(w=self.width or "")
+        if self.width is None:
+            shape = shape.replace("[BT, B]", "[BT]")
+        return f"b_{self.name} = n_{self.name}.to(tl.float32){scale}  # {shape}"
 
 
-def _load_rows(ptr: str, width: str, lane: str, rows: str, mask: str, scale: str = "") -> str:
-    m_lane = "m_k" if lane == "o_k" else "m_v"
-    return (
-        f"tl.load({ptr} + {_rows(width, lane, rows)}, mask={mask}[:, None] & {m_lane}[None, :], "
-        f"other=0.0).to(tl.float32){scale}"
-    )
+def _gate_loads(sig: CoreSig, suffix: str, rows: str) -> list[RowLoad]:
+    if sig.decay_static:
+        return []
+    d, out = sig.decay, []
+    if d is Decay.SCALAR:
+        out.append(RowLoad("g" + suffix, "g", None, rows))
+    if d in (Decay.KEY, Decay.OUTER):
+        out.append(RowLoad("gk" + suffix, "gk", "K", rows))
+    if d in (Decay.VALUE, Decay.OUTER, Decay.CHANNEL):
+        out.append(RowLoad("gv" + suffix, "gv", "V", rows))
+    return out
+
+
+def row_loads(sig: CoreSig, kernel: str) -> list[RowLoad]:
+    """Every per-block operand the ``kernel`` (``"fwd"`` or ``"bwd"``) reads."""
+    loads = [RowLoad("v", "v", "V")]
+    if not sig.key_static:
+        loads.append(RowLoad("k", "k", "K"))
+    loads += _gate_loads(sig, "", "t")
+    after = sig.readout is Readout.AFTER
+    if kernel == "bwd":
+        loads += _gate_loads(sig, "1", "t+1")
+        loads += (
+            [RowLoad("do", "do", "V")]
+            if after
+            else [RowLoad("do1", "do", "V", "t+1"), RowLoad("do0", "do", "V", "t0")]
+        )
+    if not sig.query_static:
+        if after:
+            loads.append(RowLoad("q", "q", "K", "t", scaled=True))
+        else:
+            loads += [RowLoad("q1", "q", "K", "t+1", scaled=True), RowLoad("q0", "q", "K", "t0", scaled=True)]
+    return loads
 
 
 def static_loads(sig: CoreSig) -> str:
@@ -66,24 +134,13 @@ def static_loads(sig: CoreSig) -> str:
     return "\n".join(lines) or "pass  # no time-invariant operands"
 
 
-def decay(sig: CoreSig, out: str, rows: str, mask: str) -> str:
-    """``{out} = Λ`` on rows ``rows`` as a ``[BT, BK, BV]`` tile; masked rows load log 0, so Λ = 1.
-
-    Leaves the loaded log-gates in ``b_g{s}`` / ``b_gk{s}`` / ``b_gv{s}`` (``s`` = ``out``'s suffix).
-    """
-    s = out[len("b_a") :]
-    d = sig.decay
+def decay(sig: CoreSig, suffix: str, mask: str) -> str:
+    """``b_a{suffix} = Λ`` as a ``[BT, BK, BV]`` tile from the loaded log-gates (log 0 on masked rows)."""
+    out, s, d = f"b_a{suffix}", suffix, sig.decay
     if d is Decay.NONE:
         return f"{out} = tl.full({_FULL}, 1.0, tl.float32)"
     if d is Decay.CHANNEL and sig.decay_static:
         return f"{out} = tl.broadcast_to(tl.where({mask}[:, None, None], b_aS[None, :, :], 1.0), {_FULL})"
-    lines = []
-    if d is Decay.SCALAR:
-        lines.append(f"b_g{s} = tl.load(g + {rows} * H + i_h, mask={mask}, other=0.0).to(tl.float32)  # [BT]")
-    if d in (Decay.KEY, Decay.OUTER):
-        lines.append(f"b_gk{s} = {_load_rows('gk', 'K', 'o_k', rows, mask)}  # [BT, BK]")
-    if d in (Decay.VALUE, Decay.OUTER, Decay.CHANNEL):
-        lines.append(f"b_gv{s} = {_load_rows('gv', 'V', 'o_v', rows, mask)}  # [BT, BV]")
     expr = {
         Decay.SCALAR: f"tl.broadcast_to(tl.exp(b_g{s})[:, None, None], {_FULL})",
         Decay.KEY: f"tl.broadcast_to(tl.exp(b_gk{s})[:, :, None], {_FULL})",
@@ -92,28 +149,14 @@ def decay(sig: CoreSig, out: str, rows: str, mask: str) -> str:
         # the fused gate: one exp per (step, state, channel), Mamba's exp(dt ⊗ A)
         Decay.CHANNEL: f"tl.exp2(b_gv{s}[:, None, :] * b_A2[None, :, :])",
     }[d]
-    lines.append(f"{out} = {expr}  # [BT, BK, BV]")
-    return "\n".join(lines)
+    return f"{out} = {expr}  # [BT, BK, BV]"
 
 
 def step_input(sig: CoreSig) -> str:
-    """``b_u = U_t`` on the block's rows (``b_v`` is loaded; padded rows give 0)."""
+    """``b_u = U_t`` on the block's rows (padded rows load 0)."""
     if sig.key_static:
         return "b_u = b_kS[None, :, :] * b_v[:, None, :]  # [BT, BK, BV], U_t[v, k] = v_t[v] B[v, k]"
-    return (
-        f"b_k = {_load_rows('k', 'K', 'o_k', 'r_t', 'm_t')}  # [BT, BK]\n"
-        "b_u = b_k[:, :, None] * b_v[:, None, :]  # [BT, BK, BV], U_t = v_t k_t^T"
-    )
-
-
-def _q_rows(rows: str, mask: str, out: str) -> str:
-    return f"{out} = {_load_rows('q', 'K', 'o_k', rows, mask, ' * scale')}  # [BT, BK]"
-
-
-_Q0 = (
-    "b_q0 = tl.load(q + ((bos + i_t * BT) * H + i_h) * K + o_k, mask=m_k, other=0.0)"
-    ".to(tl.float32) * scale  # [BK], q of the block's first step"
-)
+    return "b_u = b_k[:, :, None] * b_v[:, None, :]  # [BT, BK, BV], U_t = v_t k_t^T"
 
 
 def _readout(sig: CoreSig, q: str) -> str:
@@ -122,46 +165,40 @@ def _readout(sig: CoreSig, q: str) -> str:
     return f"tl.sum(b_hs * {q_tile}, axis=1)"
 
 
+def _rows(width: str, lane: str, rows: str = "r_t") -> str:
+    """Offsets of a ``[BT, B*]`` tile of a ``[B*T, H, D]`` tensor."""
+    return f"({rows}[:, None] * H + i_h) * {width} + {lane}[None, :]"
+
+
 def fwd_readout(sig: CoreSig) -> str:
     """Store the block's outputs into ``o_base`` (this K-block's partial when NK > 1)."""
     store = "tl.store(o_base + {p}, b_o.to(o.dtype.element_ty), mask={m}[:, None] & m_v[None, :])"
     if sig.readout is Readout.AFTER:
-        lines = [] if sig.query_static else [_q_rows("r_t", "m_t", "b_q")]
-        lines += [
-            f"b_o = {_readout(sig, 'b_q')}  # [BT, BV], o_t = S_t q_t",
-            store.format(p=_rows("V", "o_v"), m="m_t"),
-        ]
-        return "\n".join(lines)
+        return "\n".join(
+            [
+                f"b_o = {_readout(sig, 'b_q')}  # [BT, BV], o_t = S_t q_t",
+                store.format(p=_rows("V", "o_v"), m="m_t"),
+            ]
+        )
     # BEFORE: o_(t+1) = S_t q_(t+1), so each row serves the next step and the block's first
     # step reads the carried state: no shifted state (and no second exp) is needed.
-    lines = [] if sig.query_static else [_q_rows("(r_t + 1)", "m_t1", "b_q1")]
-    lines += [
-        f"b_o = {_readout(sig, 'b_q1')}  # [BT, BV], o_(t+1) = S_t q_(t+1)",
-        store.format(p=_rows("V", "o_v", "(r_t + 1)"), m="m_t1"),
-    ]
     q0 = "b_qS" if sig.query_static else "b_q0[:, None]"
-    if not sig.query_static:
-        lines.append(_Q0)
-    lines.append(f"b_o0 = tl.sum(b_h * {q0}, axis=0)  # [BV], o_t0 = S_(t0-1) q_t0")
-    lines.append(
-        "tl.store(o_base + ((bos + i_t * BT) * H + i_h) * V + o_v, b_o0.to(o.dtype.element_ty), mask=m_v)"
+    return "\n".join(
+        [
+            f"b_o = {_readout(sig, 'b_q1')}  # [BT, BV], o_(t+1) = S_t q_(t+1)",
+            store.format(p=_rows("V", "o_v", "(r_t + 1)"), m="m_t1"),
+            f"b_o0 = tl.sum(b_h * {q0}, axis=0)  # [BV], o_t0 = S_(t0-1) q_t0",
+            "tl.store(o_base + ((bos + i_t * BT) * H + i_h) * V + o_v, b_o0.to(o.dtype.element_ty), mask=m_v)",
+        ]
     )
-    return "\n".join(lines)
 
 
 def bwd_cotangent(sig: CoreSig) -> str:
     """``b_c``: what the read-outs feed into ``dL/dS_t`` at each row."""
-    if sig.readout is Readout.AFTER:
-        rows, mask, do_name, q_name = "r_t", "m_t", "b_do", "b_q"
-    else:  # dL/dS_t gets do_(t+1) q_(t+1)^T; the block's last row gets it through the carry
-        rows, mask, do_name, q_name = "(r_t + 1)", "m_t1", "b_do1", "b_q1"
-    lines = [f"{do_name} = {_load_rows('do', 'V', 'o_v', rows, mask)}  # [BT, BV]"]
-    if sig.query_static:
-        lines.append(f"b_c = b_qS[None, :, :] * {do_name}[:, None, :]  # [BT, BK, BV]")
-    else:
-        lines.append(_q_rows(rows, mask, q_name))
-        lines.append(f"b_c = {q_name}[:, :, None] * {do_name}[:, None, :]  # [BT, BK, BV]")
-    return "\n".join(lines)
+    # BEFORE: dL/dS_t gets do_(t+1) q_(t+1)^T; the block's last row gets it through the carry
+    do, q = ("b_do", "b_q") if sig.readout is Readout.AFTER else ("b_do1", "b_q1")
+    q_tile = "b_qS[None, :, :]" if sig.query_static else f"{q}[:, :, None]"
+    return f"b_c = {q_tile} * {do}[:, None, :]  # [BT, BK, BV]"
 
 
 def bwd_dk(sig: CoreSig) -> str:
@@ -186,17 +223,10 @@ def bwd_dq(sig: CoreSig) -> str:
             "mask=m_t[:, None] & m_k[None, :])"
         )
     # BEFORE: row t serves step t+1 (whose read state is S_t); step t0 reads the entering state
-    first = (
-        "b_do0 = tl.load(do + ((bos + i_t * BT) * H + i_h) * V + o_v, mask=m_v, other=0.0)"
-        ".to(tl.float32)  # [BV], do of the block's first step"
-    )
     if sig.query_static:
-        return (
-            f"{first}\nb_dqS += tl.sum(b_hs * b_do1[:, None, :], axis=0) + b_h * b_do0[None, :]  # [BK, BV]"
-        )
+        return "b_dqS += tl.sum(b_hs * b_do1[:, None, :], axis=0) + b_h * b_do0[None, :]  # [BK, BV]"
     p0 = "dq + i_v.to(tl.int64) * R * H * K + ((bos + i_t * BT) * H + i_h) * K + o_k"
     return (
-        f"{first}\n"
         "b_dq = tl.sum(b_hs * b_do1[:, None, :], axis=2) * scale  # [BT, BK], dq_(t+1)\n"
         f"tl.store(dq + i_v.to(tl.int64) * R * H * K + {_rows('K', 'o_k', '(r_t + 1)')}, b_dq, "
         "mask=m_t1[:, None] & m_k[None, :])\n"
@@ -208,9 +238,8 @@ def bwd_carry_extra(sig: CoreSig) -> str:
     """BEFORE: step t0's read-out of the entering state joins the carried gradient."""
     if sig.readout is Readout.AFTER:
         return "pass  # AFTER never reads the entering state"
-    if sig.query_static:
-        return "b_dh += b_qS * b_do0[None, :]  # o_t0 = S_(t0-1) q_t0"
-    return f"{_Q0}\nb_dh += b_q0[:, None] * b_do0[None, :]  # o_t0 = S_(t0-1) q_t0"
+    q0 = "b_qS" if sig.query_static else "b_q0[:, None]"
+    return f"b_dh += {q0} * b_do0[None, :]  # o_t0 = S_(t0-1) q_t0"
 
 
 def bwd_decay_grad(sig: CoreSig) -> str:

@@ -15,7 +15,9 @@ prefixes, ``S_t = P_t ⊙ S_entry + X_t``, and the last row carries the state, i
 to the next block. The backward runs the adjoint recurrence ``dS_t = Λ_{t+1} ⊙ dS_{t+1} + C_t``
 (``C_t`` what the read-outs feed back) as a reverse scan of the same operator, block by block
 from the end; the forward states it needs are recomputed per block from the block-entry
-states the forward saved (one ``[K, V]`` state per block, never per step).
+states the forward saved (one ``[K, V]`` state per backward block, never one per step).
+Each block's operands are loaded one block ahead (register double-buffering), since Triton
+does not pipeline these loads itself.
 """
 
 from __future__ import annotations
@@ -53,6 +55,25 @@ def sequence_bounds(i_n, T, cu_seqlens, chunk_offsets, CT: tl.constexpr, IS_VARL
         eos = bos + T
         boc = i_n.to(tl.int64) * tl.cdiv(T, CT)
     return bos, (eos - bos).to(tl.int32), boc
+
+
+@triton.jit
+def block_rows(j, bos, T_n, BT: tl.constexpr):
+    """Rows of block ``j`` in the flattened [B*T] time axis, which of its steps exist, and which
+    have their next step inside the block. Blocks before or past the sequence have no steps."""
+    o_t = tl.arange(0, BT)
+    t = j * BT + o_t
+    m_t = (t >= 0) & (t < T_n)
+    m_t1 = m_t & (t + 1 < T_n) & (o_t < BT - 1)
+    return bos + t, m_t, m_t1
+
+
+@triton.jit
+def block_exists(like, j, T_n, BT: tl.constexpr):
+    """Whether block ``j`` lies in the sequence, as a mask shaped like ``like`` (the interpreter
+    rejects a scalar condition in a tensor mask)."""
+    t0 = like * 0 + j * BT
+    return (t0 >= 0) & (t0 < T_n)
 '''
 
 # Shared opening of both kernels: program -> (V-block, K-block, sequence, head) and its lanes.
@@ -61,6 +82,7 @@ i_v, i_k, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
 NK = tl.num_programs(1)
 i_n, i_h = i_nh // H, i_nh % H
 bos, T_n, boc = sequence_bounds(i_n, T, cu_seqlens, chunk_offsets, CT, IS_VARLEN)
+NT_n = tl.cdiv(T_n, BT)
 o_t = tl.arange(0, BT)
 o_k = i_k * BK + tl.arange(0, BK)
 o_v = i_v * BV + tl.arange(0, BV)
@@ -69,14 +91,6 @@ m_v = o_v < V
 m_s = m_k[:, None] & m_v[None, :]  # [BK, BV]
 p_s = o_k[:, None] * V + o_v[None, :]  # [BK, BV] offsets into a [K, V] state (S^T, as stored)
 p_hkv = (i_h * V + o_v[None, :]) * K + o_k[:, None]  # [BK, BV] offsets into an [H, V, K] operand
-"""
-
-_BLOCK_ROWS = """\
-t = i_t * BT + o_t  # [BT] steps of this block, within the sequence
-m_t = t < T_n
-m_t1 = (t + 1 < T_n) & (o_t < BT - 1)  # step t+1 exists and lies in this block
-r_t = bos + t  # [BT] rows of the flattened [B*T] time axis
-b_v = tl.load(v + (r_t[:, None] * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0).to(tl.float32)  # [BT, BV]
 """
 
 _FWD = '''
@@ -97,13 +111,20 @@ def scan_fwd_kernel(
         b_h += tl.load(h0 + i_nh.to(tl.int64) * K * V + p_s, mask=m_s, other=0.0)
     # -- slot: time-invariant operands --
 {static_loads}
-    for i_t in range(0, tl.cdiv(T_n, BT)):
+    # block 0's operands; each block then issues the next block's loads before computing,
+    # so their memory latency hides behind this block's scan
+    r_n, m_n, m1_n = block_rows(0, bos, T_n, BT)
+{prefetch_first}
+    for i_t in range(0, NT_n):
         # every CT steps (the backward's block, a multiple of BT) save the state entering
         # there: the backward rebuilds its block's states from it
         if SAVE_CKPT:
             if (i_t * BT) % CT == 0:
                 tl.store(hc + ((boc + i_t * BT // CT) * H + i_h) * K * V + p_s, b_h, mask=m_s)
-{block_rows}
+        r_t, m_t, m_t1 = block_rows(i_t, bos, T_n, BT)
+{take}
+        r_n, m_n, m1_n = block_rows(i_t + 1, bos, T_n, BT)
+{prefetch_next}
         # -- slot: decay Λ_t ({decay_kind}) --
 {decay}
         # -- slot: input U_t --
@@ -137,11 +158,18 @@ def scan_bwd_kernel(
         b_dh += tl.load(dht + i_nh.to(tl.int64) * K * V + p_s, mask=m_s, other=0.0)
 {static_loads}
 {static_init}
-    NT_n = tl.cdiv(T_n, BT)
+    # the last block's operands and entry state; each block prefetches the one before it
+    r_n, m_n, m1_n = block_rows(NT_n - 1, bos, T_n, BT)
+    n_hc = tl.load(hc + ((boc + NT_n - 1) * H + i_h) * K * V + p_s, mask=m_s & block_exists(p_s, NT_n - 1, T_n, BT), other=0.0)
+{prefetch_first}
     for i_r in range(0, NT_n):
         i_t = NT_n - 1 - i_r
-{block_rows}
-        b_h = tl.load(hc + ((boc + i_t) * H + i_h) * K * V + p_s, mask=m_s, other=0.0)  # [BK, BV]
+        r_t, m_t, m_t1 = block_rows(i_t, bos, T_n, BT)
+        b_h = n_hc  # [BK, BV], the state entering this block (saved by the forward)
+{take}
+        r_n, m_n, m1_n = block_rows(i_t - 1, bos, T_n, BT)
+        n_hc = tl.load(hc + ((boc + i_t - 1) * H + i_h) * K * V + p_s, mask=m_s & block_exists(p_s, i_t - 1, T_n, BT), other=0.0)
+{prefetch_next}
         # -- slot: decay Λ_t ({decay_kind}) --
 {decay}
         # -- slot: input U_t --
@@ -196,6 +224,15 @@ def _ind(code: str, depth: int) -> str:
     return textwrap.indent(code.rstrip("\n"), "    " * depth)
 
 
+def _prefetch(loads: list[slot.RowLoad], block: str, depth: int) -> str:
+    first = f"(bos + ({block}) * BT)"
+    return _ind("\n".join(ld.emit("r_n", "m_n", "m1_n", first, block) for ld in loads), depth)
+
+
+def _take(loads: list[slot.RowLoad]) -> str:
+    return _ind("\n".join(ld.take() for ld in loads), 2)
+
+
 def generate_source(sig: CoreSig, config: dict | None = None) -> str:
     """The Triton module for ``sig``. ``config`` (tiles, warps) does not change the text."""
     del config  # tiles are constexpr arguments; kept for the strategy-wide signature
@@ -203,18 +240,27 @@ def generate_source(sig: CoreSig, config: dict | None = None) -> str:
     common = {
         "program": _ind(_PROGRAM, 1),
         "static_loads": _ind(slot.static_loads(sig), 1),
-        "block_rows": _ind(_BLOCK_ROWS, 2),
-        "decay": _ind(slot.decay(sig, "b_a", "r_t", "m_t"), 2),
+        "decay": _ind(slot.decay(sig, "", "m_t"), 2),
         "step_input": _ind(slot.step_input(sig), 2),
         "scan": _ind(_SCAN_NONE if none else _SCAN, 2),
         "decay_kind": sig.decay.value + (", static" if sig.decay_static else ""),
         "readout_kind": sig.readout.value,
     }
-    fwd = _FWD.format(**common, readout=_ind(slot.fwd_readout(sig), 2))
+    fwd_loads, bwd_loads = slot.row_loads(sig, "fwd"), slot.row_loads(sig, "bwd")
+    fwd = _FWD.format(
+        **common,
+        readout=_ind(slot.fwd_readout(sig), 2),
+        prefetch_first=_prefetch(fwd_loads, "0", 1),
+        take=_take(fwd_loads),
+        prefetch_next=_prefetch(fwd_loads, "i_t + 1", 2),
+    )
     bwd = _BWD.format(
         **common,
+        prefetch_first=_prefetch(bwd_loads, "NT_n - 1", 1),
+        take=_take(bwd_loads),
+        prefetch_next=_prefetch(bwd_loads, "i_t - 1", 2),
         cotangent=_ind(slot.bwd_cotangent(sig), 2),
-        decay_next=_ind(slot.decay(sig, "b_a1", "(r_t + 1)", "m_t1"), 2) if not none else "        pass",
+        decay_next=_ind(slot.decay(sig, "1", "m_t1"), 2) if not none else "        pass",
         rscan=_ind(_RSCAN_NONE if none else _RSCAN, 2),
         k_tile="b_kS[None, :, :]" if sig.key_static else "b_k[:, :, None]",
         dk=_ind(slot.bwd_dk(sig), 2),
