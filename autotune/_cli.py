@@ -8,6 +8,8 @@ needs from the spec layer::
         spec_key: str                 # stable hash of the spec (part of the cache key)
         stages: Sequence[CoreSig]     # its core recurrence(s), in order
         legal: tuple[str, ...]        # strategies legal for the spec
+        # optional: stage_shapes(shape) -> Sequence[Shape], each stage's own core problem size
+        # (default: every stage at the command's shape)
 
 Without a resolver, names ``core:<sig>`` (``core:scalar``, ``core:key``, ... from
 ``scandsl.testing.TAXONOMY_SIGS``) tune a bare core recurrence, which needs no spec.
@@ -141,14 +143,18 @@ def run(args: argparse.Namespace, *, resolve: Resolver | None = None) -> int:
     dtype = DTYPES[args.dtype]
     status = 0
     dump = []
+    # optional: the core problem each stage really runs (a fused normaliser column, a slot axis)
+    stage_shapes = getattr(target, "stage_shapes", None)
+    shapes = list(stage_shapes(args.shape)) if stage_shapes is not None else [args.shape] * len(target.stages)
     for i, sig in enumerate(target.stages):
+        shape = shapes[i]
         common = dict(progress=not args.no_progress, objective=args.objective, check_grads=args.check_grads,
                       budget_s=args.budget_s)  # fmt: skip
         if args.grid:
             result = grid_search(
                 target.spec_key,
                 sig,
-                args.shape,
+                shape,
                 dtype,
                 tuple(target.legal),
                 write_cache=not args.no_cache,
@@ -156,7 +162,7 @@ def run(args: argparse.Namespace, *, resolve: Resolver | None = None) -> int:
             )
         else:
             result = tune(
-                target.spec_key, sig, args.shape, dtype, tuple(target.legal), make_inputs=None,
+                target.spec_key, sig, shape, dtype, tuple(target.legal), make_inputs=None,
                 trials=args.trials, storage=args.storage, sampler=args.sampler, seed=args.seed,
                 write_cache=not args.no_cache, **common,
             )  # fmt: skip
