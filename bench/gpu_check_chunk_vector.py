@@ -5,6 +5,9 @@ Run on the GPU machine from the repository root:
     pip install --no-deps --no-build-isolation -e . -q
     python bench/gpu_check_chunk_vector.py --out $OUT [--budget 330] [--no-sweep] [--config JSON]
 
+``--smoke`` runs the same script on the CPU under the Triton interpreter with tiny shapes and
+fp16 in place of bf16 (the interpreter's bf16 tl.dot is broken), to check the script itself.
+
 1. warm-up: every (signature, dtype, shape, config) this script runs is compiled first, in
    parallel worker processes sharing Triton's disk cache (compiling is the slow part);
 2. correctness against ``core_reference`` (outputs, final state, every gradient): fp32 and
@@ -24,15 +27,21 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
+import sys
 import time
 import traceback
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+SMOKE = "--smoke" in sys.argv  # spawned workers see the parent's argv too
+if SMOKE:
+    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
 
-from scandsl._core import CoreInputs, CoreSig, Decay, Readout, Shape, core_reference
-from scandsl.testing import TOLERANCES, random_core_inputs, rel_err
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from scandsl._core import CoreInputs, CoreSig, Decay, Readout, Shape, core_reference  # noqa: E402
+from scandsl.testing import TOLERANCES, random_core_inputs, rel_err  # noqa: E402
 
 SIGS = {
     "key": CoreSig(decay=Decay.KEY),
@@ -41,7 +50,11 @@ SIGS = {
     "outer": CoreSig(decay=Decay.OUTER),
 }
 NAMES = ("q", "k", "v", "gk", "gv", "initial_state")
-TARGET = Shape(4, 4096, 16, 128, 128)
+DEVICE = "cuda"
+HALF = torch.bfloat16  # the 16-bit input dtype checked and timed
+TARGET = Shape(4, 4096, 16, 128, 128)  # timing
+CHECK = Shape(2, 300, 16, 128, 128)  # correctness, same H/K/V as TARGET (same compiled kernels)
+LONG_T = 65536  # strong-decay runs
 # per-kernel tile variants timed against the default (the first of each list is the default's shape)
 SWEEP = {
     "fwd_o": [dict(fwd_BK=64, fwd_BV=128, fwd_warps=4), dict(fwd_BK=64, fwd_BV=128, fwd_warps=8),
@@ -57,6 +70,10 @@ SWEEP = {
                 dict(dqk_BK=32, dqk_BV=32, dqk_warps=4), dict(dqk_BK=64, dqk_BV=64, dqk_warps=8),
                 dict(dqk_BK=16, dqk_BV=64, dqk_warps=4), dict(dqk_BK=32, dqk_BV=128, dqk_warps=8)],
 }  # fmt: skip
+if SMOKE:
+    DEVICE, HALF, LONG_T = "cpu", torch.float16, 150
+    TARGET, CHECK = Shape(1, 70, 2, 32, 32), Shape(1, 40, 2, 32, 32)
+    SWEEP = {k: v[:2] for k, v in SWEEP.items()}
 KERNEL_GROUP = {"cumsum": None, "fwd_state": "state", "fwd_o": "fwd_o", "bwd_state": "state",
                 "bwd_dv": "bwd_dv", "bwd_dqk": "bwd_dqk"}  # fmt: skip
 
@@ -64,7 +81,8 @@ KERNEL_GROUP = {"cumsum": None, "fwd_state": "state", "fwd_o": "fwd_o", "bwd_sta
 class Report:
     def __init__(self, out: Path, budget: float):
         self.path = out / "chunk_vector.json"
-        self.data: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+        dev = torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE
+        self.data: dict = {"device": dev, "torch": torch.__version__}
         self.start, self.budget = time.time(), budget
         out.mkdir(parents=True, exist_ok=True)
 
@@ -91,7 +109,7 @@ def gates(x: CoreInputs, sig: CoreSig, strong: bool, seed: int) -> None:
 
 def make_inputs(name, dtype, B, T, H, K, V, *, seed=0, cu=None, strong=False, grad=True, state=True):
     sig = SIGS[name]
-    x = random_core_inputs(sig, B=B, T=T, H=H, K=K, V=V, dtype=dtype, device="cuda", seed=seed,
+    x = random_core_inputs(sig, B=B, T=T, H=H, K=K, V=V, dtype=dtype, device=DEVICE, seed=seed,
                            cu_seqlens=cu, with_state=state)  # fmt: skip
     gates(x, sig, strong, seed + 1)
     if grad:
@@ -103,30 +121,38 @@ def make_inputs(name, dtype, B, T, H, K, V, *, seed=0, cu=None, strong=False, gr
 
 
 def _warm(job: tuple) -> str | None:
-    """Worker: run one (signature, dtype, H, K, V, config) fwd+bwd on tiny inputs to fill the cache."""
-    name, dtype_name, H, K, V, cfg = job
+    """Worker: run one (signature, dtype, H, K, V, config, states) fwd+bwd on tiny inputs to fill the cache."""
+    name, dtype_name, H, K, V, cfg, state = job
     try:
         from scandsl.lowering import chunk_vector
 
-        sig, x = make_inputs(name, getattr(torch, dtype_name), 1, 130, H, K, V)
+        sig, x = make_inputs(name, getattr(torch, dtype_name), 1, 130, H, K, V, state=state)
+        x.output_final_state = state
         o, ht = chunk_vector.run(sig, x, cfg)
-        torch.autograd.grad((o.float().sum() + ht.sum()), [x.q, x.k, x.v])
-        torch.cuda.synchronize()
+        loss = o.float().sum() + (ht.sum() if ht is not None else 0.0)
+        torch.autograd.grad(loss, [x.q, x.k, x.v])
         return None
     except Exception as err:  # a config that does not compile is a result, not a crash
         return f"{job}: {type(err).__name__}: {str(err)[:300]}"
 
 
 def warm_up(rep: Report, cfg_over: dict, sweep: bool) -> None:
+    # correctness runs carry states (initial / final); timing runs do not: other constexpr variants
     jobs = []
     for name in SIGS:
-        jobs += [(name, "float32", 16, 128, 128, cfg_over), (name, "bfloat16", 16, 128, 128, cfg_over)]
-    jobs += [("outer", "float32", 2, 24, 40, cfg_over), ("key_before", "float32", 1, 32, 32, cfg_over)]
-    if sweep:
-        for name in ("key", "key_before"):
+        jobs += [(name, dt, *CHECK[2:], cfg_over, True) for dt in ("float32", str(HALF)[6:])]
+    jobs += [
+        ("outer", "float32", 2, 24, 40, cfg_over, True),
+        ("key_before", "float32", 1, 32, 32, cfg_over, True),
+    ]
+    for name in ("key", "key_before"):
+        jobs.append((name, str(HALF)[6:], *TARGET[2:], cfg_over, False))
+        if sweep:
             for variants in SWEEP.values():
-                jobs += [(name, "bfloat16", 16, 128, 128, {**cfg_over, **v}) for v in variants[1:]]
-            jobs += [(name, "bfloat16", 16, 128, 128, {**cfg_over, "chunk": c}) for c in (32, 128)]
+                jobs += [(name, str(HALF)[6:], *TARGET[2:], {**cfg_over, **v}, False) for v in variants[1:]]
+            jobs += [(name, str(HALF)[6:], *TARGET[2:], {**cfg_over, "chunk": c}, False) for c in (32, 128)]
+    if SMOKE:
+        jobs = jobs[:3]
     t0 = time.time()
     with mp.get_context("spawn").Pool(min(len(jobs), max(1, (mp.cpu_count() or 2) - 2))) as pool:
         try:
@@ -148,8 +174,8 @@ def compare(sig, x, cfg, dtype) -> dict:
                                                    "output_final_state", "cu_seqlens")})  # fmt: skip
     ro, rht = core_reference(sig, x32)
     gen = torch.Generator().manual_seed(5)
-    w = torch.randn(ro.shape, generator=gen).cuda()
-    dht = torch.randn(rht.shape, generator=gen).cuda()
+    w = torch.randn(ro.shape, generator=gen).to(DEVICE)
+    dht = torch.randn(rht.shape, generator=gen).to(DEVICE)
     named = [(n, getattr(x, n)) for n in NAMES if getattr(x, n) is not None]
     got = torch.autograd.grad((o.float() * w).sum() + (ht * dht).sum(), [t for _, t in named])
     ref = torch.autograd.grad((ro.float() * w).sum() + (rht * dht).sum(), [t for _, t in named])
@@ -163,25 +189,23 @@ def compare(sig, x, cfg, dtype) -> dict:
 def correctness(rep: Report, cfg: dict) -> dict:
     status = {}
     for name in SIGS:
-        for dtype in (torch.float32, torch.bfloat16):
-            tag = f"{name}/{str(dtype)[6:]}/B2-T300-H16-K128-V128"
+        for dtype in (torch.float32, HALF):
+            tag = f"{name}/{str(dtype)[6:]}/" + "-".join(f"{f}{n}" for f, n in zip("BTHKV", CHECK))
             try:
-                sig, x = make_inputs(name, dtype, 2, 300, 16, 128, 128, seed=1)
+                sig, x = make_inputs(name, dtype, *CHECK, seed=1)
                 res = compare(sig, x, cfg, dtype)
             except Exception:
                 res = {"ok": False, "error": traceback.format_exc()[-1500:]}
             rep.put("correctness", tag, res)
             status[name] = status.get(name, True) and res["ok"]
+    B, T, H, K, V = CHECK
+    cu = torch.tensor([0, 0, 1, 6, 37, T], dtype=torch.int32, device=DEVICE)  # lengths 0, 1, 5, 31, T-37
     cases = {
         "outer/float32/K24-V40-T67": dict(name="outer", dtype=torch.float32, B=2, T=67, H=2, K=24, V=40),
-        "key_before/float32/varlen-0-1-5-31-263": dict(
-            name="key_before", dtype=torch.float32, B=1, T=300, H=16, K=128, V=128,
-            cu=torch.tensor([0, 0, 1, 6, 37, 300], dtype=torch.int32, device="cuda")),
-        "key/bfloat16/varlen-0-1-5-31-263": dict(
-            name="key", dtype=torch.bfloat16, B=1, T=300, H=16, K=128, V=128,
-            cu=torch.tensor([0, 0, 1, 6, 37, 300], dtype=torch.int32, device="cuda")),
-        "key_before/float32/strong-decay-T65536": dict(
-            name="key_before", dtype=torch.float32, B=1, T=65536, H=1, K=32, V=32, strong=True),
+        "key_before/float32/varlen": dict(name="key_before", dtype=torch.float32, B=1, T=T, H=H, K=K, V=V, cu=cu),
+        "key/bfloat16/varlen": dict(name="key", dtype=HALF, B=1, T=T, H=H, K=K, V=V, cu=cu),
+        f"key_before/float32/strong-decay-T{LONG_T}": dict(
+            name="key_before", dtype=torch.float32, B=1, T=LONG_T, H=1, K=32, V=32, strong=True),
     }  # fmt: skip
     for tag, c in cases.items():
         if rep.left() < 120:
@@ -203,7 +227,7 @@ def strong_target_shape(rep: Report, cfg: dict) -> None:
     from scandsl.lowering import chunk_vector
 
     for name in ("key", "key_before"):
-        sig, x = make_inputs(name, torch.bfloat16, 1, 65536, 16, 128, 128, seed=3, strong=True)
+        sig, x = make_inputs(name, HALF, 1, LONG_T, *TARGET[2:], seed=3, strong=True)
         o, ht = chunk_vector.run(sig, x, cfg)
         grads = torch.autograd.grad(o.float().sum() + ht.sum(), [x.q, x.k, x.v, x.gk, x.initial_state])
         finite = all(bool(torch.isfinite(t).all()) for t in (o, ht, *grads))
@@ -216,10 +240,14 @@ def timing(rep: Report, name: str, cfg_over: dict, sweep: bool) -> None:
     from triton.testing import do_bench
 
     def bench(fn) -> float:
+        if SMOKE:  # no CUDA events on the CPU: one timed call
+            t0 = time.perf_counter()
+            fn()
+            return round(1e3 * (time.perf_counter() - t0), 4)
         return round(do_bench(fn, warmup=25, rep=200, return_mode="median"), 4)
 
     B, T, H, K, V = TARGET
-    sig, x = make_inputs(name, torch.bfloat16, B, T, H, K, V, seed=4, state=False)
+    sig, x = make_inputs(name, HALF, B, T, H, K, V, seed=4, state=False)
     x.output_final_state = False
     do = torch.randn_like(x.v)
     inputs = [x.q, x.k, x.v, x.gk]
@@ -245,11 +273,13 @@ def timing(rep: Report, name: str, cfg_over: dict, sweep: bool) -> None:
     gk_cum = L.cumsum(P, gk)
     hs, _ = L.fwd_state(P, k, v, gk_cum, None, None, False)
     dhs, _ = L.bwd_state(P, q, do, gk_cum, None, hs, None, False)
+    used = torch.arange(P.TC, device=DEVICE) + P.chunk_seq.long()
     kernels = {
         "cumsum": lambda P: (L.cumsum(P, gk),),
         "fwd_state": lambda P: L.fwd_state(P, k, v, gk_cum, None, None, False)[:1],
-        "fwd_o": lambda P: L.fwd_o(P, q, k, v, gk_cum, None, hs, torch.bfloat16)[:1],
-        "bwd_state": lambda P: L.bwd_state(P, q, do, gk_cum, None, hs, None, False)[:1],
+        "fwd_o": lambda P: L.fwd_o(P, q, k, v, gk_cum, None, hs, HALF)[:1],
+        # dhs: only the slots of chunks (a sequence's last slot is never written nor read)
+        "bwd_state": lambda P: (L.bwd_state(P, q, do, gk_cum, None, hs, None, False)[0][used],),
         "bwd_dv": lambda P: L.bwd_dv(P, q, k, v, do, None, gk_cum, None, hs, dhs)[:1],
         "bwd_dqk": lambda P: L.bwd_dqk(P, q, k, v, do, gk_cum, None, hs, dhs),
     }
@@ -298,13 +328,17 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=330.0)
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--config", type=json.loads, default={}, help="overrides of the default config")
+    ap.add_argument("--smoke", action="store_true", help="CPU interpreter, tiny shapes (checks the script)")
     args = ap.parse_args()
     rep = Report(args.out, args.budget)
     import triton
 
     rep.put("env", "triton", triton.__version__)
     sweep = not args.no_sweep
-    warm_up(rep, args.config, sweep)
+    try:
+        warm_up(rep, args.config, sweep)
+    except Exception:
+        rep.put("warm_up", "error", traceback.format_exc()[-1500:])
     status = correctness(rep, args.config)
     for name in ("key", "key_before"):
         if not status.get(name):
@@ -319,6 +353,7 @@ def main() -> None:
             strong_target_shape(rep, args.config)
         except Exception:
             rep.put("strong_decay_T65536_bf16", "error", traceback.format_exc()[-1500:])
+    print("JSON", json.dumps(rep.data, default=str), flush=True)
 
 
 if __name__ == "__main__":
