@@ -68,7 +68,8 @@ SWEEP = {
                dict(dv_BK=128, dv_BV=128, dv_warps=8)],
     "bwd_dqk": [dict(dqk_BK=32, dqk_BV=64, dqk_warps=4), dict(dqk_BK=32, dqk_BV=64, dqk_warps=8),
                 dict(dqk_BK=32, dqk_BV=32, dqk_warps=4), dict(dqk_BK=64, dqk_BV=64, dqk_warps=8),
-                dict(dqk_BK=16, dqk_BV=64, dqk_warps=4), dict(dqk_BK=32, dqk_BV=128, dqk_warps=8)],
+                dict(dqk_BK=16, dqk_BV=64, dqk_warps=4), dict(dqk_BK=32, dqk_BV=128, dqk_warps=8),
+                dict(dqk_BK=16, dqk_BV=128, dqk_warps=4)],
 }  # fmt: skip
 if SMOKE:
     DEVICE, HALF, LONG_T = "cpu", torch.float16, 150
