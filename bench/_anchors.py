@@ -77,12 +77,16 @@ def _leaf(t: torch.Tensor, grad: bool) -> torch.Tensor:
     return t.detach().clone().requires_grad_(grad and t.is_floating_point())
 
 
-def _fla(module: str, attr: str, names: dict[str, str], **extra) -> Prepare:
-    """An FLA op taking our inputs under (possibly) other keyword names."""
+def _fla(module: str, attr: str, names: dict[str, str], *, like_q: tuple[str, ...] = (), **extra) -> Prepare:
+    """An FLA op taking our inputs under (possibly) other keyword names; ``like_q`` inputs are
+    cast to q's dtype (FLA's tests pass per-head parameters such as RWKV-6's ``u`` that way)."""
 
     def prepare(x, o: Opts):
         fn = _import(module, attr)
-        args = {theirs: _leaf(x[ours], o.requires_grad) for ours, theirs in names.items()}
+        args = {
+            theirs: _leaf(x[ours].to(x["q"].dtype) if ours in like_q else x[ours], o.requires_grad)
+            for ours, theirs in names.items()
+        }
         init = None if o.initial_state is None else o.initial_state.contiguous()
         leaves = [t for t in args.values() if t.requires_grad]
 
@@ -171,7 +175,7 @@ ANCHORS: tuple[Anchor, ...] = (
     Anchor("mamba_ssm.mamba_chunk_scan_combined", "mamba2", "chunk", _mamba_chunk),
     Anchor("fla.chunk_gla", "gla", "chunk", _fla("fla.ops.gla", "chunk_gla", {**_QKV, "gk": "g"})),
     Anchor("fla.chunk_rwkv6", "rwkv6", "chunk",
-           _fla("fla.ops.rwkv6", "chunk_rwkv6", {"q": "r", "k": "k", "v": "v", "gk": "w", "u": "u"})),
+           _fla("fla.ops.rwkv6", "chunk_rwkv6", {"q": "r", "k": "k", "v": "v", "gk": "w", "u": "u"}, like_q=("u",))),
     Anchor("fla.chunk_delta_rule", "deltanet", "chunk",
            _fla("fla.ops.delta_rule", "chunk_delta_rule", {**_QKV, "beta": "beta"})),
     Anchor("fla.chunk_gated_delta_rule", "gated_deltanet", "chunk",

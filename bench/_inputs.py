@@ -17,9 +17,12 @@ import torch.nn.functional as F
 
 from scandsl._core import Shape
 
-__all__ = ["op_spec", "make_op_inputs", "state_elements", "SLOTS"]
+__all__ = ["op_spec", "make_op_inputs", "state_elements", "SLOTS", "POSITIVE_QK"]
 
 SLOTS = 64  # M, the slot count of abc / gsa
+# rows that divide by z·q: their models feed positive features, which keeps z·q away from 0
+# (random signed q, k make the quotient ill-conditioned, and any bf16 check meaningless)
+POSITIVE_QK = frozenset({"gated_rfa"})
 
 
 def op_spec(op: str):
@@ -47,7 +50,10 @@ def make_op_inputs(
     op fills in itself, like retention's ``gamma``, are left to that default)."""
     fn, spec = op_spec(op)
     params = inspect.signature(fn).parameters
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    device = torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(
+        seed
+    )  # drawn where they live: 64K-token sweeps are large
     sizes = _sizes(shape, slots)
     delta = any(name == "beta" for name, _ in spec.inputs)
     out: dict[str, torch.Tensor] = {}
@@ -57,7 +63,7 @@ def make_op_inputs(
             continue  # e.g. retention's gamma: the op's own default is the model's
         lead = (shape.B, shape.T, shape.H) if decl.time else (shape.H,)
         dims = lead + tuple(sizes[a] for a in decl.axes)
-        x = torch.randn(dims, generator=gen, dtype=torch.float32)
+        x = torch.randn(dims, generator=gen, dtype=torch.float32, device=device)
         feature = decl.time and bool(decl.axes) and not decl.is_log_gate
         if decl.is_log_gate:
             x = F.logsigmoid(x + 2.0)
@@ -68,10 +74,14 @@ def make_op_inputs(
         elif name == "beta":
             x = torch.sigmoid(x)
         elif name == "A_log":
-            x = torch.log(torch.rand(dims, generator=gen) * 15 + 1)  # A in [1, 16], Mamba's S4D-real range
+            x = torch.log(
+                torch.rand(dims, generator=gen, device=device) * 15 + 1
+            )  # A in [1, 16], Mamba's S4D-real range
         elif delta and name in ("q", "k"):
             x = F.normalize(x, dim=-1)
-        out[name] = x.to(device=device, dtype=dtype if feature else torch.float32)
+        elif op in POSITIVE_QK and name in ("q", "k"):
+            x = F.elu(x) + 1.0  # the linear-transformer feature map
+        out[name] = x.to(dtype=dtype if feature else torch.float32)
     return out
 
 
