@@ -210,8 +210,8 @@ def grad_check(rep: Report, name: str, cfg: dict) -> None:
     try:
         x = mamba_inputs(sig, 512, grad=True)
         names = [n for n, t in x.tensors().items() if t.requires_grad]
-        w = torch.randn(MAMBA.B, 512, MAMBA.H, MAMBA.V, device=DEVICE)
         o, _ = scan.run(sig, x, cfg)
+        w = torch.randn(o.shape, device=DEVICE)
         got = torch.autograd.grad((o.float() * w).sum(), [getattr(x, n) for n in names])
         ref_o = torch_loop(sig, x)
         ref = torch.autograd.grad((ref_o * w).sum(), [getattr(x, n) for n in names])
