@@ -45,11 +45,13 @@ class Progress:
         self._task = self._rich.add_task(self.title, total=self.total, best="")
         return self
 
-    def update(self, rec: TrialRecord) -> None:
-        self.done += 1
+    def update(self, rec: TrialRecord, *, fresh: bool = True) -> None:
+        """One outcome; only ``fresh`` evaluations (not re-used, not invalid) advance the bar."""
+        counts = fresh and rec.state != "invalid"
+        self.done += counts
         if rec.ok and (self.best is None or rec.ms < self.best):
             self.best = rec.ms
-        if not self.enabled:
+        if not self.enabled or not counts:
             return
         best = f"best {self.best:.4g} ms" if self.best is not None else "no success yet"
         if self._rich is not None:

@@ -8,7 +8,8 @@ launch error or wrong result: ``state`` ``error`` / ``wrong`` and the ``reason``
 ``worker`` (host:pid) make every trial readable without this module.
 
 A config already evaluated in the study — by this process or another one sharing the
-storage — is not run again: its recorded outcome is told for the new trial.
+storage — is not run again: its recorded outcome is told for the new trial (a repeated
+failure as PRUNED, which TPE learns from; it ignores FAIL trials).
 """
 
 from __future__ import annotations
@@ -134,7 +135,10 @@ def _tell(study, trial, rec: TrialRecord, worker: str, reused: bool, is_default:
         trial.set_user_attr(k, v)
     if rec.state == "ok":
         study.tell(trial, rec.ms)
-    elif rec.state == "invalid":
+    elif rec.state == "invalid" or reused:
+        # TPE ignores FAIL trials but ranks PRUNED ones below every success: a failure is
+        # recorded as FAIL once, and a sampler that proposes it again is told PRUNED, so it
+        # learns to leave that region instead of proposing it forever.
         study.tell(trial, state=TrialState.PRUNED)
     else:
         study.tell(trial, state=TrialState.FAIL)
@@ -203,7 +207,7 @@ def search(
             seen[cid] = rec
             evaluated += rec.state != "invalid"
         _tell(study, trial, rec, worker, reused=prior is not None)
-        progress.update(rec)
+        progress.update(rec, fresh=prior is None)
     return default_rec
 
 
