@@ -203,8 +203,8 @@ def anchor_versions() -> dict[str, Any]:
         import fla
 
         out["fla"] = getattr(fla, "__version__", "unknown")
-    except ImportError as err:
-        out["fla"] = f"absent ({err})"
+    except Exception as err:  # a broken install is reported beside the results, never fatal
+        out["fla"] = f"absent ({type(err).__name__}: {err})"[:200]
     use_mamba_stub()
     out["mamba_ssm"] = "2.3.2.post1 (Triton files, stub package)" if MAMBA_STUB.is_dir() else "absent"
     return out
