@@ -47,7 +47,7 @@ SIGS = {
     "none_before": CoreSig(readout=Readout.BEFORE),
 }
 NAMES = ("q", "k", "v", "g", "initial_state")
-B, T, H, K, V = 4, 4096, 16, int(os.environ.get("CS_K", 128)), int(os.environ.get("CS_V", 128))
+B, T, H, K, V = 4, 4096, 16, 128, 128
 DEV = "cuda"
 LOW = torch.bfloat16  # the 16-bit dtype timed (fp16 in --smoke: the interpreter mangles bf16 dots)
 SMOKE = False
@@ -413,8 +413,10 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=320.0)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU interpreter")
     ap.add_argument("--aot", action="store_true", help="compile the sweeps for sm_90 on the CPU")
+    ap.add_argument("--kv", default="128,128", help="K,V of the swept shape (default 128,128)")
     args = ap.parse_args()
     global B, T, H, K, V, DEV, LOW, SMOKE
+    K, V = (int(n) for n in args.kv.split(","))
     if args.smoke:
         B, T, H, K, V, DEV, LOW, SMOKE = 1, 40, 2, 32, 32, "cpu", torch.float16, True
     if args.aot:
