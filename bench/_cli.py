@@ -27,6 +27,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--budget-s", type=float, default=400.0,
                    help="stop starting new cases once this many seconds have passed, over all the parts "
                         "of the command (default 400: with a case's own run time, under 8 minutes)")  # fmt: skip
+    r.add_argument("--only", default=None,
+                   help="comma-separated substrings: run only the cases whose name contains one (e.g. a rerun "
+                        "of cases a budget skipped)")  # fmt: skip
     r.add_argument(
         "--check-T", type=int, default=4096, help="reference check on the first N steps (default 4096)"
     )
@@ -84,7 +87,11 @@ def _run(args: argparse.Namespace) -> int:
     for part in [p.strip() for p in args.part.split(",") if p.strip()]:
         out = args.out / f"bench-{part}.json"
         left = args.budget_s - (time.perf_counter() - start)
-        payload = run_part(part, part_cases(part), out, device=device, budget_s=max(left, 0.0),
+        cases = part_cases(part)
+        if args.only:
+            keys = [k.strip() for k in args.only.split(",") if k.strip()]
+            cases = [c for c in cases if any(k in c.name for k in keys)]
+        payload = run_part(part, cases, out, device=device, budget_s=max(left, 0.0),
                            check_T=args.check_T, ceilings=ceilings, env=env)  # fmt: skip
         print(f"wrote {out}")
         if wrong_kernels(payload):
