@@ -264,3 +264,20 @@ def test_cli_render_and_list(tmp_path, capsys):
     assert "| gla | ours.chunk | 0.500 |" in doc.read_text()
     assert bench_main(["list"]) == 0
     assert "std1" in capsys.readouterr().out
+
+
+def test_rerun_of_skipped_cases_completes_a_part():
+    from scandsl.bench._render import merge_parts
+
+    first = {"part": "std1", "env": _env(), "ceilings": CEIL.to_json(), "records": [
+        _rec("gla", "ours.chunk", "ours", "fwd", "ok", 0.5),
+        {"case": "mamba2", "impl": "-", "kind": "-", "mode": "-", "status": "skipped", "reason": "time budget"},
+        _rec("retention", "ours.chunk", "ours", "fwd", "error", reason="boom"),
+    ]}  # fmt: skip
+    rerun = {"part": "std1", "env": _env(), "ceilings": CEIL.to_json(), "records": [
+        _rec("mamba2", "ours.chunk", "ours", "fwd", "ok", 0.6),
+        _rec("retention", "ours.chunk", "ours", "fwd", "ok", 0.4),
+    ]}  # fmt: skip
+    (merged,) = merge_parts([first, rerun])
+    assert [(r["case"], r["status"]) for r in merged["records"]] == [
+        ("gla", "ok"), ("mamba2", "ok"), ("retention", "ok")]  # fmt: skip
