@@ -90,8 +90,19 @@ def wallclock_timer(fn: Callable[[], Any], *, strategy: str, config: dict[str, A
 
 
 def probe_shape_for(shape: Shape) -> Shape:
-    """A small problem with the same K and V (tile legality) and a T that crosses block edges."""
-    return Shape(B=1, T=min(shape.T, 131), H=min(shape.H, 2), K=shape.K, V=shape.V)
+    """A small problem that runs the *same compiled kernel* as the timed one, on partial blocks.
+
+    K and V are kept (tile legality). Triton specialises integer arguments on ``== 1`` and on
+    divisibility by 16, so B stays above 1 and T keeps the timed T's divisibility: 144 (= 9·16,
+    a partial last block for chunks of 32, 64 and 128) when T is a multiple of 16, else 131.
+    A config is then compiled once for probe and timing alike, and a miscompile of the timed
+    specialisation is what the probe catches.
+    """
+    if shape.T % 16 == 0:
+        T = min(shape.T, 144)
+    else:
+        T = min(shape.T, 131)
+    return Shape(B=min(shape.B, 2), T=T, H=min(shape.H, 4), K=shape.K, V=shape.V)
 
 
 def _short(err: BaseException, limit: int = 300) -> str:
