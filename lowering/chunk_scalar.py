@@ -157,6 +157,8 @@ def _validate(sig: CoreSig, x: CoreInputs) -> None:
         raise ValueError("CoreInputs.g: decay SCALAR needs g [B, T, H], got None")
     if x.K > 256 or x.V > 256:
         raise ValueError(f"chunk_scalar: K and V must be <= 256, got K={x.K}, V={x.V}")
+    if x.scale == 0:
+        raise ValueError("CoreInputs.scale: the chunked kernels carry dS / scale, so scale must be non-zero")
     if x.cu_seqlens is not None and x.B != 1:
         raise ValueError(f"CoreInputs.cu_seqlens: varlen needs B == 1, got B={x.B}")
 
@@ -173,9 +175,8 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
     reason = _check_config(cfg, shape)
     if reason is not None and config is not None:
         raise ValueError(f"chunk_scalar config {config}: {reason}")
-    varlen = x.cu_seqlens is not None
-    n_seq = len(x.cu_seqlens) - 1 if varlen else x.B
-    plan = Plan(sig, cfg, x.B, x.T, x.H, x.K, x.V, n_seq, varlen, float(x.scale))
+    n_seq = x.B if x.cu_seqlens is None else len(x.cu_seqlens) - 1
+    plan = Plan(sig, cfg, x.B, x.T, x.H, x.K, x.V, n_seq, x.cu_seqlens is not None, float(x.scale))
     g = x.g if sig.decay is Decay.SCALAR else None
     out_dtype = x.out_dtype or x.v.dtype
     o, ht = _ChunkScalar.apply(

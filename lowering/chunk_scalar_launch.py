@@ -148,7 +148,5 @@ def launch_bwd(P: Plan, q, k, v, g, o, h0, ht, cu_seqlens, do, dht, roles: tuple
     for launch in bwd_launches(P) if roles is None else [roles]:
         grid, meta = bwd_meta(P, launch, has_h0=h0 is not None, has_dht=dht is not None)
         P.kernels.chunk_scalar_bwd[grid](*args, **meta)
-    dg = None
-    if scalar:
-        dg = dgp.sum(0).view(P.B, P.T, P.H)
+    dg = None if dgp is None else dgp.sum(0).view(P.B, P.T, P.H)
     return dq, dk, dv, dg, dh0

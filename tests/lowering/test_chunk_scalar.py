@@ -73,7 +73,8 @@ def test_matches_reference(name, T, kv):
 @pytest.mark.parametrize("name", ["none", "scalar", "scalar_before"])
 def test_varlen_with_empty_and_single_sequences(name):
     sig = SIGS[name]
-    cu = torch.tensor([0, 0, 1, 6, 37], dtype=torch.int32)  # lengths 0, 1, 5, 31
+    cu_dtype = torch.int64 if name == "none" else torch.int32  # both index widths
+    cu = torch.tensor([0, 0, 1, 6, 37], dtype=cu_dtype)  # lengths 0, 1, 5, 31
     x = random_core_inputs(sig, T=37, H=2, K=24, V=40, cu_seqlens=cu, seed=3, requires_grad=True)
     _compare(sig, x)
 
@@ -170,6 +171,12 @@ def test_supports_and_dispatch():
     assert chunk_dispatch.supports(SIGS["scalar"]) is None
     assert "NONE or SCALAR" in chunk_scalar.supports(CoreSig(decay=Decay.KEY))
     assert "identity" in chunk_scalar.supports(CoreSig(transition=Transition.DELTA))
+    sig = SIGS["scalar"]
+    x = random_core_inputs(sig, B=1, T=5, H=1, K=16, V=16, seed=23)
+    o, ht = chunk_dispatch.run(sig, x, CFG)
+    ro, rht = core_reference(sig, x)
+    assert_close(o, ro, TOLERANCES[torch.float32][0], "o through the chunk dispatcher")
+    assert_close(ht, rht, TOLERANCES[torch.float32][0], "final state through the chunk dispatcher")
 
 
 def test_search_space_and_default_config():
