@@ -69,8 +69,36 @@ def _import(module: str, attr: str):
         use_mamba_stub()
     try:
         return getattr(importlib.import_module(module), attr)
-    except ImportError as err:
-        raise AnchorAbsent(f"{module}.{attr} not importable ({err})") from err
+    except ModuleNotFoundError as err:
+        if not module.startswith("fla.") or (err.name or "").split(".")[0] == "fla":
+            raise AnchorAbsent(f"{module}.{attr} not importable ({err})") from err
+        first = err
+    except Exception as err:  # fla's __init__ also imports its layers/models (transformers...)
+        if not module.startswith("fla."):
+            raise AnchorAbsent(f"{module}.{attr} not importable ({type(err).__name__}: {err})") from err
+        first = err
+    # the kernels need none of fla's model code: retry under a bare package, as for mamba_ssm
+    try:
+        _bare_package("fla")
+        return getattr(importlib.import_module(module), attr)
+    except Exception as err:
+        raise AnchorAbsent(f"{module}.{attr} not importable ({first}; bare package: {err})") from err
+
+
+def _bare_package(name: str) -> None:
+    """Register ``name`` as a package whose ``__init__`` is not run (sub-modules still import)."""
+    import importlib.util
+    import types
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(name)
+    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        del sys.modules[key]
+    pkg = types.ModuleType(name)
+    pkg.__path__ = list(spec.submodule_search_locations)
+    pkg.__spec__ = spec
+    sys.modules[name] = pkg
 
 
 def _leaf(t: torch.Tensor, grad: bool) -> torch.Tensor:

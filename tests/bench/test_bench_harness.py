@@ -281,3 +281,26 @@ def test_rerun_of_skipped_cases_completes_a_part():
     (merged,) = merge_parts([first, rerun])
     assert [(r["case"], r["status"]) for r in merged["records"]] == [
         ("gla", "ok"), ("mamba2", "ok"), ("retention", "ok")]  # fmt: skip
+
+
+def test_fla_anchor_survives_a_broken_package_init(tmp_path, monkeypatch):
+    """fla's __init__ imports its model code; the kernels are loaded without it if that breaks."""
+    import sys
+
+    from scandsl.bench._anchors import _import
+
+    pkg = tmp_path / "fla"
+    (pkg / "ops" / "gla").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise AttributeError('transformers version mismatch')\n")
+    (pkg / "ops" / "__init__.py").write_text("")
+    (pkg / "ops" / "gla" / "__init__.py").write_text("def chunk_gla(**kw):\n    return 'kernel'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for key in [k for k in sys.modules if k == "fla" or k.startswith("fla.")]:
+        monkeypatch.delitem(sys.modules, key)
+    try:
+        assert _import("fla.ops.gla", "chunk_gla")() == "kernel"
+        with pytest.raises(AnchorAbsent, match="not importable"):
+            _import("fla.ops.nothing_here", "chunk_x")
+    finally:
+        for key in [k for k in sys.modules if k == "fla" or k.startswith("fla.")]:
+            del sys.modules[key]
