@@ -141,11 +141,25 @@ class _TuneTarget:
     spec_key: str
     stages: tuple
     legal: tuple[str, ...]
+    spec: object
+
+    def stage_shapes(self, shape):
+        """Each stage's own core size: fused normaliser columns widen V; slots (M) default to 64."""
+        from scandsl._core import Shape
+
+        sizes = {"K": shape.K, "V": shape.V, "M": 64}
+        out = []
+        for st in self.spec.normal_form.stages:  # type: ignore[attr-defined]
+            K = sizes[st.k.axes[-1]] if st.k.axes else 1
+            V = sum(sizes[v.axes[0]] if v.axes else 1 for v in st.values)
+            out.append(Shape(shape.B, shape.T, shape.H, K, V))
+        return out
 
 
 def _tune_resolver(name: str):
     spec = _resolve(name)
-    return _TuneTarget(spec.key, tuple(st.sig for st in spec.normal_form.stages), spec.legal_strategies[1:])
+    stages = tuple(st.sig for st in spec.normal_form.stages)
+    return _TuneTarget(spec.key, stages, spec.legal_strategies[1:], spec)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,12 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("docs", help="regenerate docs/taxonomy.md from the specs")
     p.add_argument("--out", default="docs/taxonomy.md")
     p.set_defaults(func=cmd_docs)
-    try:
-        from scandsl.autotune import add_tune_subparser
+    from scandsl.autotune import add_tune_subparser
+    from scandsl.bench import add_bench_subparser
 
-        add_tune_subparser(sub, resolve=_tune_resolver)
-    except ImportError:  # pragma: no cover - autotune is part of the package
-        pass
+    add_tune_subparser(sub, resolve=_tune_resolver)
+    add_bench_subparser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 
