@@ -4,6 +4,7 @@ scandsl list                         every spec, its formula and legal strategie
 scandsl show NAME [--strategy S]     its normal form (and the generated Triton source)
 scandsl verify [NAME ...]            every spec × built strategy against the reference
 scandsl tune NAME --shape B,T,H,K,V  Optuna autotuning (see docs/autotune.md)
+scandsl bench run --part PART        benchmarks against the anchors on a GPU (bench/README.md)
 scandsl docs                         regenerate docs/taxonomy.md from the specs
 """
 
