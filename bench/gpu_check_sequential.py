@@ -34,6 +34,7 @@ from scandsl._core import CoreSig, Decay, Shape, core_reference
 from scandsl.testing import TAXONOMY_SIGS, TOLERANCES, random_core_inputs, rel_err
 
 NAMES = ("q", "k", "v", "g", "gk", "gv", "A", "beta", "initial_state")
+BENCH_SHAPE = Shape(4, 4096, 16, 128, 128)  # the FLA anchors' size (docs: design.md)
 
 
 class Report:
@@ -160,12 +161,15 @@ def _time_slice(sig, x, t):
 
 
 def bench_inputs(sig: CoreSig, grad: bool):
-    K, V = (16, 128) if sig.decay is Decay.CHANNEL else (128, 128)
+    """BENCH_SHAPE in bf16 (per-channel rows at Mamba's state size N = K = 16)."""
+    B, T, H, K, V = BENCH_SHAPE
+    if sig.decay is Decay.CHANNEL:
+        K = 16
     x = random_core_inputs(
         sig,
-        B=4,
-        T=4096,
-        H=16,
+        B=B,
+        T=T,
+        H=H,
         K=K,
         V=V,
         dtype=torch.bfloat16,
@@ -193,63 +197,58 @@ def time_fwdbwd(sig, x, cfg) -> float:
     return do_bench(step, warmup=50, rep=400, grad_to_none=params)
 
 
+def _try(fn, *args) -> float | str:
+    try:
+        return fn(*args)
+    except Exception as err:
+        return f"error: {type(err).__name__}: {str(err)[:300]}"
+
+
+def _sweep(rep: Report, section: str, name: str, timer, x, base: dict, grid: list[dict], reserve: float):
+    """Time ``base`` updated by each entry of ``grid``; returns the best (config, ms)."""
+    sig = TAXONOMY_SIGS[name]
+    space = sequential.search_space(sig, BENCH_SHAPE)
+    results = rep.data[section].setdefault(name, [])
+    for change in grid:
+        if rep.left() < reserve:
+            break
+        cfg = {**base, **change}
+        why = space.valid(cfg)
+        ms = f"skipped: {why}" if why else _try(timer, sig, x, cfg)
+        results.append({**change, "ms": ms})
+        print(name, section, change, ms, flush=True)
+        rep.save()
+    timed = [r for r in results if isinstance(r["ms"], float)]
+    if not timed:
+        return base, None
+    best = min(timed, key=lambda r: r["ms"])
+    return {**base, **{k: v for k, v in best.items() if k != "ms"}}, best["ms"]
+
+
 def sweep(rep: Report) -> None:
+    """Forward: (BV, warps) at prefetch 2, then prefetch 1 / 3 at the best; then the backward."""
     for name in ("scalar", "key"):
-        sig = TAXONOMY_SIGS[name]
         if name in rep.data["failed_sigs"]:
             rep.data["sweep_fwd"][name] = "refused: correctness failed"
             continue
-        shape = Shape(4, 4096, 16, 128, 128)
-        base = sequential.default_config(sig, shape)
+        sig = TAXONOMY_SIGS[name]
+        base = sequential.default_config(sig, BENCH_SHAPE)
         x = bench_inputs(sig, grad=False)
-        results = []
-        for BV in (8, 16, 32, 64):
-            for warps in (1, 2, 4, 8):
-                if rep.left() < 150:
-                    break
-                cfg = {**base, "BV": BV, "num_warps": warps}
-                try:
-                    ms = time_fwd(sig, x, cfg)
-                except Exception as err:
-                    ms = f"error: {type(err).__name__}: {str(err)[:300]}"
-                results.append({"BV": BV, "num_warps": warps, "ms": ms})
-                print(name, BV, warps, ms, flush=True)
-                rep.data["sweep_fwd"][name] = results
-                rep.save()
-        timed = [r for r in results if isinstance(r["ms"], float)]
-        if not timed:
-            continue
-        rep.data["best_fwd"][name] = min(timed, key=lambda r: r["ms"])
-        rep.data["best_fwd"][name + "_default"] = {"cfg": base, "ms": time_fwd(sig, x, base)}
+        rep.data["best_fwd"][name + "_default"] = {"cfg": base, "ms": _try(time_fwd, sig, x, base)}
+        grid = [{"BV": bv, "num_warps": w} for bv in (8, 16, 32, 64) for w in (1, 2, 4)]
+        best, _ = _sweep(rep, "sweep_fwd", name, time_fwd, x, base, grid, reserve=170)
+        best, ms = _sweep(rep, "sweep_fwd", name, time_fwd, x, best, [{"prefetch": 1}, {"prefetch": 3}], 160)
+        rep.data["best_fwd"][name] = {"cfg": best, "ms": ms}
         rep.save()
     for name in ("scalar", "key"):
-        if name not in rep.data["best_fwd"]:
+        if name not in rep.data["best_fwd"] or "cfg" not in rep.data["best_fwd"][name]:
             continue
         sig = TAXONOMY_SIGS[name]
-        fb = rep.data["best_fwd"][name]
-        base = {
-            **sequential.default_config(sig, Shape(4, 4096, 16, 128, 128)),
-            "BV": fb["BV"],
-            "num_warps": fb["num_warps"],
-        }
+        base = rep.data["best_fwd"][name]["cfg"]
         x = bench_inputs(sig, grad=True)
-        results = []
-        for BV in (16, 32, 64):
-            for warps in (1, 2, 4):
-                if rep.left() < 60:
-                    break
-                cfg = {**base, "BV_bwd": BV, "num_warps_bwd": warps}
-                try:
-                    ms = time_fwdbwd(sig, x, cfg)
-                except Exception as err:
-                    ms = f"error: {type(err).__name__}: {str(err)[:300]}"
-                results.append({"BV_bwd": BV, "num_warps_bwd": warps, "ms": ms})
-                print(name, "fwdbwd", BV, warps, ms, flush=True)
-                rep.data["sweep_fwdbwd"][name] = results
-                rep.save()
-        timed = [r for r in results if isinstance(r["ms"], float)]
-        if timed:
-            rep.data["best_fwdbwd"][name] = min(timed, key=lambda r: r["ms"])
+        grid = [{"BV_bwd": bv, "num_warps_bwd": w} for bv in (8, 16, 32) for w in (1, 2)]
+        best, ms = _sweep(rep, "sweep_fwdbwd", name, time_fwdbwd, x, base, grid, reserve=60)
+        rep.data["best_fwdbwd"][name] = {"cfg": best, "ms": ms}
         rep.save()
 
 
@@ -271,6 +270,7 @@ def others(rep: Report) -> None:
 
 
 _CONST_INTS = ("BK", "BV", "CK")
+_FLAGS = ("USE_H0", "STORE_HT", "IS_VARLEN", "SAVE_U", "USE_DHT")
 _INTS = ("T", "H", "K", "V", "NTOK", "NCMAX")
 
 
@@ -309,7 +309,7 @@ def offline_compile(out: Path, K: int = 128, configs=((16, 1), (32, 2), (64, 4))
                             types[a] = "fp32"
                         elif a in _INTS:
                             types[a] = "i32"
-                        elif a in _CONST_INTS or a.isupper():
+                        elif a in _CONST_INTS or a in _FLAGS:
                             types[a] = "constexpr"
                             const[a] = {"BK": triton.next_power_of_2(KK), "BV": BV, "CK": 32}.get(a, True)
                         else:

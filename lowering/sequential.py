@@ -57,22 +57,37 @@ def supports(sig: CoreSig) -> str | None:
     return None
 
 
-def default_config(sig: CoreSig, shape: Shape) -> dict:
-    """Heuristic (sm_90 register counts from ``bench/gpu_check_sequential.py --offline-compile``).
+def _registers(sig: CoreSig, BK: int, BV: int, warps: int, *, backward: bool) -> float:
+    """Rough fp32 registers per thread: the [BV, BK] tiles spread over the threads, plus the
+    per-step value vectors, which every lane holds whole (K runs across the lanes).
+    Calibrated on sm_90 ptxas counts (``bench/gpu_check_sequential.py --offline-compile``)."""
+    tiles = 1 + (sig.decay is Decay.CHANNEL) + sig.key_static + sig.query_static
+    return BK * BV * tiles / (32 * warps) + (6 if backward else 2) * BV
 
-    The time loop is latency-bound, so small V-blocks (many independent programs) and one
-    warp per 2048-element state tile (64 fp32 registers per thread): with K across the 32
-    lanes of one warp the read-out's reduction over K never leaves the warp.
+
+def _fits(sig: CoreSig, BK: int, BV: int, warps: int, *, backward: bool) -> bool:
+    return _registers(sig, BK, BV, warps, backward=backward) <= 192 and BK * BV >= 32 * warps
+
+
+def default_config(sig: CoreSig, shape: Shape) -> dict:
+    """Heuristic: small V-blocks, one warp per 2048-element state tile.
+
+    The time loop is latency-bound, so many small independent programs; with K across the
+    32 lanes of one warp the read-out's reduction over K never leaves the warp, and a small
+    BV keeps the value vectors (held whole by every lane) cheap.
     """
     BK = triton.next_power_of_2(shape.K)
     BV = max(1, min(triton.next_power_of_2(shape.V), 2048 // BK, 32))
     warps = max(1, min(8, BK * BV // 2048))
+    BV_bwd = BV
+    while BV_bwd > 8 and not _fits(sig, BK, BV_bwd, warps, backward=True):
+        BV_bwd //= 2
     return {
         "BV": BV,
         "num_warps": warps,
         "num_stages": 1,
         "prefetch": 2,
-        "BV_bwd": BV,
+        "BV_bwd": BV_bwd,
         "num_warps_bwd": warps,
         "CK": 32,
     }
@@ -94,14 +109,13 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
         params.append(Param("CK", (16, 32, 64)))
 
     def valid(cfg) -> str | None:
-        # fp32 tiles held per thread: forward 1 (+ A / static tiles), backward ~3
-        tiles = 1 + (sig.decay is Decay.CHANNEL) + sig.key_static + sig.query_static
-        fwd = BK * cfg["BV"] * tiles / (32 * cfg["num_warps"])
-        bwd = BK * cfg["BV_bwd"] * (tiles + 2) / (32 * cfg["num_warps_bwd"])
-        if fwd > 160 or bwd > 192:
-            return f"register tile too large ({fwd:.0f} fwd / {bwd:.0f} bwd fp32 per thread)"
-        if BK * cfg["BV"] < 32 * cfg["num_warps"] or BK * cfg["BV_bwd"] < 32 * cfg["num_warps_bwd"]:
-            return "more threads than tile elements"
+        for backward, bv, w in (
+            (False, cfg["BV"], cfg["num_warps"]),
+            (True, cfg["BV_bwd"], cfg["num_warps_bwd"]),
+        ):
+            if not _fits(sig, BK, bv, w, backward=backward):
+                est = _registers(sig, BK, bv, w, backward=backward)
+                return f"{'backward' if backward else 'forward'} BV={bv}, {w} warps: ~{est:.0f} fp32 registers/thread"
         return None
 
     return SearchSpace("sequential", tuple(params), valid)

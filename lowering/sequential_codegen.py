@@ -286,8 +286,11 @@ def backward_source(sig: CoreSig, depth: int = 2) -> tuple[str, str]:
         outs.append("dov")
     pointers += [*outs, "dh0", "cu_seqlens"]
     flags = ["USE_H0", "USE_DHT", "IS_VARLEN"]
-    rev_ops = step_operands(sig, grad=True, extra=("u_save",) if delta else ())
-    fwd_ops = step_operands(sig, grad=True, extra=("du",) if delta else ())
+    # the reverse pass reads u_t (saved) instead of v_t under the delta rule; the forward pass
+    # reads q_t only for the per-value read-out term of a value-indexed decay
+    rev_ops = step_operands(sig, grad=True, extra=("u_save",) if delta else (), drop=("v",) if delta else ())
+    value_gate = sig.decay in (Decay.VALUE, Decay.OUTER)
+    fwd_ops = step_operands(sig, grad=True, extra=("du",) if delta else (), drop=() if value_gate else ("q",))
     barrier = (
         "tl.debug_barrier()  # du written by pass 1 is read by other threads in pass 2\n" if delta else ""
     )

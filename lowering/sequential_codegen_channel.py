@@ -111,7 +111,7 @@ def channel_backward_source(sig: CoreSig, depth: int = 2) -> tuple[str, str]:
         "scratch",
         "cu_seqlens",
     ]
-    recompute_ops = [n for n in step_operands(sig) if n not in ("q",)]
+    recompute_ops = step_operands(sig, drop=("q",))
     reverse_ops = step_operands(sig, grad=True)
     rloads = "\n".join(load_line(n, f"b_{n}", "row", "") for n in reverse_ops)
     cloads = "\n".join(load_line(n, f"b_{n}", "row", "") for n in recompute_ops)
@@ -147,7 +147,7 @@ p_s = (i_nh.to(tl.int64) * tl.num_programs(0) + i_v) * CK * BV * BK + o_s
 h = tl.zeros([BV, BK], dtype=tl.float32)
 if USE_H0:
     h += tl.load(state(h0), mask=m_vk, other=0.0)
-{pipelined_loop(step_operands(sig, grad=True), _forward_grad_step(sig), depth=depth)}
+{pipelined_loop(step_operands(sig, grad=True, drop=("q",)), _forward_grad_step(sig), depth=depth)}
 tl.debug_barrier()  # checkpoints written above are read by other threads below
 
 # ---- pass 2, reverse time, chunk by chunk: dh = dS_t, this V-block's rows ----

@@ -93,8 +93,11 @@ def load_line(name: str, var: str, row: str, guard: str = "") -> str:
     return f"{var} = tl.load({name} + {row} * {size} + {lane}, mask={mask}, other=0.0).to(tl.float32){scale}"
 
 
-def step_operands(sig: CoreSig, *, grad: bool = False, extra: tuple[str, ...] = ()) -> list[str]:
-    """Operands read at every step, in a fixed order (``q k v`` first, then gates)."""
+def step_operands(
+    sig: CoreSig, *, grad: bool = False, extra: tuple[str, ...] = (), drop: tuple[str, ...] = ()
+) -> list[str]:
+    """Operands read at every step, in a fixed order (``q k v`` first, then gates); a pass
+    that does not need some of them names them in ``drop``."""
     names = []
     if not sig.query_static:
         names.append("q")
@@ -107,7 +110,7 @@ def step_operands(sig: CoreSig, *, grad: bool = False, extra: tuple[str, ...] = 
     if grad:
         names.append("do")
     names.extend(extra)
-    return names
+    return [n for n in names if n not in drop]
 
 
 def static_loads(sig: CoreSig) -> str:

@@ -50,7 +50,6 @@ def seq_bwd_channel(
     f_ok = L > 0
     f_K = tl.where(f_ok, K, 0)
     f_V = tl.where(f_ok, V, 0)
-    b_q = tl.load(q + row * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32) * scale
     b_k = tl.load(k + row * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32)
     b_v = tl.load(v + row * V + o_v, mask=o_v < f_V, other=0.0).to(tl.float32)
     b_gv = tl.load(gv + row * V + o_v, mask=o_v < f_V, other=0.0).to(tl.float32)
@@ -58,7 +57,6 @@ def seq_bwd_channel(
     f_ok = L > 1
     f_K = tl.where(f_ok, K, 0)
     f_V = tl.where(f_ok, V, 0)
-    p1_q = tl.load(q + (row + H) * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32) * scale
     p1_k = tl.load(k + (row + H) * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32)
     p1_v = tl.load(v + (row + H) * V + o_v, mask=o_v < f_V, other=0.0).to(tl.float32)
     p1_gv = tl.load(gv + (row + H) * V + o_v, mask=o_v < f_V, other=0.0).to(tl.float32)
@@ -69,7 +67,6 @@ def seq_bwd_channel(
         n_ok = i + 2 < L
         n_K = tl.where(n_ok, K, 0)
         n_V = tl.where(n_ok, V, 0)
-        n_q = tl.load(q + nrow * K + o_k, mask=o_k < n_K, other=0.0).to(tl.float32) * scale
         n_k = tl.load(k + nrow * K + o_k, mask=o_k < n_K, other=0.0).to(tl.float32)
         n_v = tl.load(v + nrow * V + o_v, mask=o_v < n_V, other=0.0).to(tl.float32)
         n_gv = tl.load(gv + nrow * V + o_v, mask=o_v < n_V, other=0.0).to(tl.float32)
@@ -80,12 +77,10 @@ def seq_bwd_channel(
         h += b_v[:, None] * b_k[None, :]
         b_dq = tl.sum(h * b_do[:, None], axis=0) * scale  # [BK] partial over V-blocks
         tl.store(dq_part + p_part + row * K + o_k, b_dq, mask=m_k)
-        b_q = p1_q
         b_k = p1_k
         b_v = p1_v
         b_gv = p1_gv
         b_do = p1_do
-        p1_q = n_q
         p1_k = n_k
         p1_v = n_v
         p1_gv = n_gv

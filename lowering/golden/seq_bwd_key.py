@@ -98,7 +98,6 @@ def seq_bwd_key(
     f_ok = L > 0
     f_K = tl.where(f_ok, K, 0)
     f_V = tl.where(f_ok, V, 0)
-    b_q = tl.load(q + row * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32) * scale
     b_k = tl.load(k + row * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32)
     b_v = tl.load(v + row * V + o_v, mask=o_v < f_V, other=0.0).to(tl.float32)
     b_gk = tl.load(gk + row * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32)
@@ -106,7 +105,6 @@ def seq_bwd_key(
     f_ok = L > 1
     f_K = tl.where(f_ok, K, 0)
     f_V = tl.where(f_ok, V, 0)
-    p1_q = tl.load(q + (row + H) * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32) * scale
     p1_k = tl.load(k + (row + H) * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32)
     p1_v = tl.load(v + (row + H) * V + o_v, mask=o_v < f_V, other=0.0).to(tl.float32)
     p1_gk = tl.load(gk + (row + H) * K + o_k, mask=o_k < f_K, other=0.0).to(tl.float32)
@@ -117,7 +115,6 @@ def seq_bwd_key(
         n_ok = i + 2 < L
         n_K = tl.where(n_ok, K, 0)
         n_V = tl.where(n_ok, V, 0)
-        n_q = tl.load(q + nrow * K + o_k, mask=o_k < n_K, other=0.0).to(tl.float32) * scale
         n_k = tl.load(k + nrow * K + o_k, mask=o_k < n_K, other=0.0).to(tl.float32)
         n_v = tl.load(v + nrow * V + o_v, mask=o_v < n_V, other=0.0).to(tl.float32)
         n_gk = tl.load(gk + nrow * K + o_k, mask=o_k < n_K, other=0.0).to(tl.float32)
@@ -126,12 +123,10 @@ def seq_bwd_key(
         h += b_v[:, None] * b_k[None, :]
         b_dq = tl.sum(h * b_do[:, None], axis=0) * scale  # [BK] partial over V-blocks
         tl.store(dq_part + p_part + row * K + o_k, b_dq, mask=m_k)
-        b_q = p1_q
         b_k = p1_k
         b_v = p1_v
         b_gk = p1_gk
         b_do = p1_do
-        p1_q = n_q
         p1_k = n_k
         p1_v = n_v
         p1_gk = n_gk
