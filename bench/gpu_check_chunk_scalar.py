@@ -22,11 +22,14 @@ move / 3.0 TB/s; FLOPs of the fused-chunk algorithm / 690 TFLOP/s. Results go to
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
 import re
+import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -57,7 +60,7 @@ ANCHORS = {  # flash-linear-attention 0.6.0 / mamba_ssm on one H100 (shared/desi
                "mamba_chunk_scan_combined 0.524 / 3.88)"},
 }  # fmt: skip
 ROLE_BLOCK = {"dq": "bwd_block_k", "dk": "bwd_block_k", "dv": "bwd_block_v"}
-ROLE_OUT = {"dq": (0,), "dk": (1, 3), "dv": (2,)}  # indices into launch_bwd's result
+ROLE_OUT = {"dq": (0,), "dk": (1,), "dv": (2,)}  # indices into launch_bwd's result; dg (3) needs dk + dv
 
 
 class Report:
@@ -108,8 +111,9 @@ def _grads(x, o, ht, w, dht):
     return dict(zip([n for n, _ in named], torch.autograd.grad(loss, [t for _, t in named])))
 
 
-def check(rep: Report, label: str, sig: CoreSig, x: CoreInputs, dtype, grads=True) -> bool:
-    entry = {"case": label, "dtype": str(dtype).replace("torch.", "")}
+def check_case(label: str, sig: CoreSig, x: CoreInputs, dtype, grads=True) -> dict:
+    """Outputs, final state and every gradient against ``core_reference``; an entry with ``ok``."""
+    entry: dict = {"case": label, "dtype": str(dtype).replace("torch.", "")}
     tol_out, tol_grad = TOLERANCES[dtype]
     try:
         o, ht = chunk_scalar.run(sig, x)
@@ -125,12 +129,22 @@ def check(rep: Report, label: str, sig: CoreSig, x: CoreInputs, dtype, grads=Tru
         ok = all(v <= (tol_grad if k.startswith("d") else tol_out) for k, v in errs.items())
         entry.update(ok=ok, errors={k: float(f"{v:.3e}") for k, v in errs.items()})
     except Exception as err:  # a compile failure is a result, not a crash
-        ok = False
         entry.update(ok=False, error=f"{type(err).__name__}: {err}"[:2000], tb=traceback.format_exc()[-3000:])
+    print(
+        label,
+        entry["dtype"],
+        "OK" if entry["ok"] else "FAIL",
+        entry.get("errors", entry.get("error")),
+        flush=True,
+    )
+    return entry
+
+
+def check(rep: Report, label: str, sig: CoreSig, x: CoreInputs, dtype, grads=True) -> bool:
+    entry = check_case(label, sig, x, dtype, grads)
     rep.data.setdefault("correctness", []).append(entry)
     rep.save()
-    print(label, entry["dtype"], "OK" if ok else "FAIL", entry.get("errors", entry.get("error")), flush=True)
-    return ok
+    return entry["ok"]
 
 
 def correctness(rep: Report) -> dict[str, bool]:
@@ -212,85 +226,97 @@ def truth(name: str):
     return o, [f(t) for t in grads]
 
 
-def sweep(rep: Report, name: str, kind: str, configs: list[dict], ref) -> list[tuple[float, dict]]:
-    """kind: "fwd", or a backward launch of roles joined by "+" ("dq", "dq+dk+dv")."""
-    sig, x, do = SIGS[name], target_inputs(SIGS[name]), target_do()
-    o = launch_fwd(plan_for(sig, base_config(sig)), x.q, x.k, x.v, x.g, None, None, LOW, False)[0]
-    results = []
-    for over in configs:
-        if rep.left() < 45:
-            break
-        key = json.dumps(over, sort_keys=True)
-        try:
-            P = plan_for(sig, {**base_config(sig), **over})
-            if kind == "fwd":
-                fn = lambda P=P: launch_fwd(P, x.q, x.k, x.v, x.g, None, None, LOW, False)
-                errs = [rel_err(fn()[0].float(), ref[0])]
-            else:
-                roles = tuple(kind.split("+"))
-                fn = lambda P=P, r=roles: launch_bwd(
-                    P, x.q, x.k, x.v, x.g, o, None, None, None, do, None, roles=r
-                )
-                got = fn()
-                idx = sorted({i for r in roles for i in ROLE_OUT[r] if ref[1][i] is not None})
-                errs = [rel_err(got[i].float(), ref[1][i]) for i in idx]
-            if max(errs) > 2e-2:
-                rep.put(f"sweep {name} {kind}", key, f"wrong: rel errs {errs}")
-                continue
-            ms = bench(fn)
-            results.append((ms, over))
-            rep.put(f"sweep {name} {kind}", key, round(ms, 4))
-        except Exception as err:
-            rep.put(f"sweep {name} {kind}", key, f"{type(err).__name__}: {str(err)[:300]}")
-        print(kind, name, key, rep.data[f"sweep {name} {kind}"][key], flush=True)
-    return sorted(results, key=lambda r: r[0])
+# ----------------------------------------------------------------------------- isolated tasks
+# A CUDA fault (illegal address) poisons the whole process, so every GPU task of the sweep runs in
+# a worker subprocess: a fault costs that task and a restart, never the rest of the run.
+WORK = Path(tempfile.gettempdir()) / "chunk_scalar_work"
 
 
-def fwd_configs() -> list[dict]:
-    if SMOKE:
-        return [{"chunk": 16, "block_v": 16}, {"chunk": 32, "block_v": 32}]
-    grid = [(64, bv, w, s) for bv, w, s in itertools.product((32, 64, 128), (4, 8), (1, 2, 3))]
-    grid += [(128, bv, 8, s) for bv, s in itertools.product((32, 64), (1, 2))]
-    grid += [(32, bv, 4, 2) for bv in (32, 64)]
-    return [{"chunk": c, "block_v": bv, "num_warps": w, "num_stages": s} for c, bv, w, s in grid]
-
-
-def bwd_configs(role: str) -> list[dict]:
-    key = ROLE_BLOCK[role]
-    if SMOKE:
-        return [{"bwd_chunk": 16, "bwd_num_warps": 4, "bwd_num_stages": 2, key: b} for b in (16, 32)]
-    grid = [(64, b, w, s) for b, w, s in itertools.product((32, 64, 128), (4, 8), (1, 2))]
-    grid += [(32, b, w, 2) for b, w in ((64, 4), (128, 4), (128, 8))]
-    return [{"bwd_chunk": c, "bwd_num_warps": w, "bwd_num_stages": s, key: b} for c, b, w, s in grid]
-
-
-def choose_bwd(rep: Report, name: str, ref) -> dict:
-    """Best tiles per role, then the one-launch pairing of the leaders against three launches."""
-    best = {role: sweep(rep, name, role, bwd_configs(role), ref) for role in ("dq", "dk", "dv")}
-    if not all(best.values()):
-        return {}
-    fused = []
-    for a, b, c in itertools.product(best["dq"][:2], best["dk"][:2], best["dv"][:2]):
-        cfgs = (a[1], b[1], c[1])
-        if a[1][ROLE_BLOCK["dq"]] == b[1][ROLE_BLOCK["dk"]] and len({x["bwd_chunk"] for x in cfgs}) == 1:
-            warps = max(x["bwd_num_warps"] for x in cfgs)
-            stages = min(x["bwd_num_stages"] for x in cfgs)
-            fused.append(
-                {**a[1], **c[1], "bwd_num_warps": warps, "bwd_num_stages": stages, "bwd_fused": True}
-            )
-    split_ms = sum(best[r][0][0] for r in best)
-    rep.put("bwd", "three launches, sum of role bests (ms)", split_ms)
-    best_fused = sweep(rep, name, "dq+dk+dv", fused, ref)
-    if best_fused and best_fused[0][0] <= split_ms:
-        return best_fused[0][1]
-    # three launches share one warps/stages setting: the slowest role's
-    slowest = max(best, key=lambda r: best[r][0][0])
-    return {**best["dv"][0][1], **best["dk"][0][1], **best[slowest][0][1], "bwd_fused": False}
-
-
-def timing(rep: Report, name: str, cfg: dict) -> None:
+@functools.cache
+def _inputs(name: str):
+    """Inputs, output gradient, and the output the backward reads (from the fp32 truth when there is
+    one, so that a faulting forward config cannot take the backward sweep down with it)."""
     sig = SIGS[name]
-    x = target_inputs(sig, requires_grad=True)
+    x, do = target_inputs(sig), target_do()
+    path = WORK / f"truth_{name}_{K}_{V}.pt"
+    if path.exists():
+        o = torch.load(path, map_location=DEV)[0].to(LOW)
+    else:
+        o = launch_fwd(plan_for(sig, base_config(sig)), x.q, x.k, x.v, x.g, None, None, LOW, False)[0]
+    return x, do, o
+
+
+@functools.cache
+def _truth(name: str):
+    path = WORK / f"truth_{name}_{K}_{V}.pt"
+    return torch.load(path, map_location=DEV) if path.exists() else None
+
+
+def task_truth(name: str) -> dict:
+    """fp32-input kernel run (checked against the reference by the correctness cases) on the 16-bit
+    inputs, saved for the sweep tasks to compare against."""
+    sig, (x, do, _) = SIGS[name], _inputs(name)
+    f = lambda t: None if t is None else t.float()
+    P = plan_for(sig, chunk_scalar.default_config(sig, Shape(B, T, H, K, V), dtype=torch.float32))
+    o, _ = launch_fwd(P, f(x.q), f(x.k), f(x.v), x.g, None, None, torch.float32, False)
+    grads = launch_bwd(P, f(x.q), f(x.k), f(x.v), x.g, o, None, None, None, f(do), None)
+    WORK.mkdir(parents=True, exist_ok=True)
+    torch.save((o, [f(t) for t in grads]), WORK / f"truth_{name}_{K}_{V}.pt")
+    return {"ok": bool(torch.isfinite(o).all())}
+
+
+def task_probe(name: str, what: str, dtype: str, over: dict, shape: list[int]) -> dict:
+    """One launch at ``shape`` (B, T, H, K, V), synchronised: does it fault, is it finite?"""
+    sig, (b, t, h, k, v) = SIGS[name], shape
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    gen = torch.Generator(device=DEV).manual_seed(0)
+    r = lambda *sz: torch.randn(*sz, device=DEV, generator=gen).to(dt)
+    q, kk, vv, do = r(b, t, h, k), r(b, t, h, k) * k**-0.5, r(b, t, h, v), r(b, t, h, v)
+    g = torch.nn.functional.logsigmoid(torch.randn(b, t, h, device=DEV, generator=gen) + 3.0)
+    g = g if sig.decay is Decay.SCALAR else None
+    cfg = {**chunk_scalar.default_config(sig, Shape(b, t, h, k, v), dtype=dt), **over}
+    P = Plan(sig, cfg, b, t, h, k, v, b, False, k**-0.5)
+    o, _ = launch_fwd(P, q, kk, vv, g, None, None, dt, False)
+    outs = [o]
+    if what == "bwd":
+        outs += [x for x in launch_bwd(P, q, kk, vv, g, o, None, None, None, do, None) if x is not None]
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+    return {"ok": True, "finite": all(bool(torch.isfinite(x).all()) for x in outs)}
+
+
+def task_sweep(name: str, launch: str, over: dict) -> dict:
+    """launch: "fwd", or a backward launch of roles joined by "+" ("dq", "dq+dk+dv")."""
+    sig, (x, do, o) = SIGS[name], _inputs(name)
+    ref = _truth(name)
+    P = plan_for(sig, {**base_config(sig), **over})
+    if launch == "fwd":
+        fn = lambda: launch_fwd(P, x.q, x.k, x.v, x.g, None, None, LOW, False)
+        got = [fn()[0]]
+        want = None if ref is None else [ref[0]]
+    else:
+        roles = tuple(launch.split("+"))
+        fn = lambda: launch_bwd(P, x.q, x.k, x.v, x.g, o, None, None, None, do, None, roles=roles)
+        res = fn()
+        idx = sorted({i for r in roles for i in ROLE_OUT[r]} | ({3} if {"dk", "dv"} <= set(roles) else set()))
+        idx = [i for i in idx if res[i] is not None]
+        got = [res[i] for i in idx]
+        want = None if ref is None else [ref[1][i] for i in idx]
+    if want is None:  # no fp32 truth (it faulted): at least finite
+        ok = all(bool(torch.isfinite(t).all()) for t in got)
+        errs = ["unchecked: no fp32 truth"]
+    else:
+        errs = [rel_err(a.float(), b) for a, b in zip(got, want)]
+        ok = max(errs) <= 2e-2
+    if not ok:
+        return {"ok": False, "wrong": errs}
+    return {"ok": True, "ms": round(bench(fn), 4), "errs": errs}
+
+
+def task_timing(name: str, cfg: dict, what: str) -> dict:
+    """``what``: "fwd" (no grad) or "fwdbwd" (autograd), through ``chunk_scalar.run``."""
+    sig = SIGS[name]
+    x = target_inputs(sig, requires_grad=what == "fwdbwd")
     do = target_do()
     inputs = [t for t in (x.q, x.k, x.v, x.g) if t is not None]
 
@@ -302,40 +328,215 @@ def timing(rep: Report, name: str, cfg: dict) -> None:
         o, _ = chunk_scalar.run(sig, x, cfg)
         torch.autograd.backward(o, do)
 
-    res = {"fwd_ms": bench(fwd, warmup=20, rep_ms=200),
-           "fwdbwd_ms": bench(fwdbwd, warmup=10, rep_ms=200, grad_to_none=inputs),
-           "config": cfg, "anchor": ANCHORS.get(name.replace("_before", ""))}  # fmt: skip
-    rep.put("timing", name, res)
-    print("timing", name, res, flush=True)
+    if what == "fwd":
+        return {"ok": True, "ms": bench(fwd, warmup=20, rep_ms=200)}
+    return {"ok": True, "ms": bench(fwdbwd, warmup=10, rep_ms=200, grad_to_none=inputs)}
 
 
-def gpu_main(rep: Report) -> None:
+def task_sanitize(task: dict) -> dict:
+    """Re-run one faulting task under compute-sanitizer (when the machine has it)."""
+    tool = shutil.which("compute-sanitizer") or "/usr/local/cuda/bin/compute-sanitizer"
+    if not Path(tool).exists():
+        return {"ok": False, "error": "no compute-sanitizer on this machine"}
+    WORK.mkdir(parents=True, exist_ok=True)
+    tasks_path, results_path = WORK / "sanitize_tasks.json", WORK / "sanitize_results.jsonl"
+    tasks_path.write_text(json.dumps([task]))
+    results_path.write_text("")
+    cmd = [tool, "--print-limit", "3", sys.executable, __file__, "--out", str(WORK), "--kv", f"{K},{V}",
+           "--worker", str(tasks_path), "--results", str(results_path)]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, timeout=45, capture_output=True, text=True)
+        return {"ok": True, "report": (proc.stdout + proc.stderr)[:4000]}
+    except subprocess.TimeoutExpired as err:
+        return {"ok": False, "error": "timed out", "report": str(err.stdout or "")[:4000]}
+
+
+def task_check(name: str, label: str, kw: dict, dtype: str) -> dict:
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    x = random_core_inputs(SIGS[name], dtype=dt, device=DEV, requires_grad=True, **kw)
+    return check_case(label, SIGS[name], x, dt)
+
+
+TASKS = {"truth": task_truth, "probe": task_probe, "sweep": task_sweep, "timing": task_timing,
+         "check": task_check}  # fmt: skip
+
+
+def worker_main(tasks_path: Path, results_path: Path, start: int) -> None:
+    tasks = json.loads(tasks_path.read_text())
+    with results_path.open("a") as log:
+        for i in range(start, len(tasks)):
+            log.write(json.dumps({"i": i, "started": True}) + "\n")
+            log.flush()
+            task = dict(tasks[i])
+            fatal = False
+            try:
+                res = TASKS[task.pop("kind")](**task)
+            except Exception as err:
+                text = f"{type(err).__name__}: {err}"
+                res = {"ok": False, "error": text[:600], "tb": traceback.format_exc()[-1500:]}
+                fatal = "illegal" in text or "CUDA error" in text or "Triton Error [CUDA]" in text
+            log.write(json.dumps({"i": i, **res}) + "\n")
+            log.flush()
+            if fatal:  # this process's CUDA context is gone
+                sys.exit(3)
+
+
+def run_isolated(rep: Report, label: str, tasks: list[dict], env: dict | None = None) -> list[dict]:
+    """Run ``tasks`` in worker subprocesses, restarting after a fault; results in task order."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    tasks_path, results_path = WORK / f"{label}_tasks.json", WORK / f"{label}_results.jsonl"
+    tasks_path.write_text(json.dumps(tasks))
+    results_path.write_text("")
+    results: dict[int, dict] = {}
+    start = 0
+    while start < len(tasks) and rep.left() > 8:
+        cmd = [sys.executable, __file__, "--out", str(WORK), "--kv", f"{K},{V}", "--worker", str(tasks_path),
+               "--results", str(results_path), "--start", str(start)] + (["--smoke"] if SMOKE else [])  # fmt: skip
+        try:
+            proc = subprocess.run(cmd, timeout=max(rep.left(), 1), env={**os.environ, **(env or {})},
+                                  capture_output=True, text=True)  # fmt: skip
+            rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-800:]
+        except subprocess.TimeoutExpired:
+            rc, tail = -9, "timed out"
+        seen = -1
+        for line in results_path.read_text().splitlines():
+            entry = json.loads(line)
+            seen = max(seen, entry["i"])
+            if not entry.get("started"):
+                results[entry["i"]] = entry
+        if seen >= 0 and seen not in results:
+            results[seen] = {"i": seen, "ok": False, "error": f"worker died (rc {rc})", "tail": tail}
+        if rc != 0 and seen < start:  # died before its first task: do not spin
+            results[start] = {
+                "i": start,
+                "ok": False,
+                "error": f"worker failed to start (rc {rc})",
+                "tail": tail,
+            }
+            seen = start
+        start = max(seen + 1, start + (rc != 0))
+        if rc == 0:
+            break
+    out = []
+    for i, task in enumerate(tasks):
+        res = results.get(i, {"ok": False, "error": "not run (budget)"})
+        res.pop("i", None)
+        out.append(res)
+        rep.put(label, json.dumps(task, sort_keys=True), res)
+    return out
+
+
+def fwd_configs() -> list[dict]:
+    if SMOKE:
+        return [{"chunk": 16, "block_v": 16}, {"chunk": 32, "block_v": 32}]
+    grid = itertools.product((32, 64), (4, 8), (2, 1, 3))
+    return [{"chunk": 64, "block_v": bv, "num_warps": w, "num_stages": s} for bv, w, s in grid]
+
+
+def bwd_configs(role: str) -> list[dict]:
+    key = ROLE_BLOCK[role]
+    if SMOKE:
+        return [{"bwd_chunk": 16, "bwd_num_warps": 4, "bwd_num_stages": 2, key: b} for b in (16, 32)]
+    grid = itertools.product((32, 64), (4, 8), (1, 2))
+    return [{"bwd_chunk": 64, "bwd_num_warps": w, "bwd_num_stages": s, key: b} for b, w, s in grid]
+
+
+def ranked(tasks: list[dict], results: list[dict]) -> list[tuple[float, dict]]:
+    good = [(r["ms"], t["over"]) for t, r in zip(tasks, results) if r.get("ok") and "ms" in r]
+    return sorted(good, key=lambda p: p[0])
+
+
+def sweep_phase(
+    rep: Report, name: str, launches: dict[str, list[dict]]
+) -> dict[str, list[tuple[float, dict]]]:
+    """Every config of every launch kind, isolated; per kind the checked ones, fastest first."""
+    tasks = [
+        {"kind": "sweep", "name": name, "launch": k, "over": o} for k, cfgs in launches.items() for o in cfgs
+    ]
+    results = run_isolated(rep, f"sweep {name} {'+'.join(launches)}", tasks)
+    out = {}
+    for k in launches:
+        sel = [(t, r) for t, r in zip(tasks, results) if t["launch"] == k]
+        out[k] = ranked([t for t, _ in sel], [r for _, r in sel])
+    return out
+
+
+def choose_bwd(rep: Report, roles: dict[str, list[tuple[float, dict]]]) -> dict:
+    """One launch holding the role leaders against three launches (sharing the slowest's warps)."""
+    if not all(roles.get(r) for r in ("dq", "dk", "dv")):
+        return {}
+    split_ms = sum(roles[r][0][0] for r in ("dq", "dk", "dv"))
+    rep.put("bwd", "three launches: sum of the role bests (ms)", split_ms)
+    slowest = max(("dq", "dk", "dv"), key=lambda r: roles[r][0][0])
+    split = {**roles["dv"][0][1], **roles["dk"][0][1], **roles[slowest][0][1], "bwd_fused": False}
+    fused = []
+    for (_, a), (_, b), (_, c) in itertools.product(roles["dq"][:2], roles["dk"][:2], roles["dv"][:2]):
+        if a["bwd_block_k"] == b["bwd_block_k"]:
+            cfgs = (a, b, c)
+            warps = max(x["bwd_num_warps"] for x in cfgs)
+            stages = min(x["bwd_num_stages"] for x in cfgs)
+            fused.append({**a, **c, "bwd_num_warps": warps, "bwd_num_stages": stages, "bwd_fused": True})
+    fused = [dict(f) for f in {tuple(sorted(f.items())) for f in fused}]
+    best_fused = sweep_phase(rep, "scalar", {"dq+dk+dv": fused})["dq+dk+dv"]
+    if best_fused and best_fused[0][0] <= split_ms:
+        return best_fused[0][1]
+    return split
+
+
+def gpu_main(rep: Report, full_correctness: bool) -> None:
     print("floors", rep.data["floors"], flush=True)
-    ok = correctness(rep)
-    rep.data["correct"] = ok
-    rep.save()
+    if full_correctness:
+        ok = correctness(rep)
+    else:  # the timed feature sizes only (the full matrix: --full-correctness)
+        kw = dict(B=2, T=300, H=3, K=128, V=128) if not SMOKE else dict(B=1, T=37, H=1, K=24, V=40)
+        tasks = [{"kind": "check", "name": n, "label": f"{n} {kw}", "kw": kw, "dtype": d}
+                 for n in ("scalar", "none") for d in ("fp32", "bf16" if not SMOKE else "fp16")]  # fmt: skip
+        res = run_isolated(rep, "correctness", tasks)
+        ok = {n: all(r.get("ok") for t, r in zip(tasks, res) if t["name"] == n) for n in ("scalar", "none")}
+        ok["scalar_before"] = ok["scalar"]
+    rep.put("correct", "gate", ok)
+    # where, if anywhere, does the timed shape fault? CUDA_LAUNCH_BLOCKING pins a fault on its launch
+    tgt, odd_h, odd_t = [B, T, H, K, V], [B, T, H - 1, K, V], [B, T - 1, H, K, V]
+    probes = [("scalar", "fwd", "bf16", {}, tgt), ("scalar", "fwd", "bf16", {"num_stages": 1}, tgt),
+              ("scalar", "fwd", "fp32", {}, tgt), ("scalar", "bwd", "bf16", {}, tgt),
+              ("scalar", "bwd", "fp32", {}, tgt), ("scalar", "fwd", "bf16", {"num_stages": 1}, odd_h),
+              ("scalar", "bwd", "bf16", {}, odd_t)]  # fmt: skip
+    probe_tasks = [dict(kind="probe", name=n, what=w, dtype=d, over=o, shape=sh) for n, w, d, o, sh in probes]
+    probe_res = run_isolated(
+        rep, "probe", probe_tasks[:2] if SMOKE else probe_tasks, env={"CUDA_LAUNCH_BLOCKING": "1"}
+    )
+    faulted = [t for t, r in zip(probe_tasks, probe_res) if not r.get("ok")]
+    if faulted and not SMOKE:
+        rep.put("sanitizer", json.dumps(faulted[0], sort_keys=True), task_sanitize(faulted[0]))
+    run_isolated(rep, "truth", [{"kind": "truth", "name": n} for n in ("scalar", "none")])
     best: dict[str, dict] = {}
     scalar_fwd: list[tuple[float, dict]] = []
-    bwd_cfg: dict = {}
-    for name in ("scalar", "none"):
-        if not ok[name] or rep.left() < 60:
-            print("skipping the sweep of", name, flush=True)
-            continue
-        ref = truth(name)
-        if name == "scalar":
-            best_fwd = scalar_fwd = sweep(rep, name, "fwd", fwd_configs(), ref)
-            bwd_cfg = choose_bwd(rep, name, ref)
-        else:  # NONE: the few best SCALAR forward tiles, and the SCALAR backward tiles
-            best_fwd = sweep(rep, name, "fwd", [c for _, c in scalar_fwd[:4]], ref)
-        best[name] = {**(best_fwd[0][1] if best_fwd else {}), **bwd_cfg}
+    roles: dict[str, list[tuple[float, dict]]] = {}
+    if ok["scalar"]:
+        sw = sweep_phase(
+            rep, "scalar", {"fwd": fwd_configs(), **{r: bwd_configs(r) for r in ("dq", "dk", "dv")}}
+        )
+        scalar_fwd, roles = sw["fwd"], {r: sw[r] for r in ("dq", "dk", "dv")}
+    if ok["none"]:  # NONE: the few best SCALAR forward tiles (and the SCALAR backward tiles)
+        top = [c for _, c in scalar_fwd[:3]] or fwd_configs()[:3]
+        none_fwd = sweep_phase(rep, "none", {"fwd": top})["fwd"]
+        best["none"] = none_fwd[0][1] if none_fwd else {}
+    if ok["scalar"]:
+        best["scalar"] = scalar_fwd[0][1] if scalar_fwd else {}
+    bwd_cfg = choose_bwd(rep, roles) if rep.left() > 60 else {}
+    for name in best:
+        best[name] = {**best[name], **bwd_cfg}
         rep.put("best", name, best[name])
-    for name in ("scalar", "none", "scalar_before"):
-        key = name.replace("_before", "")
-        if ok.get(name) and key in best and rep.left() > 15:
-            try:
-                timing(rep, name, {**base_config(SIGS[name]), **best[key]})
-            except Exception as err:
-                rep.put("timing", name, f"{type(err).__name__}: {str(err)[:500]}")
+    names = [n for n in ("scalar", "none", "scalar_before") if n.replace("_before", "") in best]
+    cfgs = {n: {**base_config(SIGS[n]), **best[n.replace("_before", "")]} for n in names}
+    tasks = [
+        {"kind": "timing", "name": n, "cfg": cfgs[n], "what": w} for n in names for w in ("fwd", "fwdbwd")
+    ]
+    for t, res in zip(tasks, run_isolated(rep, "timing runs", tasks)):
+        entry = rep.data.setdefault("timing", {}).setdefault(t["name"], {"config": t["cfg"]})
+        entry[f"{t['what']}_ms"] = res.get("ms", res.get("error"))
+        entry["anchor"] = ANCHORS.get(t["name"].replace("_before", ""))
+    rep.save()
     print(json.dumps({k: rep.data.get(k) for k in ("best", "timing", "floors", "correct")}, indent=1))
 
 
@@ -414,17 +615,24 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU interpreter")
     ap.add_argument("--aot", action="store_true", help="compile the sweeps for sm_90 on the CPU")
     ap.add_argument("--kv", default="128,128", help="K,V of the swept shape (default 128,128)")
+    ap.add_argument("--full-correctness", action="store_true", help="the whole correctness matrix first")
+    ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # internal: run isolated tasks
+    ap.add_argument("--results", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     global B, T, H, K, V, DEV, LOW, SMOKE
     K, V = (int(n) for n in args.kv.split(","))
     if args.smoke:
         B, T, H, K, V, DEV, LOW, SMOKE = 1, 40, 2, 32, 32, "cpu", torch.float16, True
+    if args.worker:
+        worker_main(args.worker, args.results, args.start)
+        return
     if args.aot:
         rep = Report(args.out / "chunk_scalar_aot.json", 1e9, "none: sm_90 ahead-of-time compile")
         aot_main(rep)
         return
     device = torch.cuda.get_device_name() if DEV == "cuda" else "cpu (interpreter smoke run)"
-    gpu_main(Report(args.out / "chunk_scalar_gpu.json", args.budget, device))
+    gpu_main(Report(args.out / "chunk_scalar_gpu.json", args.budget, device), args.full_correctness)
 
 
 if __name__ == "__main__":

@@ -131,6 +131,7 @@ def launch_bwd(P: Plan, q, k, v, g, o, h0, ht, cu_seqlens, do, dht, roles: tuple
     ``o`` (the forward output) is read for SCALAR (``q.dq = o.do`` in dg); ``ht`` (the final state)
     when ``dht`` is given. ``roles`` (for timing): a subset of ``("dq", "dk", "dv")`` to launch
     together; by default all three in one launch, or one launch each with ``cfg["bwd_fused"]`` off.
+    ``dg`` sums partial rows of the dk and dv programs: it is only meaningful when both ran.
     """
     dev = v.device
     nk = cdiv(P.K, min(P.cfg["bwd_block_k"], P.KP))
