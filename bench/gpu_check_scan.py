@@ -142,9 +142,8 @@ def torch_loop(sig: CoreSig, x: CoreInputs) -> torch.Tensor:
 
 def _cfg(fwd: tuple, bwd: tuple | None = None) -> dict:
     """(BT, BV, num_warps) forward / backward tiles, BK = N = 16, as a full scan config."""
-    # a forward-only run still needs a valid backward block (a multiple of BT: checkpoints)
-    b = bwd or (max(fwd[0], 8), 4 if fwd[0] >= 16 else 8, 1)
-    cfg = {"BT": min(fwd[0], b[0]), "BK": 16, "BV": fwd[1], "num_warps": fwd[2], "num_stages": 1}
+    b = bwd or (8, 8, 1)
+    cfg = {"BT": fwd[0], "BK": 16, "BV": fwd[1], "num_warps": fwd[2], "num_stages": 1}
     cfg.update(bwd_BT=b[0], bwd_BK=16, bwd_BV=b[1], bwd_num_warps=b[2], bwd_num_stages=1)
     return cfg
 

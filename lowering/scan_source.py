@@ -116,8 +116,8 @@ def scan_fwd_kernel(
     r_n, m_n, m1_n = block_rows(0, bos, T_n, BT)
 {prefetch_first}
     for i_t in range(0, NT_n):
-        # every CT steps (the backward's block, a multiple of BT) save the state entering
-        # there: the backward rebuilds its block's states from it
+        # checkpoints: the state entering every CT steps (the backward's block), from which the
+        # backward rebuilds that block's states; here the ones that start with this block
         if SAVE_CKPT:
             if (i_t * BT) % CT == 0:
                 tl.store(hc + ((boc + i_t * BT // CT) * H + i_h) * K * V + p_s, b_h, mask=m_s)
@@ -130,6 +130,12 @@ def scan_fwd_kernel(
         # -- slot: input U_t --
 {step_input}
 {scan}
+        if SAVE_CKPT:
+            if CT < BT:  # ... and those that start inside it, read off the block's states
+                for j in tl.static_range(1, BT // CT):
+                    b_hj = tl.sum(tl.where((o_t == j * CT - 1)[:, None, None], b_hs, -0.0), axis=0)
+                    i_c = i_t * (BT // CT) + j
+                    tl.store(hc + ((boc + i_c) * H + i_h) * K * V + p_s, b_hj, mask=m_s & block_exists(p_s, i_c, T_n, CT))
         # -- slot: read-out ({readout_kind}) --
 {readout}
         # padded rows are identity steps, so the last row is the state leaving the block
@@ -195,19 +201,25 @@ def scan_bwd_kernel(
 {static_store}
 '''
 
+# The entering state is folded into the first row, (Λ_t0, U_t0 + Λ_t0 ⊙ S_entry), so the
+# scan's U part is S_t itself; with the time axis inside a thread the Λ products are then
+# dead and the scan costs one FMA a step, as the sequential recurrence does.
 _SCAN = """\
-b_P, b_X = tl.associative_scan((b_a, b_u), 0, compose)  # block prefixes of (Λ, U)
-b_hs = b_P * b_h[None, :, :] + b_X  # [BT, BK, BV] S_t"""
+b_u0 = tl.where((o_t == 0)[:, None, None], b_u + b_a * b_h[None, :, :], b_u)
+_, b_hs = tl.associative_scan((b_a, b_u0), 0, compose)  # [BT, BK, BV] S_t"""
 
 _SCAN_NONE = """\
-b_hs = b_h[None, :, :] + tl.cumsum(b_u, 0)  # [BT, BK, BV] S_t (no decay: a plain prefix sum)"""
+b_u0 = tl.where((o_t == 0)[:, None, None], b_u + b_h[None, :, :], b_u)
+b_hs = tl.cumsum(b_u0, 0)  # [BT, BK, BV] S_t (no decay: a plain prefix sum)"""
 
+# Likewise the carried gradient joins the last row (whose Λ_(t+1) is 1: the carry holds it).
 _RSCAN = """\
-b_Pr, b_Xr = tl.associative_scan((b_a1, b_c), 0, compose, reverse=True)
-b_dhs = b_Pr * b_dh[None, :, :] + b_Xr  # [BT, BK, BV] dL/dS_t"""
+b_c = tl.where((o_t == BT - 1)[:, None, None], b_c + b_dh[None, :, :], b_c)
+_, b_dhs = tl.associative_scan((b_a1, b_c), 0, compose, reverse=True)  # [BT, BK, BV] dL/dS_t"""
 
 _RSCAN_NONE = """\
-b_dhs = b_dh[None, :, :] + tl.cumsum(b_c, 0, reverse=True)  # [BT, BK, BV] dL/dS_t"""
+b_c = tl.where((o_t == BT - 1)[:, None, None], b_c + b_dh[None, :, :], b_c)
+b_dhs = tl.cumsum(b_c, 0, reverse=True)  # [BT, BK, BV] dL/dS_t"""
 
 _DL = """\
 b_dl = tl.where(m_t[:, None, None], b_dhs * (b_hs - b_u), 0.0)  # [BT, BK, BV] dL/d log Λ_t

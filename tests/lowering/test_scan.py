@@ -165,19 +165,21 @@ def test_before_readout_variants(name: str):
 
 @pytest.mark.parametrize("name", ["channel", "outer", "key_before", "channel_static"])
 def test_small_tiles(name: str):
-    """Several K- and V-blocks (partial sums), forward blocks of 8 under backward blocks of 16."""
+    """Several K- and V-blocks (partial sums), forward blocks of 16 over backward blocks of 8."""
     sig = TAXONOMY_SIGS[name]
     x = _inputs(sig, B=1, T=37, H=2, seed=5)
-    cfg = _cfg(x.K, BT=8, BK=8, BV=16, bwd={"BT": 16, "BK": 8, "BV": 32})
+    cfg = _cfg(x.K, BT=16, BK=8, BV=16, bwd={"BT": 8, "BK": 8, "BV": 32})
     _compare(sig, x, cfg)
 
 
 @pytest.mark.parametrize("name", ["channel", "channel_static", "key_before", "scalar"])
-def test_varlen(name: str):
+@pytest.mark.parametrize("fwd_bt,bwd_bt", [(8, 16), (16, 4)])
+def test_varlen(name: str, fwd_bt: int, bwd_bt: int):
+    """Lengths 0, 1, 5, 31; checkpoints every few forward blocks, or several inside one."""
     sig = TAXONOMY_SIGS[name]
     cu = torch.tensor([0, 0, 1, 6, 37])  # lengths 0, 1, 5, 31
     x = _inputs(sig, T=37, H=2, cu_seqlens=cu, seed=3)
-    _compare(sig, x, _cfg(x.K, BT=8, bwd={"BT": 16}))
+    _compare(sig, x, _cfg(x.K, BT=fwd_bt, bwd={"BT": bwd_bt}))
 
 
 @pytest.mark.parametrize("name", ["channel", "key_before"])
@@ -235,7 +237,7 @@ def test_default_config_and_search_space():
                 space = scan.search_space(sig, shape)
                 assert {p.name for p in space.params} >= set(cfg)
                 assert space.valid(cfg) is None
-                assert "multiple" in space.valid({**cfg, "BT": 2 * cfg["bwd_BT"]})
+                assert "fp32 values a thread" in space.valid({**cfg, "bwd_BT": 64})
 
 
 def test_generated_source_is_readable():
