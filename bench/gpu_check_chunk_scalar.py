@@ -483,9 +483,26 @@ def choose_bwd(rep: Report, roles: dict[str, list[tuple[float, dict]]]) -> dict:
     return split
 
 
-def gpu_main(rep: Report, full_correctness: bool) -> None:
+def time_configs(rep: Report, label: str, best: dict[str, dict]) -> None:
+    """Forward and forward+backward through ``chunk_scalar.run``, one isolated task each."""
+    names = [n for n in ("scalar", "none", "scalar_before") if n.replace("_before", "") in best]
+    cfgs = {n: {**base_config(SIGS[n]), **best[n.replace("_before", "")]} for n in names}
+    tasks = [
+        {"kind": "timing", "name": n, "cfg": cfgs[n], "what": w} for n in names for w in ("fwd", "fwdbwd")
+    ]
+    for t, res in zip(tasks, run_isolated(rep, f"{label} runs", tasks)):
+        entry = rep.data.setdefault(label, {}).setdefault(t["name"], {"config": t["cfg"]})
+        entry[f"{t['what']}_ms"] = res.get("ms", res.get("error"))
+        entry["anchor"] = ANCHORS.get(t["name"].replace("_before", ""))
+    rep.save()
+
+
+def gpu_main(rep: Report, full_correctness: bool, quick: bool) -> None:
     print("floors", rep.data["floors"], flush=True)
-    if full_correctness:
+    if quick:  # probes and the default tiles first; correctness from an earlier full run of the same kernels
+        ok = {"scalar": True, "none": True, "scalar_before": True}
+        rep.put("correct", "gate", "skipped (--quick): see the full correctness run of the same kernels")
+    elif full_correctness:
         ok = correctness(rep)
     else:  # the timed feature sizes only (the full matrix: --full-correctness)
         kw = dict(B=2, T=300, H=3, K=128, V=128) if not SMOKE else dict(B=1, T=37, H=1, K=24, V=40)
@@ -500,7 +517,7 @@ def gpu_main(rep: Report, full_correctness: bool) -> None:
     probes = [("scalar", "fwd", "bf16", {}, tgt), ("scalar", "fwd", "bf16", {"num_stages": 1}, tgt),
               ("scalar", "fwd", "fp32", {}, tgt), ("scalar", "bwd", "bf16", {}, tgt),
               ("scalar", "bwd", "fp32", {}, tgt), ("scalar", "fwd", "bf16", {"num_stages": 1}, odd_h),
-              ("scalar", "bwd", "bf16", {}, odd_t)]  # fmt: skip
+              ("scalar", "bwd", "bf16", {}, odd_t)][: 4 if quick else 7]  # fmt: skip
     probe_tasks = [dict(kind="probe", name=n, what=w, dtype=d, over=o, shape=sh) for n, w, d, o, sh in probes]
     probe_res = run_isolated(
         rep, "probe", probe_tasks[:2] if SMOKE else probe_tasks, env={"CUDA_LAUNCH_BLOCKING": "1"}
@@ -508,6 +525,8 @@ def gpu_main(rep: Report, full_correctness: bool) -> None:
     faulted = [t for t, r in zip(probe_tasks, probe_res) if not r.get("ok")]
     if faulted and not SMOKE:
         rep.put("sanitizer", json.dumps(faulted[0], sort_keys=True), task_sanitize(faulted[0]))
+    if quick:
+        time_configs(rep, "timing (default tiles)", {"scalar": {}, "none": {}})
     run_isolated(rep, "truth", [{"kind": "truth", "name": n} for n in ("scalar", "none")])
     best: dict[str, dict] = {}
     scalar_fwd: list[tuple[float, dict]] = []
@@ -527,16 +546,7 @@ def gpu_main(rep: Report, full_correctness: bool) -> None:
     for name in best:
         best[name] = {**best[name], **bwd_cfg}
         rep.put("best", name, best[name])
-    names = [n for n in ("scalar", "none", "scalar_before") if n.replace("_before", "") in best]
-    cfgs = {n: {**base_config(SIGS[n]), **best[n.replace("_before", "")]} for n in names}
-    tasks = [
-        {"kind": "timing", "name": n, "cfg": cfgs[n], "what": w} for n in names for w in ("fwd", "fwdbwd")
-    ]
-    for t, res in zip(tasks, run_isolated(rep, "timing runs", tasks)):
-        entry = rep.data.setdefault("timing", {}).setdefault(t["name"], {"config": t["cfg"]})
-        entry[f"{t['what']}_ms"] = res.get("ms", res.get("error"))
-        entry["anchor"] = ANCHORS.get(t["name"].replace("_before", ""))
-    rep.save()
+    time_configs(rep, "timing", best)
     print(json.dumps({k: rep.data.get(k) for k in ("best", "timing", "floors", "correct")}, indent=1))
 
 
@@ -616,6 +626,7 @@ def main() -> None:
     ap.add_argument("--aot", action="store_true", help="compile the sweeps for sm_90 on the CPU")
     ap.add_argument("--kv", default="128,128", help="K,V of the swept shape (default 128,128)")
     ap.add_argument("--full-correctness", action="store_true", help="the whole correctness matrix first")
+    ap.add_argument("--quick", action="store_true", help="no correctness; probes and default tiles first")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # internal: run isolated tasks
     ap.add_argument("--results", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
@@ -632,7 +643,9 @@ def main() -> None:
         aot_main(rep)
         return
     device = torch.cuda.get_device_name() if DEV == "cuda" else "cpu (interpreter smoke run)"
-    gpu_main(Report(args.out / "chunk_scalar_gpu.json", args.budget, device), args.full_correctness)
+    gpu_main(
+        Report(args.out / "chunk_scalar_gpu.json", args.budget, device), args.full_correctness, args.quick
+    )
 
 
 if __name__ == "__main__":
