@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from scandsl.autotune._space import Param, SearchSpace
 from scandsl.lowering._source import load_source
+from scandsl.lowering._tiles import dot_pad as _pow2
 from scandsl.lowering.chunk_delta_source import generate_source
 
 from scandsl._core import CoreInputs, CoreSig, Decay, Readout, Shape, Transition
@@ -49,10 +50,6 @@ def supports(sig: CoreSig) -> str | None:
     if sig.key_static or sig.query_static or sig.decay_static:
         return "static (per-channel) keys, queries or decays have no chunked delta-rule form"
     return None
-
-
-def _pow2(n: int) -> int:
-    return max(16, 1 << (max(n, 1) - 1).bit_length())
 
 
 def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:

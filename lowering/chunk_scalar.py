@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import torch
 from scandsl.autotune._space import Param, SearchSpace
+from scandsl.lowering._tiles import dot_pad as _pow2
 from scandsl.lowering.chunk_scalar_launch import Plan, launch_bwd, launch_fwd
-from scandsl.lowering.chunk_scalar_launch import pow2 as _pow2
 from scandsl.lowering.chunk_scalar_source import generate_source
 
 from scandsl._core import CoreInputs, CoreSig, Decay, Shape, Transition

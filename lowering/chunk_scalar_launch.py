@@ -13,6 +13,8 @@ from types import ModuleType
 
 import torch
 from scandsl.lowering._source import load_source
+from scandsl.lowering._tiles import cdiv
+from scandsl.lowering._tiles import dot_pad as pow2
 from scandsl.lowering.chunk_scalar_source import generate_source, module_name
 
 from scandsl._core import CoreSig, Decay
@@ -31,15 +33,6 @@ __all__ = [
 
 # Tests set POISON["enabled"] to NaN-fill every buffer the kernels are supposed to overwrite.
 POISON = {"enabled": False}
-
-
-def pow2(n: int) -> int:
-    """Padded feature size: a power of two, at least 16 (tl.dot's smallest dimension)."""
-    return max(16, 1 << (max(int(n), 1) - 1).bit_length())
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 @functools.cache

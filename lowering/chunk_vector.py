@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from scandsl.autotune._space import Param, SearchSpace
 from scandsl.lowering import chunk_vector_launch as launch
-from scandsl.lowering.chunk_vector_launch import pow2 as _pow2
+from scandsl.lowering._tiles import dot_pad as _pow2
 from scandsl.lowering.chunk_vector_slots import generate_source
 
 from scandsl._core import CoreInputs, CoreSig, Decay, Shape, Transition

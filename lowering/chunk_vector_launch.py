@@ -12,6 +12,8 @@ from types import ModuleType
 
 import torch
 from scandsl.lowering._source import load_source
+from scandsl.lowering._tiles import cdiv
+from scandsl.lowering._tiles import dot_pad as pow2
 from scandsl.lowering.chunk_vector_slots import generate_source, module_name
 
 from scandsl._core import CoreInputs, CoreSig, Decay
@@ -20,14 +22,6 @@ __all__ = ["Plan", "cumsum", "fwd_state", "fwd_o", "bwd_state", "bwd_dv", "bwd_d
 
 # Tests flip this (through chunk_vector.POISON_OUTPUTS) to NaN-fill every buffer a kernel must overwrite.
 POISON = {"on": False}
-
-
-def pow2(n: int) -> int:
-    return max(16, 1 << (max(int(n), 1) - 1).bit_length())
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 @functools.cache

@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 from scandsl.autotune._space import Param, SearchSpace
 from scandsl.lowering._source import load_source
+from scandsl.lowering._tiles import cdiv as _cdiv
 from scandsl.lowering.scan_source import generate_source, module_name
 
 from scandsl._core import CoreInputs, CoreSig, Decay, Shape, Transition
@@ -177,10 +178,6 @@ def _geometry(cfg, prefix, v, q, cu_seqlens):
         chunk_offsets = torch.cat([blocks.new_zeros(1), blocks.cumsum(0)]).to(torch.int32)
         n_ckpt = _cdiv(T, ct) + N  # an upper bound on Σ ceil(len / ct): no device sync
     return B, T, H, K, V, N, NK, NV, chunk_offsets, n_ckpt
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 class _ScanFunction(torch.autograd.Function):
