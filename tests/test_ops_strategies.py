@@ -119,3 +119,19 @@ def test_varlen_and_hand_off(name, strategy):
     assert rel_err(torch.cat([o1, o2], 1), o_all) <= OUT_TOL
     for a, b in zip(_as_tuple(s2), _as_tuple(s_all)):
         assert rel_err(a, b) <= OUT_TOL
+
+
+@pytest.mark.parametrize("strategy", ["sequential", "scan", "chunk"])
+def test_mlstm_large_input_gates_do_not_overflow(strategy):
+    """mLSTM input gates up to 50 (e^50 ≈ 5e21 per step) stay finite and exact in fp32."""
+    spec = ops.mlstm_spec
+    if not _built_for(spec, strategy):
+        pytest.skip(f"{strategy} not built")
+    from scandsl.testing import random_spec_inputs
+
+    x = random_spec_inputs(spec, B=1, T=150, H=2, sizes={"K": 16, "V": 16}, seed=1)
+    x["i"] = torch.rand(1, 150, 2, generator=torch.Generator().manual_seed(2)) * 50
+    ref, _ = ops.mlstm(**{k: v.double() for k, v in x.items()}, strategy="reference")
+    o, (S, z) = ops.mlstm(**{k: v.to(DEVICE) for k, v in x.items()}, strategy=strategy, output_final_state=True)
+    assert torch.isfinite(S).all() and torch.isfinite(z).all() and S.abs().max() > 1e20
+    assert rel_err(o, ref) <= OUT_TOL
