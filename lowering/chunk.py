@@ -18,9 +18,9 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from scandsl._core import CoreInputs, CoreSig, Decay, Transition
+from scandsl._core import CoreInputs, CoreSig, Decay, Shape, Transition
 
-__all__ = ["supports", "run", "search_space", "default_config"]
+__all__ = ["supports", "run", "search_space", "default_config", "generate_source"]
 
 
 def _family_name(sig: CoreSig) -> str | None:
@@ -67,3 +67,12 @@ def search_space(sig: CoreSig, shape):
 
 def default_config(sig: CoreSig, shape) -> dict:
     return _family(sig).default_config(sig, shape)
+
+
+def generate_source(sig: CoreSig, config: dict | None = None) -> str:
+    """The generated Triton module of the family that runs ``sig`` (default tiles at K=V=128)."""
+    fam = _family(sig)
+    if fam is None:
+        raise NotImplementedError(supports(sig))
+    cfg = config if config is not None else fam.default_config(sig, Shape(1, 4096, 1, 128, 128))
+    return fam.generate_source(sig, cfg)
