@@ -13,9 +13,10 @@ from typing import Any
 import torch
 
 from scandsl._classify import Stage
-from scandsl._core import CoreInputs, Decay, Shape
+from scandsl._core import CoreInputs, Shape
 from scandsl._expr import Input, Node, evaluate
 from scandsl._validate import check_inputs, check_strategy, initial_states
+from scandsl.autotune import choose
 from scandsl.lowering import load_strategy
 
 __all__ = ["apply", "OPTIONS"]
@@ -177,27 +178,13 @@ def _contiguous(x: CoreInputs) -> CoreInputs:
 
 
 def _choose(spec, stage: Stage, strategy: str, x: CoreInputs) -> tuple[str, dict | None]:
+    """An explicit strategy as asked; for "auto", the autotune cache or its heuristic."""
     if strategy != "auto":
         return strategy, None
     legal = tuple(s for s in spec.normal_form.kernel_strategies if _supported(s, stage))
-    shape = Shape(x.B, x.T, x.H, x.K, x.V)
-    try:
-        from scandsl.autotune import choose
-    except ImportError:
-        choose = None
-    if choose is not None:
-        return choose(spec.key, stage.sig, shape, x.v.dtype, legal)
-    return _heuristic(stage, shape, legal), None
+    return choose(spec.key, stage.sig, Shape(x.B, x.T, x.H, x.K, x.V), x.v.dtype, legal)
 
 
 def _supported(strategy: str, stage: Stage) -> bool:
     module = load_strategy(strategy)
     return module is not None and module.supports(stage.sig) is None
-
-
-def _heuristic(stage: Stage, shape: Shape, legal: tuple[str, ...]) -> str:
-    if stage.sig.decay is Decay.CHANNEL and "scan" in legal:
-        return "scan"
-    if "chunk" in legal and shape.T >= 64:
-        return "chunk"
-    return "sequential" if "sequential" in legal else legal[0]
