@@ -23,6 +23,7 @@ from scandsl.autotune._space import Param, SearchSpace
 from scandsl.lowering._tiles import dot_pad as _pow2
 from scandsl.lowering.chunk_scalar_launch import Plan, launch_bwd, launch_fwd
 from scandsl.lowering.chunk_scalar_source import generate_source
+from scandsl.lowering.chunk_scalar_split import launch_fwd_split
 
 from scandsl._core import CoreInputs, CoreSig, Decay, Shape, Transition
 
@@ -52,6 +53,7 @@ def default_config(sig: CoreSig, shape: Shape, *, dtype: torch.dtype | None = No
             "chunk": 16, "block_v": min(vp, 32), "num_warps": 4, "num_stages": 1,
             "bwd_chunk": 16, "bwd_block_k": min(kp, 32), "bwd_block_v": min(vp, 32),
             "bwd_num_warps": 4, "bwd_num_stages": 1, "bwd_fused": True, "fp32_dot": "ieee",
+            "fwd_mode": "fused",
         }  # fmt: skip
     wide = max(kp, vp) > 128
     return {
@@ -66,6 +68,8 @@ def default_config(sig: CoreSig, shape: Shape, *, dtype: torch.dtype | None = No
         "bwd_num_stages": 2,
         "bwd_fused": True,
         "fp32_dot": "ieee",
+        # "split" (chunk_scalar_split: state pass + parallel output kernel) is not yet measured
+        "fwd_mode": "fused",
     }
 
 
@@ -92,6 +96,14 @@ def _check_config(cfg: dict, shape: Shape) -> str | None:
         "bwd_dq_dk": cfg["bwd_num_stages"] * cb * (2 * bk + 2 * vp) * 2 + bk * vp * 2,
         "bwd_dv": cfg["bwd_num_stages"] * cb * (2 * kp + bvb) * 2 + kp * bvb * 2,
     }
+    if cfg.get("fwd_mode", "fused") not in ("fused", "split"):
+        return f"fwd_mode={cfg['fwd_mode']!r}: expected 'fused' or 'split'"
+    if cfg.get("fwd_mode") == "split":
+        # the state pass holds [BK_h, BV_h]; the output kernel holds no carried state
+        bk_h, bv_h = min(cfg.get("split_block_k", kp), kp), min(cfg.get("split_block_v", bv), vp)
+        if bk_h * bv_h / (32 * cfg.get("split_num_warps", cfg["num_warps"])) > 80:
+            return f"split state pass: [{bk_h}, {bv_h}] state needs > 80 fp32 registers a thread"
+        smem["fwd_split_h"] = cfg["num_stages"] * c * (bk_h + bv_h) * 2 + bk_h * bv_h * 2
     for kernel, nbytes in smem.items():
         if nbytes > 200 * 1024:
             return f"{kernel}: pipelined tiles need {nbytes // 1024} KiB of shared memory (> 200)"
@@ -114,6 +126,7 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
             Param("bwd_chunk", (64, 32, 128, 16)),
             Param("bwd_fused", (True, False)),
             Param("fp32_dot", ("ieee",)),
+            Param("fwd_mode", ("fused", "split")),
         ),
         valid=lambda cfg: _check_config(cfg, shape),
     )
@@ -126,7 +139,8 @@ class _ChunkScalar(torch.autograd.Function):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         g = g.contiguous() if g is not None else None
         h0c = h0.float().contiguous() if h0 is not None else None
-        o, ht = launch_fwd(plan, q, k, v, g, h0c, cu_seqlens, out_dtype, output_final_state)
+        launch = launch_fwd_split if plan.cfg.get("fwd_mode", "fused") == "split" else launch_fwd
+        o, ht = launch(plan, q, k, v, g, h0c, cu_seqlens, out_dtype, output_final_state)
         ctx.plan = plan
         ctx.in_dtypes = (g.dtype if g is not None else None, h0.dtype if h0 is not None else None)
         # o feeds dg (q.dq = o.do) and the final state <S_T, dS_T>: both only for SCALAR

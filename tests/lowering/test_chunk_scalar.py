@@ -13,7 +13,7 @@ os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported anywhere
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from scandsl.lowering import chunk as chunk_dispatch  # noqa: E402
-from scandsl.lowering import chunk_scalar, chunk_scalar_launch  # noqa: E402
+from scandsl.lowering import chunk_scalar, chunk_scalar_launch, chunk_scalar_split  # noqa: E402
 
 from scandsl._core import CoreInputs, CoreSig, Decay, Readout, Shape, Transition, core_reference  # noqa: E402
 from scandsl.testing import TOLERANCES, assert_close, random_core_inputs  # noqa: E402
@@ -190,3 +190,66 @@ def test_search_space_and_default_config():
     assert wide_space.valid(chunk_scalar.default_config(SIGS["none"], wide)) is None
     bad = {**chunk_scalar.default_config(SIGS["scalar"], shape), "chunk": 128, "num_warps": 2}
     assert "registers" in space.valid(bad)
+
+
+# ---- fwd_mode="split": state pass + parallel output kernel (lowering/chunk_scalar_split.py) ----
+
+SPLIT = {**CFG, "fwd_mode": "split"}
+
+
+@pytest.mark.parametrize(
+    ("name", "T", "kv", "extra"),
+    [
+        ("none", 37, (24, 40), {}),
+        ("scalar", 67, (24, 40), {"split_block_k": 16, "split_block_v": 32}),  # K split in the state pass
+        ("scalar_before", 37, (16, 16), {"split_state": "input"}),
+        ("none_before", 1, (24, 40), {}),
+        ("scalar", 1, (16, 16), {"chunk": 32}),
+    ],
+    ids=["none-T37", "scalar-T67-kblocks", "scalar_before-T37-h_input", "none_before-T1", "scalar-T1"],
+)
+def test_split_forward_matches_reference(name, T, kv, extra):
+    sig = SIGS[name]
+    K, V = kv
+    x = random_core_inputs(sig, B=2, T=T, H=2, K=K, V=V, seed=T + K + 1, requires_grad=True)
+    _compare(sig, x, cfg={**SPLIT, **extra})
+
+
+@pytest.mark.parametrize("name", ["none", "scalar_before"])
+def test_split_forward_varlen(name):
+    sig = SIGS[name]
+    cu = torch.tensor([0, 0, 1, 6, 37, 37], dtype=torch.int32)  # lengths 0, 1, 5, 31, 0
+    x = random_core_inputs(sig, T=37, H=2, K=24, V=40, cu_seqlens=cu, seed=29, requires_grad=True)
+    _compare(sig, x, cfg=SPLIT)
+
+
+def test_split_forward_without_states_equals_fused():
+    sig = SIGS["scalar"]
+    x = random_core_inputs(sig, B=1, T=37, H=2, K=24, V=40, seed=31, with_state=False, requires_grad=True)
+    x.output_final_state = False
+    _compare(sig, x, cfg=SPLIT)
+    o_split, _ = chunk_scalar.run(sig, x, SPLIT)
+    o_fused, _ = chunk_scalar.run(sig, x, CFG)
+    assert_close(o_split, o_fused, 1e-5, "split vs fused")
+
+
+def test_split_mode_config():
+    shape = Shape(4, 4096, 16, 128, 128)
+    sig = SIGS["scalar"]
+    assert chunk_scalar.default_config(sig, shape)["fwd_mode"] == "fused"  # measured default stays
+    space = chunk_scalar.search_space(sig, shape)
+    assert any(p.name == "fwd_mode" and "split" in p.choices for p in space.params)
+    base = chunk_scalar.default_config(sig, shape)
+    assert space.valid({**base, "fwd_mode": "split"}) is None
+    assert "fwd_mode" in space.valid({**base, "fwd_mode": "other"})
+    src = chunk_scalar_split.generate_split_source(SIGS["scalar_before"])
+    assert "def chunk_scalar_fwd_h(" in src and "def chunk_scalar_fwd_o(" in src
+    assert "b_gq = b_gc - b_g" in src
+    compile(src, "<chunk_scalar_split>", "exec")
+
+
+def test_split_forward_half_inputs():
+    """fp16 operands, chunk-start states stored in fp16 (``split_state="input"``)."""
+    sig = SIGS["scalar"]
+    x = random_core_inputs(sig, B=1, T=37, H=2, K=24, V=40, dtype=torch.float16, seed=37, requires_grad=True)
+    _compare(sig, x, cfg={**SPLIT, "split_state": "input"}, dtype=torch.float16)

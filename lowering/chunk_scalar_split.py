@@ -1,0 +1,198 @@
+"""Split forward of the chunked scalar-decay strategy (``fwd_mode="split"``), FLA/SSD-style.
+
+How it is parallelised: two launches instead of the fused forward's one serial walk.
+
+1. ``chunk_scalar_fwd_h``, one program per (K-block, V-block, sequence, head): the only serial
+   part. It walks its sequence's chunks and stores the state *entering* each chunk into a scratch
+   ``hs`` (``[n_chunks, H, K, V]``, fp32 by default), then carries it over the chunk
+   (``h_end = exp(gn) h + sum_j exp(gn - gc_j) k_j v_j^T``), and writes the final state. It does
+   no query work, so each step is one ``[BK, C] x [C, BV]`` product.
+2. ``chunk_scalar_fwd_o``, one program per (chunk, head, V-block), all independent: the masked,
+   decayed intra-chunk product plus the read of the chunk-start state from ``hs``::
+
+       o_s = sum_{j <= s} exp(gq_s - gc_j) (q~_s . k_j) v_j  +  exp(gq_s) h^T q~_s
+
+The intra-chunk products (the bulk of the FLOPs) thus run over ``n_chunks * H * NV`` programs
+instead of ``N * H * NV``. Chunks start at each sequence's own start and never cross it: the chunk
+map (``chunk_seq``, ``chunk_loc``, ``chunk_off``) is the one of
+:mod:`scandsl.lowering.chunk_vector_launch`. Slots (decay, read-out) are those of
+:mod:`scandsl.lowering.chunk_scalar_slots`; the backward is unchanged (it needs only q, k, v, g,
+o and the final state).
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+
+import torch
+from scandsl.lowering._source import load_source
+from scandsl.lowering.chunk_scalar_launch import Plan, cdiv, empty
+from scandsl.lowering.chunk_scalar_slots import fill, slots, tag
+from scandsl.lowering.chunk_scalar_source import _HEADER
+from scandsl.lowering.chunk_vector_launch import _fixed_length_map, _varlen_map
+
+from scandsl._core import CoreSig
+
+__all__ = ["generate_split_source", "launch_fwd_split", "split_meta", "STATE_DTYPES"]
+
+# scratch dtype of the chunk-start states: "input" stores them in q's dtype, which is the dtype
+# the output kernel casts them to for the tensor cores anyway (half the traffic, same result)
+STATE_DTYPES = ("fp32", "input")
+
+_FWD_H = """
+
+@triton.jit
+def chunk_scalar_fwd_h(
+    k, v, g, hs, h0, ht, cu_seqlens, chunk_off, T,
+    H, K: tl.constexpr, V: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+):
+    # the serial pass: state entering each chunk of one (K-block, V-block) of (sequence, head)
+    i_kv = tl.program_id(0)
+    i_nh = tl.program_id(1)
+    i_k = i_kv // NV
+    i_v = i_kv % NV
+    i_n = i_nh // H
+    i_h = i_nh % H
+    bos, eos = _bounds(cu_seqlens, i_n, T, IS_VARLEN)
+    first = tl.load(chunk_off + i_n).to(tl.int64)  # this sequence's first slot of hs
+    o_c = tl.arange(0, C)
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    p_kv = o_k[:, None] * V + o_v[None, :]  # [BK, BV] inside one [K, V] state
+    m_hv = m_k[:, None] & m_v[None, :]
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)  # S^T[K-block, V-block] at the chunk start
+    if HAS_H0:
+        b_h += tl.load(h0 + i_nh.to(tl.int64) * K * V + p_kv, mask=m_hv, other=0.0)
+    n_c = tl.cdiv(eos - bos, C).to(tl.int32)
+    for i_c in range(0, n_c):
+        t = bos + i_c * C + o_c  # [C] token rows; the chunk never crosses eos
+        m_t = t < eos
+        row = t * H + i_h
+        b_k = tl.load(k + row[:, None] * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)  # [C, BK]
+        b_v = tl.load(v + row[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)  # [C, BV]
+        @gates@
+        p_hs = hs + ((first + i_c) * H + i_h) * K * V + p_kv  # [BK, BV]
+        tl.store(p_hs, b_h.to(hs.dtype.element_ty), mask=m_hv)
+        b_vd = @v_to_end@  # [C, BV] values decayed to the chunk end
+        b_h = tl.dot(tl.trans(b_k), b_vd, b_h@decay_state@, input_precision=DOT_PRECISION)
+    if STORE_HT:
+        tl.store(ht + i_nh.to(tl.int64) * K * V + p_kv, b_h, mask=m_hv)
+"""
+
+_FWD_O = """
+
+@triton.jit
+def chunk_scalar_fwd_o(
+    q, k, v, g, o, hs, cu_seqlens, chunk_seq, chunk_loc, scale, T,
+    H, K: tl.constexpr, V: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    # one chunk of one head, one V-block; BK covers K. Independent of every other program.
+    i_ch = tl.program_id(0)  # global chunk * H + head: also the slot of hs holding its start state
+    i_v = tl.program_id(1)
+    i_g = i_ch // H
+    i_h = i_ch % H
+    i_n = tl.load(chunk_seq + i_g)
+    i_c = tl.load(chunk_loc + i_g)
+    bos, eos = _bounds(cu_seqlens, i_n, T, IS_VARLEN)
+    o_c = tl.arange(0, C)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_qk = @causal_qk@  # [C, C] query step s (row) reads key step j (column)
+    t = bos + i_c * C + o_c  # [C] token rows
+    m_t = t < eos
+    row = t * H + i_h
+    m_tk = m_t[:, None] & m_k[None, :]
+    m_tv = m_t[:, None] & m_v[None, :]
+    b_q = tl.load(q + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)  # [C, BK]
+    b_k = tl.load(k + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)  # [C, BK]
+    b_v = tl.load(v + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)  # [C, BV]
+    p_hs = hs + i_ch.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+    b_h = tl.load(p_hs, mask=m_k[:, None] & m_v[None, :], other=0.0)  # [BK, BV] chunk-start state
+    @gates@
+    # inter-chunk: read the state entering this chunk
+    b_o = tl.dot(b_q, b_h.to(b_q.dtype), input_precision=DOT_PRECISION)@decay_q@  # [C, BV]
+    # intra-chunk: causal, decay-weighted scores, accumulated onto it
+    b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)  # [C, C] q_s . k_j
+    @mask_qk@
+    b_o = tl.dot(b_s.to(b_v.dtype), b_v, b_o, input_precision=DOT_PRECISION)
+    tl.store(o + row[:, None] * V + o_v[None, :], (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
+"""
+
+
+def generate_split_source(sig: CoreSig, config: dict | None = None) -> str:
+    """Readable Triton text of the two split-forward kernels for ``sig`` (``fp32_dot`` as in the
+    fused source)."""
+    precision = (config or {}).get("fp32_dot", "ieee")
+    if precision not in ("ieee", "tf32", "tf32x3"):
+        raise ValueError(f"config['fp32_dot']: expected 'ieee', 'tf32' or 'tf32x3', got {precision!r}")
+    values = slots(sig)
+    values["describe"] = sig.describe() + " (split forward)"
+    values["precision"] = precision
+    return fill(_HEADER + _FWD_H + _FWD_O, values)
+
+
+@functools.cache
+def _kernels(sig: CoreSig, fp32_dot: str) -> ModuleType:
+    return load_source(
+        generate_split_source(sig, {"fp32_dot": fp32_dot}), name=f"chunk_scalar_split_{tag(sig)}"
+    )
+
+
+def split_meta(P: Plan) -> tuple[dict, dict]:
+    """Constexpr/launch keywords of (state pass, output kernel), shared with ahead-of-time checks."""
+    cfg = P.cfg
+    C, bv = cfg["chunk"], min(cfg["block_v"], P.VP)
+    bk_h = min(cfg.get("split_block_k", P.KP), P.KP)
+    bv_h = min(cfg.get("split_block_v", bv), P.VP)
+    h_meta = dict(
+        K=P.K, V=P.V, C=C, BK=bk_h, BV=bv_h, NV=cdiv(P.V, bv_h), IS_VARLEN=P.varlen,
+        num_warps=cfg.get("split_num_warps", cfg["num_warps"]), num_stages=cfg["num_stages"],
+    )  # fmt: skip
+    o_meta = dict(
+        K=P.K, V=P.V, C=C, BK=P.KP, BV=bv, IS_VARLEN=P.varlen,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )  # fmt: skip
+    return h_meta, o_meta
+
+
+def chunk_map(P: Plan, cu_seqlens: torch.Tensor | None, device: torch.device):
+    """``(cu, chunk_seq, chunk_loc, chunk_off)`` (int32, on ``device``): chunk i of the grid is
+    chunk ``chunk_loc[i]`` of sequence ``chunk_seq[i]``; sequence n's chunks start at ``chunk_off[n]``."""
+    C = P.cfg["chunk"]
+    if cu_seqlens is None:
+        return _fixed_length_map(P.B, P.T, C, device)
+    return _varlen_map(cu_seqlens, C, device)
+
+
+def launch_fwd_split(P: Plan, q, k, v, g, h0, cu_seqlens, out_dtype, output_final_state: bool):
+    """``(o, final_state or None)`` like :func:`chunk_scalar_launch.launch_fwd`, in two launches."""
+    dev = v.device
+    cu, seq, loc, off = chunk_map(P, cu_seqlens, dev)
+    n_chunks = seq.numel()
+    h_meta, o_meta = split_meta(P)
+    kind = P.cfg.get("split_state", "fp32")
+    if kind not in STATE_DTYPES:
+        raise ValueError(f"config['split_state']: expected one of {STATE_DTYPES}, got {kind!r}")
+    hs_dtype = torch.float32 if kind == "fp32" else q.dtype
+    o = empty(P.B, P.T, P.H, P.V, dtype=out_dtype, device=dev)
+    ht = empty(P.N, P.H, P.K, P.V, dtype=torch.float32, device=dev) if output_final_state else None
+    hs = empty(max(n_chunks, 1), P.H, P.K, P.V, dtype=hs_dtype, device=dev)
+    mods = _kernels(P.sig, P.cfg.get("fp32_dot", "ieee"))
+    nk_h = cdiv(P.K, h_meta["BK"])
+    mods.chunk_scalar_fwd_h[(nk_h * h_meta["NV"], P.N * P.H)](
+        k, v, q if g is None else g, hs, q if h0 is None else h0, q if ht is None else ht,
+        cu, off, P.T, P.H, HAS_H0=h0 is not None, STORE_HT=ht is not None, **h_meta,
+    )  # fmt: skip
+    if n_chunks:
+        mods.chunk_scalar_fwd_o[(n_chunks * P.H, cdiv(P.V, o_meta["BV"]))](
+            q, k, v, q if g is None else g, o, hs, cu, seq, loc, P.scale, P.T, P.H, **o_meta,
+        )  # fmt: skip
+    return o, ht
