@@ -39,6 +39,8 @@ import torch
 import triton
 from scandsl.lowering import chunk_scalar
 from scandsl.lowering.chunk_scalar_launch import Plan, bwd_meta, fwd_meta, launch_bwd, launch_fwd
+from scandsl.lowering.chunk_scalar_split import _kernels as split_kernels
+from scandsl.lowering.chunk_scalar_split import split_meta
 
 from scandsl._core import CoreInputs, CoreSig, Decay, Readout, Shape, core_reference
 from scandsl.testing import TOLERANCES, random_core_inputs, rel_err
@@ -111,12 +113,13 @@ def _grads(x, o, ht, w, dht):
     return dict(zip([n for n, _ in named], torch.autograd.grad(loss, [t for _, t in named])))
 
 
-def check_case(label: str, sig: CoreSig, x: CoreInputs, dtype, grads=True) -> dict:
-    """Outputs, final state and every gradient against ``core_reference``; an entry with ``ok``."""
+def check_case(label: str, sig: CoreSig, x: CoreInputs, dtype, grads=True, over: dict | None = None) -> dict:
+    """Outputs, final state and every gradient against ``core_reference``; an entry with ``ok``.
+    ``over``: config keys on top of the defaults (``{"fwd_mode": "split"}``)."""
     entry: dict = {"case": label, "dtype": str(dtype).replace("torch.", "")}
     tol_out, tol_grad = TOLERANCES[dtype]
     try:
-        o, ht = chunk_scalar.run(sig, x)
+        o, ht = chunk_scalar.run(sig, x, over)
         with torch.no_grad() if not grads else torch.enable_grad():
             ro, rht = core_reference(sig, x)
         errs = {"o": rel_err(o.float(), ro.float()), "final_state": rel_err(ht, rht)}
@@ -351,10 +354,13 @@ def task_sanitize(task: dict) -> dict:
         return {"ok": False, "error": "timed out", "report": str(err.stdout or "")[:4000]}
 
 
-def task_check(name: str, label: str, kw: dict, dtype: str) -> dict:
+def task_check(name: str, label: str, kw: dict, dtype: str, over: dict | None = None) -> dict:
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    kw = dict(kw)
+    if "cu_seqlens" in kw:  # JSON carries the list
+        kw["cu_seqlens"] = torch.tensor(kw["cu_seqlens"], dtype=torch.int32, device=DEV)
     x = random_core_inputs(SIGS[name], dtype=dt, device=DEV, requires_grad=True, **kw)
-    return check_case(label, SIGS[name], x, dt)
+    return check_case(label, SIGS[name], x, dt, over=over)
 
 
 TASKS = {"truth": task_truth, "probe": task_probe, "sweep": task_sweep, "timing": task_timing,
@@ -551,7 +557,7 @@ def gpu_main(rep: Report, full_correctness: bool, quick: bool) -> None:
 
 
 # ----------------------------------------------------------------------------- ahead of time
-def aot_compile(kernel, meta: dict, dtype: str) -> dict:
+def aot_compile(kernel, meta: dict, dtype: str, ptrs: dict | None = None) -> dict:
     """Compile ``kernel`` for sm_90 without a GPU; registers / spill stack / shared memory."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -563,6 +569,8 @@ def aot_compile(kernel, meta: dict, dtype: str) -> dict:
     for name in kernel.arg_names:
         if name in meta:
             sig[name] = "constexpr"
+        elif name in (ptrs or {}):
+            sig[name] = ptrs[name]
         elif name == "cu_seqlens":
             sig[name] = "*i32"
         elif name == "scale":
@@ -618,6 +626,76 @@ def aot_main(rep: Report) -> None:
                 print("aot", name, role, key, rep.data[f"aot {name} {role}"][key], flush=True)
 
 
+# ----------------------------------------------------------------------------- fwd_mode="split"
+# Variants of the split forward timed against the default (fused) forward, on top of the defaults.
+SPLIT_VARIANTS = [
+    {"fwd_mode": "split"},
+    {"fwd_mode": "split", "split_state": "input"},
+    {"fwd_mode": "split", "split_state": "input", "block_v": 64},
+    {"fwd_mode": "split", "split_state": "input", "block_v": 128, "num_warps": 8},
+    {"fwd_mode": "split", "split_state": "input", "split_block_k": 64, "split_block_v": 64},
+    {"fwd_mode": "split", "split_state": "input", "split_block_k": 64, "split_block_v": 32},
+    {"fwd_mode": "split", "split_state": "fp32", "split_block_k": 64, "split_block_v": 64},
+]
+
+
+def split_main(rep: Report) -> None:
+    """Correctness of fwd_mode="split" (fp32, bf16, varlen), then forward and forward+backward
+    timings of every SPLIT_VARIANTS entry beside the default fused forward, same process and inputs."""
+    sm = SMOKE
+    kw = dict(B=2, T=300, H=3, K=128, V=128) if not sm else dict(B=1, T=37, H=1, K=24, V=40)
+    cu = [0, 0, 1, 70, 200, 333] if not sm else [0, 0, 1, 6, 37]
+    vkw = dict(T=cu[-1], H=2, K=64 if not sm else 24, V=64 if not sm else 40, cu_seqlens=cu)
+    low = "bf16" if not sm else "fp16"
+    checks = [dict(kind="check", name=n, label=f"split {n} {lab}", kw=k, dtype=d, over=SPLIT_VARIANTS[i])
+              for n in ("scalar", "none", "scalar_before") for lab, k in (("dense", kw), ("varlen", vkw))
+              for d in ("fp32", low) for i in (0, 1)]  # fmt: skip
+    checks.append(dict(kind="check", name="scalar", label="split scalar K-blocks", kw=kw, dtype=low,
+                       over={**SPLIT_VARIANTS[4]}))  # fmt: skip
+    res = run_isolated(rep, "split correctness", checks)
+    ok = all(r.get("ok") for r in res)
+    rep.put("split", "correct", ok)
+    tasks = []
+    for name in ("none", "scalar", "scalar_before"):
+        base = base_config(SIGS[name])
+        for what in ("fwd", "fwdbwd"):
+            variants = [{}] + (SPLIT_VARIANTS if what == "fwd" else SPLIT_VARIANTS[:2])
+            tasks += [dict(kind="timing", name=name, cfg={**base, **v}, what=what) for v in variants]
+    for t, r in zip(tasks, run_isolated(rep, "split timing", tasks)):
+        base = base_config(SIGS[t["name"]])
+        mode = {k: v for k, v in t["cfg"].items() if v != base.get(k)}  # {} is the default (fused)
+        rep.data.setdefault("split summary", {}).setdefault(f"{t['name']} {t['what']}", []).append(
+            {"over": mode, "ms": r.get("ms", r.get("error"))}
+        )
+    rep.put("floors", "note", "mamba2 fwd memory floor 0.089 ms at B4 T4096 H16 K=V=128 bf16")
+    rep.save()
+    print(json.dumps({"correct": ok, "summary": rep.data.get("split summary")}, indent=1))
+
+
+def aot_split(rep: Report) -> None:
+    """sm_90 compile of the split kernels (state pass, output kernel) for each variant."""
+    for name in ("scalar", "none"):
+        sig = SIGS[name]
+        for over in SPLIT_VARIANTS:
+            P = plan_for(sig, {**base_config(sig), **over})
+            h_meta, o_meta = split_meta(P)
+            mods = split_kernels(sig, "ieee")
+            h_meta = {**h_meta, "HAS_H0": False, "STORE_HT": False}
+            hs = "*fp32" if over.get("split_state", "fp32") == "fp32" else "*bf16"
+            ptrs = {"hs": hs, "chunk_seq": "*i32", "chunk_loc": "*i32", "chunk_off": "*i32"}
+            for kname, kern, meta in (
+                ("fwd_h", mods.chunk_scalar_fwd_h, h_meta),
+                ("fwd_o", mods.chunk_scalar_fwd_o, o_meta),
+            ):
+                key = json.dumps(over, sort_keys=True)
+                try:
+                    result = aot_compile(kern, meta, "bf16", ptrs)
+                    rep.put(f"aot {name} split {kname}", key, result)
+                except Exception as err:
+                    rep.put(f"aot {name} split {kname}", key, f"{type(err).__name__}: {str(err)[:300]}")
+                print("aot", name, kname, key, rep.data[f"aot {name} split {kname}"][key], flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
@@ -627,6 +705,7 @@ def main() -> None:
     ap.add_argument("--kv", default="128,128", help="K,V of the swept shape (default 128,128)")
     ap.add_argument("--full-correctness", action="store_true", help="the whole correctness matrix first")
     ap.add_argument("--quick", action="store_true", help="no correctness; probes and default tiles first")
+    ap.add_argument("--split", action="store_true", help="only fwd_mode='split' vs the default (fused)")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # internal: run isolated tasks
     ap.add_argument("--results", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
@@ -640,9 +719,12 @@ def main() -> None:
         return
     if args.aot:
         rep = Report(args.out / "chunk_scalar_aot.json", 1e9, "none: sm_90 ahead-of-time compile")
-        aot_main(rep)
+        aot_split(rep) if args.split else aot_main(rep)
         return
     device = torch.cuda.get_device_name() if DEV == "cuda" else "cpu (interpreter smoke run)"
+    if args.split:
+        split_main(Report(args.out / "chunk_scalar_split_gpu.json", args.budget, device))
+        return
     gpu_main(
         Report(args.out / "chunk_scalar_gpu.json", args.budget, device), args.full_correctness, args.quick
     )
