@@ -98,6 +98,8 @@ def _check_config(cfg: dict, shape: Shape) -> str | None:
     }
     if cfg.get("fwd_mode", "fused") not in ("fused", "split"):
         return f"fwd_mode={cfg['fwd_mode']!r}: expected 'fused' or 'split'"
+    if cfg.get("fwd_mode", "fused") == "fused" and cfg.get("split_state", "fp32") != "fp32":
+        return "split_state only matters for fwd_mode='split' (a duplicate of the fp32 config)"
     if cfg.get("fwd_mode") == "split":
         # the state pass holds [BK_h, BV_h]; the output kernel holds no carried state
         bk_h, bv_h = min(cfg.get("split_block_k", kp), kp), min(cfg.get("split_block_v", bv), vp)
@@ -127,6 +129,8 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
             Param("bwd_fused", (True, False)),
             Param("fp32_dot", ("ieee",)),
             Param("fwd_mode", ("fused", "split")),
+            # chunk-start states of the split forward: fp32, or q's dtype (what its dot reads anyway)
+            Param("split_state", ("fp32", "input")),
         ),
         valid=lambda cfg: _check_config(cfg, shape),
     )

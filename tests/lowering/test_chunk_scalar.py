@@ -253,3 +253,10 @@ def test_split_forward_half_inputs():
     sig = SIGS["scalar"]
     x = random_core_inputs(sig, B=1, T=37, H=2, K=24, V=40, dtype=torch.float16, seed=37, requires_grad=True)
     _compare(sig, x, cfg={**SPLIT, "split_state": "input"}, dtype=torch.float16)
+
+
+def test_split_state_is_searched_only_with_split():
+    space = chunk_scalar.search_space(SIGS["none"], Shape(1, 100, 2, 64, 64))
+    base = chunk_scalar.default_config(SIGS["none"], Shape(1, 100, 2, 64, 64))
+    assert space.valid({**base, "fwd_mode": "split", "split_state": "input"}) is None
+    assert "split_state" in space.valid({**base, "split_state": "input"})
