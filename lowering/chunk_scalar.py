@@ -12,6 +12,10 @@ because ``q_t . dq_t = o_t . do_t``. The kernels and the algebra are in
 :mod:`scandsl.lowering.chunk_scalar_source` (Mamba-2's SSD, Dao & Gu 2024; Yang et al. 2024,
 fused-chunk GLA).
 
+``fwd_mode="split"`` (config key; default ``"fused"``) replaces the forward by a serial state pass
+that stores the state entering each chunk plus a fully parallel output kernel over chunks
+(:mod:`scandsl.lowering.chunk_scalar_split`); the backward is the same for both.
+
 Log-decays enter only as ``exp`` of within-chunk differences that are ``<= 0``, so long
 sequences (T = 65536 and beyond) cannot overflow.
 """

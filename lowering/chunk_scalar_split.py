@@ -7,7 +7,7 @@ How it is parallelised: two launches instead of the fused forward's one serial w
    ``hs`` (``[n_chunks, H, K, V]``, fp32 by default), then carries it over the chunk
    (``h_end = exp(gn) h + sum_j exp(gn - gc_j) k_j v_j^T``), and writes the final state. It does
    no query work, so each step is one ``[BK, C] x [C, BV]`` product.
-2. ``chunk_scalar_fwd_o``, one program per (chunk, head, V-block), all independent: the masked,
+2. ``chunk_scalar_fwd_o``, one program per (chunk, head, V-block) on a 1-D grid, all independent: the masked,
    decayed intra-chunk product plus the read of the chunk-start state from ``hs``::
 
        o_s = sum_{j <= s} exp(gq_s - gc_j) (q~_s . k_j) v_j  +  exp(gq_s) h^T q~_s
@@ -90,11 +90,12 @@ _FWD_O = """
 def chunk_scalar_fwd_o(
     q, k, v, g, o, hs, cu_seqlens, chunk_seq, chunk_loc, scale, T,
     H, K: tl.constexpr, V: tl.constexpr,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     # one chunk of one head, one V-block; BK covers K. Independent of every other program.
-    i_ch = tl.program_id(0)  # global chunk * H + head: also the slot of hs holding its start state
-    i_v = tl.program_id(1)
+    # V-blocks of a chunk are neighbours in launch order, so they share its q and k through L2.
+    i_ch = tl.program_id(0) // NV  # global chunk * H + head: also the slot of hs holding its start state
+    i_v = tl.program_id(0) % NV
     i_g = i_ch // H
     i_h = i_ch % H
     i_n = tl.load(chunk_seq + i_g)
@@ -157,7 +158,7 @@ def split_meta(P: Plan) -> tuple[dict, dict]:
         num_warps=cfg.get("split_num_warps", cfg["num_warps"]), num_stages=cfg["num_stages"],
     )  # fmt: skip
     o_meta = dict(
-        K=P.K, V=P.V, C=C, BK=P.KP, BV=bv, IS_VARLEN=P.varlen,
+        K=P.K, V=P.V, C=C, BK=P.KP, BV=bv, NV=cdiv(P.V, bv), IS_VARLEN=P.varlen,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     return h_meta, o_meta
@@ -192,7 +193,7 @@ def launch_fwd_split(P: Plan, q, k, v, g, h0, cu_seqlens, out_dtype, output_fina
         cu, off, P.T, P.H, HAS_H0=h0 is not None, STORE_HT=ht is not None, **h_meta,
     )  # fmt: skip
     if n_chunks:
-        mods.chunk_scalar_fwd_o[(n_chunks * P.H, cdiv(P.V, o_meta["BV"]))](
+        mods.chunk_scalar_fwd_o[(n_chunks * P.H * o_meta["NV"],)](
             q, k, v, q if g is None else g, o, hs, cu, seq, loc, P.scale, P.T, P.H, **o_meta,
         )  # fmt: skip
     return o, ht
