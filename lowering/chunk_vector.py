@@ -53,7 +53,9 @@ _TILES = (
     "dqk_BV",
     "diag_BK",
     "diag_BV",
+    "da_BV",
 )
+DQK_MODES = ("fused", "shared_scores")
 
 
 def supports(sig: CoreSig) -> str | None:
@@ -95,6 +97,11 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
         "dqk_warps": 4,
         "diag_BK": min(kp, 32),
         "diag_BV": min(vp, 32),
+        # "shared_scores": chunk_bwd_da builds the V-wide [C, C] scores once per (chunk, head) and
+        # chunk_bwd_dqk reads them (chunk_vector_shared); not yet timed on a GPU, so not the default
+        "dqk_mode": "fused",
+        "da_BV": min(vp, 32),
+        "da_warps": 4,
         "num_stages": 2,
         "fp32_dot": "ieee",
     }
@@ -109,6 +116,8 @@ def _check_config(sig: CoreSig, cfg: dict, shape: Shape) -> str | None:
         limit = kp if name.endswith("BK") else vp
         if cfg[name] > limit or cfg[name] < 16:
             return f"{name}={cfg[name]} must lie in [16, padded feature size {limit}]"
+    if cfg["dqk_mode"] not in DQK_MODES:
+        return f"dqk_mode={cfg['dqk_mode']!r} must be one of {DQK_MODES}"
     value = sig.decay in (Decay.VALUE, Decay.OUTER)
     key = sig.decay in (Decay.KEY, Decay.OUTER)
     # fp32 elements a thread holds for the [SC, SC, tile] sub-chunk products: past 128 they spill badly
@@ -120,13 +129,16 @@ def _check_config(sig: CoreSig, cfg: dict, shape: Shape) -> str | None:
         "dqk diag": (cfg["diag_BV"] if value else 0, cfg["dqk_warps"]),
         "dqk apply": (cfg["dqk_BK"] if key else 0, cfg["dqk_warps"]),
     }
+    if cfg["dqk_mode"] == "shared_scores":
+        cubes["da diag"] = (cfg["diag_BV"] if value else 0, cfg["da_warps"])
     for where, (tile, warps) in cubes.items():
         if sc * sc * tile / (32 * warps) > 128:
             return f"{where}: [{sc}, {sc}, {tile}] fp32 product needs > 128 registers a thread"
     # 16-bit dot operands staged in shared memory per pipeline stage ([C, BK], [BK, BV], [C, BV]);
     # calibrated on sm_90 compiles, where the default tiles take 12-38 KiB
     for kernel, (bk, bv) in {"fwd": ("fwd_BK", "fwd_BV"), "state": ("state_BK", "state_BV"),
-                             "dv": ("dv_BK", "dv_BV"), "dqk": ("dqk_BK", "dqk_BV")}.items():  # fmt: skip
+                             "dv": ("dv_BK", "dv_BV"), "dqk": ("dqk_BK", "dqk_BV"),
+                             "da": ("dqk_BK", "da_BV")}.items():  # fmt: skip
         nbytes = 2 * max(1, cfg["num_stages"]) * (c * cfg[bk] + cfg[bk] * cfg[bv] + c * cfg[bv])
         if nbytes > 200 * 1024:
             return f"{kernel}: staged tiles need ~{nbytes // 1024} KiB of shared memory (> 200)"
@@ -154,6 +166,9 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
             Param("dqk_warps", (4, 8)),
             Param("diag_BK", (16, 32, 64)),
             Param("diag_BV", (16, 32, 64)),
+            Param("dqk_mode", DQK_MODES),
+            Param("da_BV", blocks),
+            Param("da_warps", (4, 8)),
             Param("num_stages", (2, 1, 3)),
             Param("fp32_dot", ("ieee",)),
         ),
@@ -188,7 +203,8 @@ class _ChunkVector(torch.autograd.Function):
         dht = dht.float().contiguous() if dht is not None else None
         dhs, dh0 = launch.bwd_state(P, q, do, gk_cum, gv_cum, hs, dht, want_dh0=h0_dtype is not None)
         dv, dgv = launch.bwd_dv(P, q, k, v, do, ox, gk_cum, gv_cum, hs, dhs)
-        dq, dk, dgk = launch.bwd_dqk(P, q, k, v, do, gk_cum, gv_cum, hs, dhs)
+        bwd_dqk = launch.bwd_dqk_shared if P.cfg["dqk_mode"] == "shared_scores" else launch.bwd_dqk
+        dq, dk, dgk = bwd_dqk(P, q, k, v, do, gk_cum, gv_cum, hs, dhs)
         dgk = dgk.to(gk_dtype) if dgk is not None else None
         dgv = dgv.to(gv_dtype) if dgv is not None else None
         dh0 = dh0.to(h0_dtype) if dh0 is not None else None

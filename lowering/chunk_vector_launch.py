@@ -18,7 +18,7 @@ from scandsl.lowering.chunk_vector_slots import generate_source, module_name
 
 from scandsl._core import CoreInputs, CoreSig, Decay
 
-__all__ = ["Plan", "cumsum", "fwd_state", "fwd_o", "bwd_state", "bwd_dv", "bwd_dqk"]
+__all__ = ["Plan", "cumsum", "fwd_state", "fwd_o", "bwd_state", "bwd_dv", "bwd_dqk", "bwd_dqk_shared"]
 
 # Tests flip this (through chunk_vector.POISON_OUTPUTS) to NaN-fill every buffer a kernel must overwrite.
 POISON = {"on": False}
@@ -182,6 +182,31 @@ def bwd_dqk(P: Plan, q, k, v, do, gk_cum, gv_cum, hs, dhs):
             q, k, v, do, _or(gk_cum, q), _or(gv_cum, q), hs, dhs, dq, dk, _or(dgk, q),
             P.cu, P.chunk_seq, P.chunk_loc, P.scale,
             SC=cfg["sub"], BK=cfg["dqk_BK"], BV=cfg["dqk_BV"], BVD=cfg["diag_BV"],
+            num_warps=cfg["dqk_warps"], num_stages=cfg["num_stages"], **P.common(),
+        )  # fmt: skip
+    return dq, dk, dgk
+
+
+def bwd_dqk_shared(P: Plan, q, k, v, do, gk_cum, gv_cum, hs, dhs):
+    """As :func:`bwd_dqk` (``dqk_mode="shared_scores"``): the V-wide scores go through fp32
+    scratch, written once per (chunk, head) by ``chunk_bwd_da``."""
+    cfg, dev = P.cfg, v.device
+    C, SC = cfg["chunk"], cfg["sub"]
+    dq = empty(*q.shape, dtype=q.dtype, device=dev)
+    dk = empty(*k.shape, dtype=k.dtype, device=dev)
+    dgk = empty(*gk_cum.shape, dtype=torch.float32, device=dev) if P.key else None
+    if P.TC:
+        da = empty(P.TC, P.H, C, C, dtype=torch.float32, device=dev)
+        dat = empty(P.TC, P.H, C, C, dtype=torch.float32, device=dev)
+        ddg = empty(P.TC, P.H, C, SC, dtype=torch.float32, device=dev)
+        P.kernels.chunk_bwd_da[(P.TC, P.H)](
+            do, v, _or(gv_cum, do), da, dat, ddg, P.cu, P.chunk_seq, P.chunk_loc,
+            SC=SC, BV=cfg["da_BV"], BVD=cfg["diag_BV"],
+            num_warps=cfg["da_warps"], num_stages=cfg["num_stages"], **P.common(),
+        )  # fmt: skip
+        P.kernels.chunk_bwd_dqk_shared[(cdiv(P.K, cfg["dqk_BK"]), P.TC, P.H)](
+            q, k, v, do, _or(gk_cum, q), _or(gv_cum, q), hs, dhs, da, dat, ddg, dq, dk, _or(dgk, q),
+            P.cu, P.chunk_seq, P.chunk_loc, P.scale, SC=SC, BK=cfg["dqk_BK"], BV=cfg["dqk_BV"],
             num_warps=cfg["dqk_warps"], num_stages=cfg["num_stages"], **P.common(),
         )  # fmt: skip
     return dq, dk, dgk

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import textwrap
 
+from scandsl.lowering import chunk_vector_shared as shared
 from scandsl.lowering import chunk_vector_templates as tpl
 
 from scandsl._core import CoreSig, Decay, Readout
@@ -385,4 +386,7 @@ def generate_source(sig: CoreSig, config: dict | None = None) -> str:
     if sig.decay not in (Decay.KEY, Decay.VALUE, Decay.OUTER):
         raise ValueError(f"chunk_vector: decay must be KEY, VALUE or OUTER, got {sig.decay.name}")
     template = tpl.HEADER + tpl.CUMSUM + tpl.FWD_STATE + tpl.FWD_O + tpl.BWD_STATE + tpl.BWD_DV + tpl.BWD_DQK
-    return fill(template, slots(sig))
+    template += shared.BWD_DA + shared.BWD_DQK_SHARED  # dqk_mode="shared_scores"
+    values = slots(sig)
+    values.update(shared.slots(values["value_scores"], _has_value(sig)))
+    return fill(template, values)

@@ -167,3 +167,45 @@ def test_supports_and_config():
         assert space.valid(chunk_vector.default_config(sig, shape)) is None
     bad = {**chunk_vector.default_config(SIGS["key"], shape), "sub": 48}
     assert "sub" in space.valid(bad)
+
+
+# ---- dqk_mode="shared_scores": chunk_bwd_da writes the V-wide scores once, chunk_bwd_dqk_shared reads them
+
+SHARED = {"dqk_mode": "shared_scores", "da_BV": 32}
+
+
+@pytest.mark.parametrize("name", list(SIGS))
+def test_shared_scores_matches_reference(name):
+    """Several chunks, a partial last chunk, partial K / V blocks (FINE), poisoned scratch."""
+    sig = SIGS[name]
+    _compare(sig, random_core_inputs(sig, B=2, T=67, H=2, K=24, V=40, seed=21, requires_grad=True),
+             {**FINE, **SHARED})  # fmt: skip
+    _compare(sig, random_core_inputs(sig, B=1, T=1, H=1, K=16, V=16, seed=22, requires_grad=True),
+             {**COARSE, **SHARED})  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["value_before", "outer_before"])
+def test_shared_scores_value_decay_before(name):
+    sig = CoreSig(decay=Decay.VALUE if name == "value_before" else Decay.OUTER, readout=Readout.BEFORE)
+    _compare(sig, random_core_inputs(sig, B=1, T=37, H=2, K=24, V=40, seed=23, requires_grad=True),
+             {**COARSE, **SHARED, "da_BV": 64})  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["key_before", "outer"])
+def test_shared_scores_varlen(name):
+    sig = SIGS[name]
+    cu = torch.tensor([0, 0, 1, 6, 37], dtype=torch.int32)  # lengths 0, 1, 5, 31
+    x = random_core_inputs(sig, T=37, H=2, K=24, V=40, cu_seqlens=cu, seed=24, requires_grad=True)
+    _compare(sig, x, {**COARSE, **SHARED})
+
+
+def test_shared_scores_config():
+    shape = Shape(4, 4096, 16, 128, 128)
+    for sig in SIGS.values():
+        space = chunk_vector.search_space(sig, shape)
+        assert "dqk_mode" in [p.name for p in space.params]
+        assert space.valid({**chunk_vector.default_config(sig, shape), **SHARED}) is None
+        assert chunk_vector.default_config(sig, shape)["dqk_mode"] == "fused"  # GPU-verified default
+    assert "dqk_mode" in space.valid({**chunk_vector.default_config(sig, shape), "dqk_mode": "other"})
+    src = chunk_vector.generate_source(SIGS["outer"])
+    assert "def chunk_bwd_da(" in src and "def chunk_bwd_dqk_shared(" in src and "@value_state@" not in src
