@@ -16,7 +16,11 @@ fp16 in place of bf16 (the interpreter's bf16 tl.dot is broken), to check the sc
 3. timing at B=4 T=4096 H=16 K=V=128 bf16 (gk fp32) for key and key-before: forward and
    forward+backward with the default config; a per-kernel tile sweep (each variant's outputs
    are checked against the default's before it is timed); the combination of the fastest
-   variants; the chunk sizes 32 and 128.
+   variants; the chunk sizes 32 and 128;
+4. ``dqk_mode="shared_scores"`` beside the default: correctness (key / outer, fp32 + bf16, and
+   its varlen) and, at the timing shape, fwd+bwd and the dq/dk kernels (chunk_bwd_da +
+   chunk_bwd_dqk_shared against chunk_bwd_dqk, outputs checked against the default's) over a
+   few ``da_BV`` / ``da_warps`` / ``dqk_BV`` variants (``SHARED``).
 
 Timings are not reported for a signature whose correctness failed. Results go to
 ``<out>/chunk_vector.json``, rewritten after every item so a timeout keeps what finished.
@@ -71,10 +75,15 @@ SWEEP = {
                 dict(dqk_BK=16, dqk_BV=64, dqk_warps=4), dict(dqk_BK=32, dqk_BV=128, dqk_warps=8),
                 dict(dqk_BK=16, dqk_BV=128, dqk_warps=4)],
 }  # fmt: skip
+# dqk_mode="shared_scores" variants (the first is what {"dqk_mode": "shared_scores"} resolves to)
+SHARED = [dict(dqk_mode="shared_scores"), dict(dqk_mode="shared_scores", da_BV=64),
+          dict(dqk_mode="shared_scores", da_BV=128, da_warps=8), dict(dqk_mode="shared_scores", dqk_BV=64),
+          dict(dqk_mode="shared_scores", da_BV=64, dqk_BK=64, dqk_BV=64, dqk_warps=8)]  # fmt: skip
 if SMOKE:
     DEVICE, HALF, LONG_T = "cpu", torch.float16, 150
     TARGET, CHECK = Shape(1, 70, 2, 32, 32), Shape(1, 40, 2, 32, 32)
     SWEEP = {k: v[:2] for k, v in SWEEP.items()}
+    SHARED = SHARED[:2]
 KERNEL_GROUP = {"cumsum": None, "fwd_state": "state", "fwd_o": "fwd_o", "bwd_state": "state",
                 "bwd_dv": "bwd_dv", "bwd_dqk": "bwd_dqk"}  # fmt: skip
 
@@ -146,8 +155,11 @@ def warm_up(rep: Report, cfg_over: dict, sweep: bool) -> None:
         ("outer", "float32", 2, 24, 40, cfg_over, True),
         ("key_before", "float32", 1, 32, 32, cfg_over, True),
     ]
+    for name in ("key", "outer"):  # dqk_mode="shared_scores" correctness
+        jobs += [(name, dt, *CHECK[2:], {**cfg_over, **SHARED[0]}, True) for dt in ("float32", str(HALF)[6:])]
     for name in ("key", "key_before"):
         jobs.append((name, str(HALF)[6:], *TARGET[2:], cfg_over, False))
+        jobs += [(name, str(HALF)[6:], *TARGET[2:], {**cfg_over, **v}, False) for v in SHARED]
         if sweep:
             for variants in SWEEP.values():
                 jobs += [(name, str(HALF)[6:], *TARGET[2:], {**cfg_over, **v}, False) for v in variants[1:]]
@@ -221,6 +233,82 @@ def correctness(rep: Report, cfg: dict) -> dict:
         rep.put("correctness", tag, res)
         status[c["name"]] = status.get(c["name"], True) and res["ok"]
     return status
+
+
+def correctness_shared(rep: Report, cfg: dict) -> bool:
+    """dqk_mode="shared_scores" against the reference (key / outer fp32 + bf16, key varlen)."""
+    ok = True
+    B, T, H, K, V = CHECK
+    cu = torch.tensor([0, 0, 1, 6, 37, T], dtype=torch.int32, device=DEVICE)
+    cases = [(n, dt, None) for n in ("key", "outer") for dt in (torch.float32, HALF)]
+    cases.append(("key_before", torch.float32, cu))
+    for name, dtype, c in cases:
+        tag = f"{name}/{str(dtype)[6:]}" + ("/varlen" if c is not None else "")
+        try:
+            if c is None:
+                sig, x = make_inputs(name, dtype, *CHECK, seed=6)
+            else:
+                sig, x = make_inputs(name, dtype, 1, T, H, K, V, cu=c, seed=6)
+            res = compare(sig, x, {**cfg, **SHARED[0]}, dtype)
+        except Exception:
+            res = {"ok": False, "error": traceback.format_exc()[-1500:]}
+        rep.put("correctness_shared_scores", tag, res)
+        ok = ok and res["ok"]
+    return ok
+
+
+def timing_shared(rep: Report, name: str, cfg_over: dict) -> None:
+    """fwd+bwd and the dq/dk kernels: dqk_mode="shared_scores" variants against the default."""
+    from scandsl.lowering import chunk_vector
+    from scandsl.lowering import chunk_vector_launch as L
+    from triton.testing import do_bench
+
+    def bench(fn) -> float:
+        if SMOKE:
+            t0 = time.perf_counter()
+            fn()
+            return round(1e3 * (time.perf_counter() - t0), 4)
+        return round(do_bench(fn, warmup=25, rep=200, return_mode="median"), 4)
+
+    B, T, H, K, V = TARGET
+    sig, x = make_inputs(name, HALF, B, T, H, K, V, seed=4, state=False)
+    x.output_final_state = False
+    do = torch.randn_like(x.v)
+    inputs = [x.q, x.k, x.v, x.gk]
+    base = chunk_vector.resolve_config(sig, x, cfg_over)
+    P = L.Plan(sig, x, base)
+    q, k, v, gk = (t.detach() for t in inputs)
+    gk_cum = L.cumsum(P, gk)
+    hs, _ = L.fwd_state(P, k, v, gk_cum, None, None, False)
+    dhs, _ = L.bwd_state(P, q, do, gk_cum, None, hs, None, False)
+    ref = L.bwd_dqk(P, q, k, v, do, gk_cum, None, hs, dhs)
+    section = f"timing_shared_scores/{name}"
+    rep.put(section, "fused_bwd_dqk_ms", bench(lambda: L.bwd_dqk(P, q, k, v, do, gk_cum, None, hs, dhs)))
+
+    def fwd_bwd(cfg):
+        o, _ = chunk_vector.run(sig, x, cfg)
+        return torch.autograd.grad(o, inputs, do)
+
+    rep.put(section, "fused_fwd_bwd_ms", bench(lambda: fwd_bwd(base)))
+    results = []
+    for var in SHARED:
+        if rep.left() < 30:
+            break
+        try:
+            cfg = chunk_vector.resolve_config(sig, x, {**cfg_over, **var})
+            Pv = P.with_config(**cfg)
+            got = L.bwd_dqk_shared(Pv, q, k, v, do, gk_cum, None, hs, dhs)
+            err = max(rel_err(a.float(), b.float()) for a, b in zip(got, ref))
+            row = {"config": var, "rel_err_vs_fused": float(f"{err:.2e}")}
+            if err < 2e-2:
+                row["bwd_dqk_ms"] = bench(
+                    lambda Pv=Pv: L.bwd_dqk_shared(Pv, q, k, v, do, gk_cum, None, hs, dhs)
+                )
+                row["fwd_bwd_ms"] = bench(lambda cfg=cfg: fwd_bwd(cfg))
+            results.append(row)
+        except Exception as e:
+            results.append({"config": var, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+        rep.put(section, "variants", results)
 
 
 def strong_target_shape(rep: Report, cfg: dict) -> None:
@@ -341,6 +429,16 @@ def main() -> None:
     except Exception:
         rep.put("warm_up", "error", traceback.format_exc()[-1500:])
     status = correctness(rep, args.config)
+    shared_ok = correctness_shared(rep, args.config)
+    # the shared_scores comparison first: it is the open question, the tile sweep comes after
+    for name in ("key", "key_before"):
+        if not (status.get(name) and shared_ok):
+            rep.put(f"timing_shared_scores/{name}", "refused", "correctness failed")
+            continue
+        try:
+            timing_shared(rep, name, args.config)
+        except Exception:
+            rep.put(f"timing_shared_scores/{name}", "error", traceback.format_exc()[-2000:])
     for name in ("key", "key_before"):
         if not status.get(name):
             rep.put(f"timing/{name}", "refused", "correctness failed")
