@@ -38,6 +38,7 @@ import traceback
 from pathlib import Path
 
 SMOKE = "--smoke" in sys.argv  # spawned workers see the parent's argv too
+AOT = "--aot" in sys.argv  # compile only, for sm_90, on a machine without a GPU
 if SMOKE:
     os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
 
@@ -54,7 +55,7 @@ SIGS = {
     "outer": CoreSig(decay=Decay.OUTER),
 }
 NAMES = ("q", "k", "v", "gk", "gv", "initial_state")
-DEVICE = "cuda"
+DEVICE = "cpu" if AOT else "cuda"
 HALF = torch.bfloat16  # the 16-bit input dtype checked and timed
 TARGET = Shape(4, 4096, 16, 128, 128)  # timing
 CHECK = Shape(2, 300, 16, 128, 128)  # correctness, same H/K/V as TARGET (same compiled kernels)
@@ -411,6 +412,81 @@ def timing(rep: Report, name: str, cfg_over: dict, sweep: bool) -> None:
         rep.put(section, f"chunk{chunk}_fwd_bwd_ms", bench(lambda cfg=cfg: fwd_bwd(cfg)))
 
 
+def aot_compile(kernel, meta: dict, fp32_ptrs: set) -> dict:
+    """Compile ``kernel`` for sm_90 without a GPU (bf16 inputs); registers / spill stack / smem."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    meta = dict(meta)
+    options = {"num_warps": meta.pop("num_warps"), "num_stages": meta.pop("num_stages")}
+    sig = {}
+    for name in kernel.arg_names:
+        if name in meta:
+            sig[name] = "constexpr"
+        elif name in ("cu", "chunk_seq", "chunk_loc", "chunk_off"):
+            sig[name] = "*i32"
+        elif name == "scale":
+            sig[name] = "fp32"
+        else:
+            sig[name] = "*fp32" if name in fp32_ptrs else "*bf16"
+    attrs = {
+        (i,): [["tt.divisibility", 16]] for i, n in enumerate(kernel.arg_names) if sig[n].startswith("*")
+    }
+    constexprs = {(kernel.arg_names.index(n),): v for n, v in meta.items()}
+    t0 = time.time()
+    ck = triton.compile(ASTSource(kernel, sig, constexprs=constexprs, attrs=attrs),
+                        target=GPUTarget("cuda", 90, 128), options=options)  # fmt: skip
+    tool = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as fh:
+        fh.write(ck.asm["cubin"])
+    try:
+        usage = subprocess.run(
+            [str(tool), "--dump-resource-usage", fh.name], capture_output=True, text=True
+        ).stdout
+    finally:
+        os.unlink(fh.name)
+    m = re.search(r"REG:(\d+) STACK:(\d+)", usage)
+    return {"regs": int(m.group(1)) if m else None, "spill_stack": int(m.group(2)) if m else None,
+            "smem": ck.metadata.shared, "compile_s": round(time.time() - t0, 1)}  # fmt: skip
+
+
+def aot_main(rep: Report) -> None:
+    """--aot: the dq/dk kernels of both dqk modes at the timing shape, compiled for sm_90 on the CPU."""
+    from scandsl.lowering import chunk_vector
+    from scandsl.lowering import chunk_vector_launch as L
+
+    fp32 = {"gk_cum", "gv_cum", "dgk", "da", "dat", "ddg"}
+    for name in ("key", "key_before"):
+        sig = SIGS[name]
+        mod = L.kernels(sig)
+        for var in [{}] + SHARED:
+            cfg = {**chunk_vector.default_config(sig, TARGET), **var}
+            common = dict(H=TARGET.H, K=TARGET.K, V=TARGET.V, C=cfg["chunk"], SC=cfg["sub"], PREC=cfg["fp32_dot"],
+                          num_stages=cfg["num_stages"])  # fmt: skip
+            dqk = dict(BK=cfg["dqk_BK"], BV=cfg["dqk_BV"], num_warps=cfg["dqk_warps"], **common)
+            if cfg["dqk_mode"] == "fused":
+                jobs = {"chunk_bwd_dqk": (mod.chunk_bwd_dqk, {**dqk, "BVD": cfg["diag_BV"]})}
+            else:
+                da = dict(BV=cfg["da_BV"], BVD=cfg["diag_BV"], num_warps=cfg["da_warps"], **common)
+                jobs = {
+                    "chunk_bwd_da": (mod.chunk_bwd_da, da),
+                    "chunk_bwd_dqk_shared": (mod.chunk_bwd_dqk_shared, dqk),
+                }
+            for kname, (kern, meta) in jobs.items():
+                key = json.dumps(var, sort_keys=True)
+                try:
+                    res = aot_compile(kern, meta, fp32)
+                except Exception as err:
+                    res = f"{type(err).__name__}: {str(err)[:300]}"
+                rep.put(f"aot {name} {kname}", key, res)
+                print("aot", name, kname, key, res, flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
@@ -418,8 +494,14 @@ def main() -> None:
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--config", type=json.loads, default={}, help="overrides of the default config")
     ap.add_argument("--smoke", action="store_true", help="CPU interpreter, tiny shapes (checks the script)")
+    ap.add_argument(
+        "--aot", action="store_true", help="CPU: compile the dq/dk kernels for sm_90, regs/spills"
+    )
     args = ap.parse_args()
     rep = Report(args.out, args.budget)
+    if args.aot:
+        aot_main(rep)
+        return
     import triton
 
     rep.put("env", "triton", triton.__version__)
