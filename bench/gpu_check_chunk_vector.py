@@ -78,8 +78,9 @@ SWEEP = {
 }  # fmt: skip
 # dqk_mode="shared_scores" variants (the first is what {"dqk_mode": "shared_scores"} resolves to)
 SHARED = [dict(dqk_mode="shared_scores"), dict(dqk_mode="shared_scores", da_BV=64),
-          dict(dqk_mode="shared_scores", da_BV=128, da_warps=8), dict(dqk_mode="shared_scores", dqk_BV=64),
-          dict(dqk_mode="shared_scores", da_BV=64, dqk_BK=64, dqk_BV=64, dqk_warps=8)]  # fmt: skip
+          dict(dqk_mode="shared_scores", dqk_warps=8), dict(dqk_mode="shared_scores", dqk_BK=16, dqk_warps=8),
+          dict(dqk_mode="shared_scores", da_BV=64, dqk_BK=16, dqk_warps=8),
+          dict(dqk_mode="shared_scores", da_BV=128, da_warps=8)]  # fmt: skip
 if SMOKE:
     DEVICE, HALF, LONG_T = "cpu", torch.float16, 150
     TARGET, CHECK = Shape(1, 70, 2, 32, 32), Shape(1, 40, 2, 32, 32)

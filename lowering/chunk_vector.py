@@ -12,6 +12,10 @@ How it is parallelised: time is cut into chunks of ``C`` steps, each chunk into 
 Backward, three more: ``chunk_bwd_state`` (the adjoint walk in reverse time, per K/V-block),
 then ``chunk_bwd_dv`` per (V-block, chunk, head) and ``chunk_bwd_dqk`` per (K-block, chunk,
 head), which also produce the log-decay gradients as a reverse cumulative sum inside the chunk.
+With ``dqk_mode="shared_scores"`` (in the search space, not the default until timed on a GPU)
+``chunk_bwd_dqk`` is replaced by ``chunk_bwd_da`` per (chunk, head), which writes the scores that
+span all of V (``do . v^T`` and kin) once to fp32 scratch, and ``chunk_bwd_dqk_shared`` per
+(K-block, chunk, head), which reads them: :mod:`scandsl.lowering.chunk_vector_shared`.
 
 Algorithm: Yang et al., "Gated Linear Attention Transformers with Hardware-Efficient Training"
 (2024): secondary chunking — between sub-chunks the per-key gates are rebased on a reference row
