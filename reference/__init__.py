@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import torch
 
+from scandsl._core import _row_index, _sequence_bounds
 from scandsl._dsl import Affine
 from scandsl._expr import Input, Node, Read, align, evaluate, walk
 
@@ -59,11 +60,7 @@ def run_reference(
     dtype = torch.float64 if v_any.dtype == torch.float64 else torch.float32
     cast = {n: t.to(dtype) for n, t in inputs.items()}
     reads = sorted({n for n in walk(spec.output) if isinstance(n, Read)}, key=repr)
-    if cu_seqlens is None:
-        seqs = [(b, 0, T) for b in range(B)]
-    else:
-        cu = cu_seqlens.tolist()
-        seqs = [(0, cu[i], cu[i + 1]) for i in range(len(cu) - 1)]
+    seqs = _sequence_bounds(cu_seqlens, B, T)
     out_axes = spec.output.axes
     out = torch.zeros((B, T, H) + tuple(sizes[a] for a in out_axes), dtype=dtype, device=v_any.device)
     finals: dict[str, list[torch.Tensor]] = {name: [] for name, _ in spec.states}
@@ -93,8 +90,6 @@ def run_reference(
             rows.append((b, start, end, torch.cat(steps, 0)))
         for name in finals:
             finals[name].append(states[name])
-    for b, start, end, vals in rows:
-        idx_b = torch.full((end - start,), b, dtype=torch.long, device=out.device)
-        idx_t = torch.arange(start, end, device=out.device)
-        out = out.index_put((idx_b, idx_t), vals)
+    if rows:
+        out = out.index_put(_row_index(rows, out.device), torch.cat([r[3] for r in rows], 0))
     return out, {name: torch.cat(parts, 0) for name, parts in finals.items()}

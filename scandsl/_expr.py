@@ -7,7 +7,6 @@ for one step) followed by one dim per axis, in the node's axis order.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -282,7 +281,3 @@ def _bcast(t: torch.Tensor, axes: Axes, target: Axes) -> torch.Tensor:
     if t.dim() == 0:
         return t
     return align(t, axes, target)
-
-
-def is_finite_const(n: Node) -> bool:
-    return isinstance(n, Const) and math.isfinite(n.value)

@@ -22,10 +22,6 @@ def _fail(arg: str, expected: str, got: str, fix: str = "") -> ValueError:
     return ValueError(msg + (f"; {fix}" if fix else ""))
 
 
-def _dims(decl, B: str = "B") -> str:
-    return decl.shape_doc()
-
-
 def check_inputs(spec, args: Mapping[str, Any], *, cu_seqlens, strategy: str):
     """Check every declared input; returns (tensors, axis sizes, number of sequences)."""
     decls = spec.input_decls
