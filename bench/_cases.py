@@ -36,13 +36,23 @@ class _OpInputs:
     init: torch.Tensor | None  # [B, H, K, V] float32 (single-state rows), or None
     B: int
     T: int
+    cu: torch.Tensor | None = None  # cu_seqlens of a packed batch (B == 1)
 
     def sliced(self, n: int) -> _OpInputs:
         args = {
             k: (v[:, :n] if v.dim() >= 3 and tuple(v.shape[:2]) == (self.B, self.T) else v)
             for k, v in self.args.items()
         }
-        return _OpInputs(args, self.init, self.B, n)
+        # the first n tokens of a packed batch: the same documents, cut at n (some become empty)
+        cu = None if self.cu is None else self.cu.clamp(max=n)
+        return _OpInputs(args, self.init, self.B, n, cu)
+
+
+def random_cu_seqlens(T: int, docs: int, seed: int, device) -> torch.Tensor:
+    """``docs`` documents of random lengths (at least 1) packed into ``T`` tokens."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    cuts = torch.randperm(T - 1, generator=gen)[: docs - 1].sort().values + 1
+    return torch.cat([torch.tensor([0]), cuts, torch.tensor([T])]).to(device)
 
 
 def op_case(
@@ -58,12 +68,18 @@ def op_case(
     group: str = "",
     x: float | None = None,
     slots: int = SLOTS,
+    docs: int | None = None,
 ) -> Case:
     """``scandsl.ops.<op>`` per strategy, plus the anchors of ``anchor_kind`` for that op.
 
     ``decode``: a one-step call from a random initial state that returns the new state
-    (what generation does each token).
+    (what generation does each token). ``docs``: a packed batch (B must be 1) of that many
+    documents of random lengths, passed as ``cu_seqlens``.
     """
+    if docs is not None and shape.B != 1:
+        raise ValueError(f"docs: a packed batch needs B == 1, got B={shape.B}")
+    if docs is not None and anchor_kind is not None:
+        raise ValueError("docs: packed batches are timed against our own dense run; pass anchor_kind=None")
     fn, spec = op_spec(op)
     scale = shape.K**-0.5 if spec.scaled is not None else None
     with_state = decode
@@ -74,10 +90,12 @@ def op_case(
         if with_state:
             gen = torch.Generator(device="cpu").manual_seed(seed + 1)
             init = (torch.randn(shape.B, shape.H, shape.K, shape.V, generator=gen) * 0.5).to(device)
-        return _OpInputs(args, init, shape.B, shape.T)
+        cu = None if docs is None else random_cu_seqlens(shape.T, docs, seed + 2, device)
+        return _OpInputs(args, init, shape.B, shape.T, cu)
 
     def call(inp: _OpInputs, args: dict, strategy: str):
-        return fn(**args, initial_state=inp.init, output_final_state=decode, strategy=strategy)
+        return fn(**args, initial_state=inp.init, output_final_state=decode, strategy=strategy,
+                  cu_seqlens=inp.cu)  # fmt: skip
 
     def ours(strategy: str):
         def prepare(inp: _OpInputs, grad: bool):
@@ -97,11 +115,13 @@ def op_case(
     def reference(inp: _OpInputs):
         args = {k: v.detach().float() for k, v in inp.args.items()}
         with torch.no_grad():
-            return fn(**args, initial_state=inp.init, output_final_state=True, strategy="reference")
+            return fn(**args, initial_state=inp.init, output_final_state=True, strategy="reference",
+                      cu_seqlens=inp.cu)  # fmt: skip
 
     def reference_grads(inp: _OpInputs, do: torch.Tensor) -> dict[str, torch.Tensor]:
         args = {k: _leaf(v, True, torch.float32) for k, v in inp.args.items()}
-        o, _ = fn(**args, initial_state=inp.init, output_final_state=False, strategy="reference")
+        o, _ = fn(**args, initial_state=inp.init, output_final_state=False, strategy="reference",
+                  cu_seqlens=inp.cu)  # fmt: skip
         o.backward(do)
         return {k: v.grad for k, v in args.items() if v.grad is not None}
 
@@ -123,7 +143,7 @@ def op_case(
         modes=modes,
         group=group,
         x=x,
-        meta={"decode": decode} if decode else {},
+        meta={**({"decode": decode} if decode else {}), **({"docs": docs} if docs else {})},
     )
 
 

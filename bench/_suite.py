@@ -9,6 +9,8 @@ Every part measures the ceilings itself, so its floors come from the same run.
   ``mamba`` and ``s4`` on ``scan`` and ``sequential``;
 - ``recurrent`` — ours ``sequential`` vs FLA's fused-recurrent kernels (mamba2, gla);
 - ``decode`` — one token from a state (B=64), ours ``sequential`` vs FLA / mamba_ssm steps;
+- ``varlen`` — 64K tokens packed from documents of random lengths (``cu_seqlens``) against the
+  same tokens as one dense sequence, mamba2 and gla on ``chunk`` (issue 9's ≤ 1.1× check);
 - ``smoke`` — tiny shapes through every path (a first GPU run that checks the harness).
 """
 
@@ -93,6 +95,20 @@ def _decode() -> list[Case]:
     ]  # fmt: skip
 
 
+VARLEN_DOCS = 40
+
+
+def _varlen() -> list[Case]:
+    shape = Shape(B=1, T=SWEEP_TOKENS, H=16, K=128, V=128)
+    return [
+        op_case(op, shape, BF16, strategies=("chunk",), anchor_kind=None, docs=docs,
+                name=f"{op} 64K tokens {'packed, %d docs' % docs if docs else 'dense'}",
+                group=f"varlen {op}")  # fmt: skip
+        for op in ("mamba2", "gla")
+        for docs in (None, VARLEN_DOCS)
+    ]
+
+
 def _smoke() -> list[Case]:
     tiny = Shape(B=2, T=200, H=2, K=64, V=64)
     cases = [op_case(op, tiny, BF16, strategies=("chunk", "sequential"), name=f"smoke {op}")
@@ -114,6 +130,7 @@ PARTS: dict[str, Callable[[], list[Case]]] = {
     "scan": _scan,
     "recurrent": _recurrent,
     "decode": _decode,
+    "varlen": _varlen,
 }
 
 

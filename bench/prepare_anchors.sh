@@ -15,7 +15,9 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     rich==15.0.0 markdown-it-py==4.3.0 mdurl==0.1.2 pygments==2.21.0
 mkdir -p .anchors
 if [ ! -f .anchors/mamba_ssm-2.3.2.post1.tar.gz ]; then
-    MAMBA_SKIP_CUDA_BUILD=TRUE python3 -m pip download -q --no-deps --no-binary=:all: --no-build-isolation \
+    # pip reads the sdist's metadata by running its setup.py, which imports torch and wheel:
+    # use a Python that has both (e.g. PYTHON=/path/to/venv/bin/python)
+    MAMBA_SKIP_CUDA_BUILD=TRUE "${PYTHON:-python3}" -m pip download -q --no-deps --no-binary=:all: --no-build-isolation \
         -d .anchors mamba-ssm==2.3.2.post1
 fi
 tmp=$(mktemp -d)

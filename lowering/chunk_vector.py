@@ -12,7 +12,7 @@ How it is parallelised: time is cut into chunks of ``C`` steps, each chunk into 
 Backward, three more: ``chunk_bwd_state`` (the adjoint walk in reverse time, per K/V-block),
 then ``chunk_bwd_dv`` per (V-block, chunk, head) and ``chunk_bwd_dqk`` per (K-block, chunk,
 head), which also produce the log-decay gradients as a reverse cumulative sum inside the chunk.
-With ``dqk_mode="shared_scores"`` (in the search space, not the default until timed on a GPU)
+With ``dqk_mode="shared_scores"`` (the default for KEY decay since it was timed faster on the H100)
 ``chunk_bwd_dqk`` is replaced by ``chunk_bwd_da`` per (chunk, head), which writes the scores that
 span all of V (``do . v^T`` and kin) once to fp32 scratch, and ``chunk_bwd_dqk_shared`` per
 (K-block, chunk, head), which reads them: :mod:`scandsl.lowering.chunk_vector_shared`.
@@ -102,8 +102,10 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
         "diag_BK": min(kp, 32),
         "diag_BV": min(vp, 32),
         # "shared_scores": chunk_bwd_da builds the V-wide [C, C] scores once per (chunk, head) and
-        # chunk_bwd_dqk reads them (chunk_vector_shared); not yet timed on a GPU, so not the default
-        "dqk_mode": "fused",
+        # chunk_bwd_dqk reads them (chunk_vector_shared). Timed on the H100 for KEY decay only
+        # (gla fwd+bwd 9.80 -> 8.62 ms, rwkv6 10.63 -> 9.45 ms; docs/performance.md), so the
+        # default there; VALUE / OUTER keep "fused" until timed
+        "dqk_mode": "shared_scores" if sig.decay == Decay.KEY else "fused",
         "da_BV": min(vp, 32),
         "da_warps": 4,
         "num_stages": 2,

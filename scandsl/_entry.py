@@ -82,12 +82,37 @@ def _run_reference(spec, inputs, sizes, initial, scale, cu_seqlens):
 # ----------------------------------------------------------------------------- kernels
 
 
-def _leaf_env(spec, inputs: Mapping[str, torch.Tensor]) -> dict[Node, torch.Tensor]:
-    env: dict[Node, torch.Tensor] = {}
+class _Env(dict):
+    """Leaf values for ``evaluate``; a lazy leaf is computed on its first use only.
+
+    The scaled query is lazy: a core that reads the raw query folds ``scale`` into the kernel,
+    and then no pass over q is spent unless an epilogue term needs the scaled value too.
+    """
+
+    def __init__(self, values, lazy):
+        super().__init__(values)
+        self._lazy = dict(lazy)
+
+    def __missing__(self, node):
+        if node not in self._lazy:
+            raise KeyError(node)
+        value = self[node] = self._lazy.pop(node)()
+        return value
+
+    def __contains__(self, node) -> bool:
+        return dict.__contains__(self, node) or node in self._lazy
+
+
+def _leaf_env(spec, inputs: Mapping[str, torch.Tensor], scale: float) -> _Env:
+    values, lazy = {}, {}
     for name, decl in spec.inputs:
         x = inputs[name]
-        env[Input(name, decl.axes, decl.time)] = x if decl.time else x[None, None]
-    return env
+        leaf = Input(name, decl.axes, decl.time)
+        if name == spec.scaled and scale != 1.0:
+            lazy[leaf] = lambda x=x: x * scale
+        else:
+            values[leaf] = x if decl.time else x[None, None]
+    return _Env(values, lazy)
 
 
 def _eval_operand(node: Node, env, sizes, lead: tuple[int, int, int], per_step: bool) -> torch.Tensor:
@@ -105,14 +130,16 @@ def _stage_inputs(
 ):
     sig = stage.sig
     ops = {}
-    for name, node in stage.operand_nodes().items():
-        static = (name == "q" and sig.query_static) or (name == "k" and sig.key_static)
-        static = static or (name == "gv" and sig.decay_static) or name == "A"
-        ops[name] = _eval_operand(node, env, sizes, lead, per_step=not static)
     core_scale = 1.0
     if isinstance(raw_q, Input) and stage.q == raw_q:
         core_scale = scale  # fold scale into the kernel instead of an extra pass over q
         ops["q"] = inputs[raw_q.name]
+    for name, node in stage.operand_nodes().items():
+        if name in ops:
+            continue
+        static = (name == "q" and sig.query_static) or (name == "k" and sig.key_static)
+        static = static or (name == "gv" and sig.decay_static) or name == "A"
+        ops[name] = _eval_operand(node, env, sizes, lead, per_step=not static)
     cols = []
     for node in stage.values:
         col = _eval_operand(node, env, sizes, lead, per_step=True)
@@ -150,7 +177,7 @@ def _run_kernels(spec, strategy: str, inputs, sizes, initial, scale, cu_seqlens)
     raw_q = Input(spec.scaled, spec.input_decls[spec.scaled].axes, True) if spec.scaled else None
     v_any = next(t for n, t in inputs.items() if spec.input_decls[n].time)
     lead = tuple(v_any.shape[:3])
-    env = _leaf_env(spec, _scaled_inputs(spec, inputs, scale))
+    env = _leaf_env(spec, inputs, scale if spec.scaled else 1.0)
     finals: dict[str, torch.Tensor] = {}
     for stage in nf.stages:
         x = _stage_inputs(stage, env, sizes, lead, scale, raw_q, inputs, initial, cu_seqlens)

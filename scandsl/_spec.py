@@ -67,7 +67,7 @@ class Spec:
     def state_decls(self) -> dict[str, StateDecl]:
         return dict(self.states)
 
-    @property
+    @cached_property
     def uses_feature_map(self) -> bool:
         return any(isinstance(n, Op) and n.fn == "phi" for n in self.all_nodes())
 
@@ -88,7 +88,23 @@ class Spec:
 
     # ----------------------------------------------------------------- specialise
     def with_feature_map(self, feature_map: str | Callable | None) -> Spec:
-        """This spec with its ``phi(...)`` placeholders bound to a concrete feature map."""
+        """This spec with its ``phi(...)`` placeholders bound to a concrete feature map.
+
+        Memoised per spec and feature map (a name or the callable itself): every call of an op
+        goes through here, and a fresh spec would be classified again each time.
+        """
+        memo = self.__dict__.setdefault("_bound", {})
+        try:
+            hit = memo.get(feature_map)
+        except TypeError:  # an unhashable callable: bind it afresh
+            return self._bind_feature_map(feature_map)
+        if hit is None:
+            if len(memo) >= 64:  # callables made afresh per call must not grow it without end
+                memo.clear()
+            hit = memo[feature_map] = self._bind_feature_map(feature_map)
+        return hit
+
+    def _bind_feature_map(self, feature_map: str | Callable | None) -> Spec:
         if not self.uses_feature_map:
             if feature_map not in (None, "identity"):
                 raise ValueError(f"feature_map: {self.name} has no feature map; got {feature_map!r}")

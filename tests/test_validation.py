@@ -111,3 +111,41 @@ def test_feature_map_validation():
     a = _ok()
     with pytest.raises(ValueError, match="feature_map: expected one of"):
         ops.linear_attn(a["q"], a["k"], a["v"], feature_map="gelu", strategy="reference")
+
+
+def test_value_checks_follow_the_knob(monkeypatch):
+    """Host tensors are value-checked by default; device tensors only when asked (a check there
+    is a device-to-host sync per call); 0 turns them off."""
+    from scandsl import knobs
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert knobs.check_values(cpu) and not knobs.check_values(cuda)
+    monkeypatch.setenv("SCANDSL_CHECK_VALUES", "1")
+    assert knobs.check_values(cpu) and knobs.check_values(cuda)
+    monkeypatch.setenv("SCANDSL_CHECK_VALUES", "0")
+    args = _ok()
+    args["g"] = torch.rand(1, 5, 2)  # growth instead of decay: computed as given, unchecked
+    o, _ = ops.mamba2(**args, strategy="reference")
+    assert torch.isfinite(o).all()
+
+
+def test_scale_is_folded_without_a_pass_over_q(monkeypatch):
+    """The kernel path folds ``scale`` into the core: q reaches the strategy unscaled, once."""
+    import scandsl._entry as entry
+
+    seen = {}
+
+    class Spy:
+        @staticmethod
+        def supports(sig):
+            return None
+
+        @staticmethod
+        def run(sig, x, config):
+            seen["q"], seen["scale"] = x.q, x.scale
+            return torch.zeros(x.B, x.T, x.H, x.V), torch.zeros(x.B, x.H, x.K, x.V)
+
+    monkeypatch.setattr(entry, "load_strategy", lambda s: Spy)
+    args = _ok()
+    ops.mamba2(**args, scale=0.5, strategy="chunk")
+    assert seen["q"] is args["q"] and seen["scale"] == 0.5

@@ -304,3 +304,19 @@ def test_fla_anchor_survives_a_broken_package_init(tmp_path, monkeypatch):
     finally:
         for key in [k for k in sys.modules if k == "fla" or k.startswith("fla.")]:
             del sys.modules[key]
+
+
+# -- packed batches (the `varlen` part) ----------------------------------------------------------
+def test_packed_case_checks_per_document_and_cuts_the_prefix(tmp_path):
+    """A packed case passes cu_seqlens to ours and to the reference; its T prefix cuts the documents."""
+    shape = Shape(B=1, T=40, H=2, K=8, V=8)
+    case = op_case("mamba2", shape, torch.float32, strategies=("sequential",), anchor_kind=None, docs=5)
+    inputs = case.make_inputs(0, torch.device("cpu"))
+    cu = inputs.cu.tolist()
+    assert cu[0] == 0 and cu[-1] == 40 and len(cu) == 6 and all(b > a for a, b in zip(cu, cu[1:]))
+    assert inputs.sliced(7).cu.max().item() == 7
+    payload = run_part("unit", [case], tmp_path / "v.json", device="cpu", ceilings=CEIL, timer=fake_timer(),
+                       env=_env(), log=lambda s: None, check_T=23)  # fmt: skip
+    assert {r["status"] for r in payload["records"]} == {"ok"}
+    with pytest.raises(ValueError, match="docs: a packed batch needs B == 1"):
+        op_case("mamba2", Shape(2, 40, 2, 8, 8), torch.float32, anchor_kind=None, docs=5)

@@ -30,7 +30,8 @@ SIGS = {
 COARSE = {"chunk": 32, "sub": 16, "fwd_BK": 32, "fwd_BV": 64, "state_BK": 32, "state_BV": 64, "dv_BK": 32,
           "dv_BV": 64, "dqk_BK": 32, "dqk_BV": 64, "diag_BK": 32, "diag_BV": 64}  # fmt: skip
 FINE = {"chunk": 32, "sub": 16, "fwd_BK": 16, "fwd_BV": 32, "state_BK": 16, "state_BV": 32, "dv_BK": 16,
-        "dv_BV": 32, "dqk_BK": 16, "dqk_BV": 32, "diag_BK": 16, "diag_BV": 16}  # fmt: skip
+        "dv_BV": 32, "dqk_BK": 16, "dqk_BV": 32, "diag_BK": 16, "diag_BV": 16,
+        "dqk_mode": "fused"}  # fmt: skip  (COARSE keeps each decay's default dq/dk mode)
 GRAD_NAMES = ("q", "k", "v", "gk", "gv", "initial_state")
 
 
@@ -205,7 +206,9 @@ def test_shared_scores_config():
         space = chunk_vector.search_space(sig, shape)
         assert "dqk_mode" in [p.name for p in space.params]
         assert space.valid({**chunk_vector.default_config(sig, shape), **SHARED}) is None
-        assert chunk_vector.default_config(sig, shape)["dqk_mode"] == "fused"  # GPU-verified default
+        # GPU-timed default: shared scores for KEY decay, fused where only that was timed
+        want = "shared_scores" if sig.decay == Decay.KEY else "fused"
+        assert chunk_vector.default_config(sig, shape)["dqk_mode"] == want
     assert "dqk_mode" in space.valid({**chunk_vector.default_config(sig, shape), "dqk_mode": "other"})
     src = chunk_vector.generate_source(SIGS["outer"])
     assert "def chunk_bwd_da(" in src and "def chunk_bwd_dqk_shared(" in src and "@value_state@" not in src
