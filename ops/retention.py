@@ -1,5 +1,6 @@
 """RetNet's retention (Sun et al. 2023): a constant per-head decay."""
 
+import functools
 import math
 
 import torch
@@ -14,9 +15,16 @@ def retention_spec(S: State[Value, Key], q: Key, k: Key, v: Value, gamma: Param(
     return S @ q, S
 
 
-def retnet_gamma(H: int, device=None) -> torch.Tensor:
-    """RetNet's per-head log-decays ``log(1 − 2^{−5−h})``."""
+@functools.lru_cache(maxsize=64)
+def _gamma(H: int, device: torch.device) -> torch.Tensor:
+    # built on the host once per (H, device): a fresh host-to-device copy each call would be a
+    # copy from pageable memory, which waits for the GPU's queue to drain
     return torch.tensor([math.log(1 - 2 ** (-5 - h)) for h in range(H)], dtype=torch.float32, device=device)
+
+
+def retnet_gamma(H: int, device=None) -> torch.Tensor:
+    """RetNet's per-head log-decays ``log(1 − 2^{−5−h})`` (a new tensor; the cached one is never handed out)."""
+    return _gamma(H, torch.device(device or "cpu")).clone()
 
 
 def retention(
@@ -33,5 +41,6 @@ def retention(
 ):
     """Retention; ``gamma`` ``[H]`` log-decay, ``None`` = RetNet's ``log(1 − 2^{−5−h})``."""
     if gamma is None and isinstance(q, torch.Tensor) and q.dim() == 4:
-        gamma = retnet_gamma(q.shape[2], q.device).to(q.dtype if q.dtype == torch.float64 else torch.float32)
+        gamma = _gamma(q.shape[2], q.device)  # read-only use: the op never writes its inputs
+        gamma = gamma.double() if q.dtype == torch.float64 else gamma
     return apply(retention_spec, locals())
