@@ -33,6 +33,7 @@ __all__ = [
     "replay",
     "TuneResult",
     "TrialRecord",
+    "DeviceFault",
     "TuneKey",
     "make_key",
     "shape_bucket",
@@ -50,6 +51,7 @@ _LAZY = {
     "replay": "._tune",
     "TuneResult": "._tune",
     "TrialRecord": "._evaluate",
+    "DeviceFault": "._evaluate",
     "tune_main": "._cli",
     "add_tune_subparser": "._cli",
 }

@@ -128,6 +128,7 @@ def tune_main(argv: Sequence[str] | None = None, *, resolve: Resolver | None = N
 
 
 def run(args: argparse.Namespace, *, resolve: Resolver | None = None) -> int:
+    from ._evaluate import DeviceFault
     from ._json import result_to_json
     from ._report import plot_history, print_table
     from ._tune import grid_search, tune
@@ -161,12 +162,19 @@ def run(args: argparse.Namespace, *, resolve: Resolver | None = None) -> int:
                 **common,
             )
         else:
-            result = tune(
-                target.spec_key, sig, shape, dtype, tuple(target.legal), make_inputs=None,
-                trials=args.trials, storage=args.storage, sampler=args.sampler, seed=args.seed,
-                write_cache=not args.no_cache, **common,
-            )  # fmt: skip
+            try:
+                result = tune(
+                    target.spec_key, sig, shape, dtype, tuple(target.legal), make_inputs=None,
+                    trials=args.trials, storage=args.storage, sampler=args.sampler, seed=args.seed,
+                    write_cache=not args.no_cache, **common,
+                )  # fmt: skip
+            except DeviceFault as fault:
+                print(f"scandsl tune: stopped: {fault}", file=sys.stderr)
+                return 1
         print_table(result)
+        if "device_fault" in result.meta:
+            print(f"grid stopped early: {result.meta['device_fault']}", file=sys.stderr)
+            status = 1
         plot = args.plot
         stem = f"{args.name.replace(':', '_')}-{result.key.sig}"
         if plot is None:

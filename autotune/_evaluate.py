@@ -105,6 +105,32 @@ def probe_shape_for(shape: Shape) -> Shape:
     return Shape(B=min(shape.B, 2), T=T, H=min(shape.H, 4), K=shape.K, V=shape.V)
 
 
+# CUDA errors after which the process's context is lost: no later launch can succeed
+_STICKY = ("illegal memory access", "unspecified launch failure", "misaligned address",
+           "illegal instruction", "device-side assert")  # fmt: skip
+
+
+class DeviceFault(RuntimeError):
+    """A candidate broke the GPU context (e.g. an illegal memory access).
+
+    Every later evaluation in this process would fail too, so the search stops instead of
+    recording a cascade of errors; ``record`` is the faulting candidate (state ``error``), which
+    the study keeps as failed, so a resumed search never runs it again.
+    """
+
+    def __init__(self, record: TrialRecord):
+        self.record = record
+        super().__init__(
+            f"{record.strategy} config {record.config} faulted the GPU ({record.reason}); the CUDA "
+            "context of this process is lost. Evaluations so far are kept; the faulting config is "
+            "recorded as failed and is not run again: start the same search in a new process to go on."
+        )
+
+
+def is_device_fault(err: BaseException) -> bool:
+    return any(s in str(err).lower() for s in _STICKY)
+
+
 def _short(err: BaseException, limit: int = 300) -> str:
     text = f"{type(err).__name__}: {err}".strip().replace("\n", " ")
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -215,7 +241,7 @@ class Evaluator:
             wrong = self._check(mod, config, rec)
         except Exception as err:
             rec.state, rec.reason = "error", _short(err)
-            return rec
+            return self._fault_or(rec, err)
         if wrong is not None:
             rec.state, rec.reason = "wrong", wrong
             return rec
@@ -223,11 +249,18 @@ class Evaluator:
             ms = float(self.timer(self._timed_fn(mod, config), strategy=strategy, config=dict(config)))
         except Exception as err:
             rec.state, rec.reason = "error", f"while timing: {_short(err)}"
-            return rec
+            return self._fault_or(rec, err)
         if not (math.isfinite(ms) and ms > 0):
             rec.state, rec.reason = "error", f"timer returned {ms!r}"
             return rec
         rec.ms = ms
+        return rec
+
+    @staticmethod
+    def _fault_or(rec: TrialRecord, err: BaseException) -> TrialRecord:
+        if is_device_fault(err):
+            rec.extra["device_fault"] = True
+            raise DeviceFault(rec) from err
         return rec
 
     def _check(self, mod: ModuleType, config: dict[str, Any], rec: TrialRecord) -> str | None:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ._evaluate import TrialRecord
+from ._evaluate import DeviceFault, TrialRecord
 from ._report import Progress
 
 __all__ = [
@@ -175,7 +175,11 @@ def search(
     if default is not None:
         d_strategy, d_cfg = default
         cid = config_id(d_strategy, d_cfg)
-        default_rec = seen.get(cid) or evaluate(d_strategy, d_cfg)
+        try:
+            default_rec = seen.get(cid) or evaluate(d_strategy, d_cfg)
+        except DeviceFault as fault:
+            _add_default_trial(study, strategies, spaces, fault.record, worker, flat)
+            raise
         if cid not in seen:
             seen[cid] = default_rec
             _add_default_trial(study, strategies, spaces, default_rec, worker, flat)
@@ -202,7 +206,12 @@ def search(
         if cid not in seen:
             refresh_seen()
         prior = seen.get(cid)
-        rec = prior if prior is not None else evaluate(strategy, config)
+        try:
+            rec = prior if prior is not None else evaluate(strategy, config)
+        except DeviceFault as fault:  # keep the culprit in the study as failed, then stop
+            _tell(study, trial, fault.record, worker, reused=False)
+            progress.update(fault.record, fresh=True)
+            raise
         if prior is None:
             seen[cid] = rec
             evaluated += rec.state != "invalid"

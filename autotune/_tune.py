@@ -29,7 +29,7 @@ from scandsl._core import CoreSig, Shape
 
 from ._cache import CacheEntry, cache_at
 from ._choose import forget_choices, heuristic, usable_strategies
-from ._evaluate import Evaluator, MakeInputs, Timer, TrialRecord
+from ._evaluate import DeviceFault, Evaluator, MakeInputs, Timer, TrialRecord
 from ._key import TuneKey, make_key
 from ._report import Progress
 from ._study import (
@@ -260,12 +260,20 @@ def grid_search(
     records: list[TrialRecord] = []
     default_rec = None
     complete = True
+    fault_msg = None
     with Progress(total=len(grid), title=f"grid {spec_key} [{key.sig}]", enabled=progress) as bar:
         for i, (s, cfg) in enumerate(grid):
             if budget_s is not None and time.perf_counter() - t0 > budget_s:
                 complete = False
                 break
-            rec = ev.evaluate(s, cfg)
+            try:
+                rec = ev.evaluate(s, cfg)
+            except DeviceFault as fault:  # the context is lost: keep what was measured, say why
+                rec, complete = fault.record, False
+                rec.number = i
+                records.append(rec)
+                fault_msg = str(fault)
+                break
             if on_record is not None:
                 on_record(rec)
             rec.number = i
@@ -273,11 +281,14 @@ def grid_search(
             if s == d_strategy and cfg == d_cfg:
                 default_rec = rec
             bar.update(rec)
-    if default_rec is None:
+    if default_rec is None and fault_msg is None:
         default_rec = ev.evaluate(d_strategy, d_cfg)
+    meta: dict[str, Any] = {"complete": complete, "grid_size": len(grid)}
+    if fault_msg is not None:
+        meta["device_fault"] = fault_msg
     result = TuneResult(
         key=key, records=records, default=default_rec, sampler="grid", seconds=time.perf_counter() - t0,
-        meta={"complete": complete, "grid_size": len(grid)},
+        meta=meta,
     )  # fmt: skip
     if write_cache:
         _write_winner(result, Path(cache_dir) if cache_dir is not None else knobs.cache_dir())

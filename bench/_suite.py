@@ -102,7 +102,7 @@ def _varlen() -> list[Case]:
     shape = Shape(B=1, T=SWEEP_TOKENS, H=16, K=128, V=128)
     return [
         op_case(op, shape, BF16, strategies=("chunk",), anchor_kind=None, docs=docs,
-                name=f"{op} 64K tokens {'packed, %d docs' % docs if docs else 'dense'}",
+                name=f"{op} 64K tokens " + (f"packed, {docs} docs" if docs else "dense"),
                 group=f"varlen {op}")  # fmt: skip
         for op in ("mamba2", "gla")
         for docs in (None, VARLEN_DOCS)

@@ -113,6 +113,23 @@ def _check_config(cfg: dict, shape: Shape) -> str | None:
     for kernel, nbytes in smem.items():
         if nbytes > 200 * 1024:
             return f"{kernel}: pipelined tiles need {nbytes // 1024} KiB of shared memory (> 200)"
+    return _known_miscompile(cfg)
+
+
+def _known_miscompile(cfg: dict) -> str | None:
+    """Configs the GPU's compiler builds wrong: excluded with the evidence, not tuned around.
+
+    H100, Triton 3.6.0 (2026-11-23 autotune study, then ``bench/gpu_fault_repro.py`` under
+    compute-sanitizer): the fused forward with chunk=64, block_v=16, 8 warps and no software
+    pipelining (num_stages=1) reads shared memory out of bounds (``Invalid __shared__ read of
+    size 512 bytes`` in the ``[C, C] x [C, BV]`` product), on the probe and the timed shape alike;
+    the same tiles with num_stages=2 or 4 warps run correctly. Our kernel cannot address shared
+    memory itself, so this is the compiler's layout for that tile; chunk=128 is excluded too
+    (untested, same [C, 16] operand shape).
+    """
+    fused = cfg.get("fwd_mode", "fused") == "fused"
+    if fused and cfg["num_stages"] == 1 and cfg["num_warps"] == 8 and cfg["block_v"] == 16 and cfg["chunk"] >= 64:
+        return "fwd: chunk>=64, block_v=16, 8 warps, num_stages=1 miscompiles on sm_90 (Triton 3.6: shared-memory read out of bounds)"
     return None
 
 

@@ -2,7 +2,8 @@
 
 A fake strategy computes the right answer with ``core_reference`` (memoised per input
 object, so a 1000-config grid stays fast), except on configs a test marks ``wrong``
-(output scaled by 1.1) or ``crash`` (raises like a Triton out-of-resources error). Its
+(output scaled by 1.1), ``crash`` (raises like a Triton out-of-resources error) or ``fault``
+(raises like a kernel that broke the CUDA context). Its
 time comes from a synthetic cost model through :func:`synthetic_timer`.
 """
 
@@ -38,6 +39,7 @@ def make_fake(
     valid: Callable[[dict[str, Any]], str | None] = lambda cfg: None,
     wrong: Callable[[dict[str, Any]], bool] = lambda cfg: False,
     crash: Callable[[dict[str, Any]], bool] = lambda cfg: False,
+    fault: Callable[[dict[str, Any]], bool] = lambda cfg: False,
     supports: Callable[[CoreSig], str | None] = lambda sig: None,
 ) -> SimpleNamespace:
     calls = {"run": 0}
@@ -49,6 +51,8 @@ def make_fake(
             raise RuntimeError(
                 f"triton.runtime.errors.OutOfResources: out of resource: shared memory ({cfg})"
             )
+        if fault(cfg):  # what a kernel that breaks the CUDA context raises
+            raise RuntimeError("Triton Error [CUDA]: an illegal memory access was encountered")
         if x.q.requires_grad:
             o, s = core_reference(sig, x)
         else:

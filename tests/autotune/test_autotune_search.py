@@ -238,3 +238,36 @@ def test_grid_budget_json_round_trip_and_sampler_study(tmp_path):
     path.write_text(json.dumps({"grid": result_to_json(grid)}))
     assert study_main(["replay", str(path), "--samplers", "tpe,random", "--seeds", "2",
                        "--plot", str(tmp_path / "s.png")]) == 0  # fmt: skip
+
+
+def test_a_device_fault_stops_the_search_and_is_never_rerun(tmp_path):
+    """An illegal memory access loses the CUDA context: every later launch in the process would
+    fail. The grid stops with the reason; tune raises DeviceFault after recording the culprit as
+    failed, and a resumed search (new process, same journal) does not run it again."""
+    from scandsl.autotune import DeviceFault
+
+    culprit = {"BT": 32, "BK": 32, "BV": 16, "num_warps": 8}
+    mods, loader, timer = _fakes(fault=lambda cfg: cfg == culprit)
+    grid = grid_search("fake", SIG, TINY, torch.float32, ("chunk",), timer=timer, loader=loader,
+                       progress=False, shuffle_seed=3)  # fmt: skip
+    assert not grid.meta["complete"] and "faulted the GPU" in grid.meta["device_fault"]
+    last = grid.records[-1]
+    assert last.config == culprit and last.state == "error" and "illegal memory access" in last.reason
+    assert all(r.config != culprit for r in grid.records[:-1]) and len(grid.records) < grid.meta["grid_size"]
+
+    journal = tmp_path / "j.log"
+    kw = dict(make_inputs=None, timer=timer, loader=loader, progress=False, storage=journal, sampler="random")
+    # a random sampler proposes the culprit sooner or later
+    for seed in range(20):
+        try:
+            tune("fake", SIG, TINY, torch.float32, ("chunk",), trials=200, seed=seed, **kw)
+        except DeviceFault as fault:
+            assert fault.record.config == culprit and "new process" in str(fault)
+            break
+    else:
+        pytest.fail("the culprit was never proposed")
+    calls = mods["chunk"].calls["run"]
+    resumed = tune("fake", SIG, TINY, torch.float32, ("chunk",), trials=300, seed=99, **kw)
+    failed = [r for r in resumed.records if r.config == culprit]
+    assert failed and all(r.state == "error" for r in failed)  # kept, not rerun
+    assert resumed.best.ok and mods["chunk"].calls["run"] > calls
