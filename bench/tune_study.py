@@ -224,7 +224,10 @@ def replay_cmd(args: argparse.Namespace) -> int:
 
     payload = json.loads(Path(args.json).read_text())
     grid = result_from_json(payload["grid"])
-    budget = max(2, grid.meta["grid_size"] // 4 - 1)
+    # a stopped (sampled) grid is the whole world of a replay: a quarter of *it* is the budget
+    size = grid.meta["grid_size"] if grid.meta.get("complete") else len(grid.records)
+    budget = max(2, size // 4 - 1)
+    print(f"replay budget: {budget} evaluations + the default, of {size} recorded configs")
     payload["samplers"] = sampler_study(
         grid, samplers=args.samplers.split(","), seeds=args.seeds, budget=budget
     )
