@@ -33,6 +33,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument(
         "--check-T", type=int, default=4096, help="reference check on the first N steps (default 4096)"
     )
+    c = sub.add_parser("compare", help="two runs of one part: do the ratios repeat within the reported noise?")
+    c.add_argument("first", type=Path)
+    c.add_argument("second", type=Path)
+    c.add_argument("--strict", action="store_true", help="exit 1 when a ratio moved by more than its noise")
     d = sub.add_parser("render", help="markdown tables, plots and docs/performance.md from JSON results")
     d.add_argument("results", nargs="+", type=Path)
     d.add_argument("--doc", type=Path, default=Path("docs/performance.md"))
@@ -64,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.bench_command == "render":
         return _render(args)
+    if args.bench_command == "compare":
+        return _compare(args)
     return _run(args)
 
 
@@ -98,6 +104,19 @@ def _run(args: argparse.Namespace) -> int:
             print_failures(payload)
             status = 1
     return status
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import json
+
+    from ._compare import compare_markdown, compare_runs
+
+    first, second = (json.loads(Path(p).read_text()) for p in (args.first, args.second))
+    rows = compare_runs(first, second)
+    print(compare_markdown(rows))
+    outside = [r for r in rows if abs(r.get("ratio_change", r["time_change"])) > r.get("ratio_noise", r["time_noise"])]
+    print(f"{len(rows) - len(outside)} of {len(rows)} repeat within the reported noise")
+    return 1 if args.strict and outside else 0
 
 
 def _render(args: argparse.Namespace) -> int:

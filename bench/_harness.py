@@ -37,7 +37,8 @@ __all__ = ["Impl", "Case", "run_case", "Timer", "do_bench_ms", "compare"]
 
 # prepare(inputs, requires_grad) -> (fn() -> (o, final_state | None), {name: grad leaf})
 PrepareFn = Callable[[Any, bool], tuple[Callable[[], tuple], dict[str, torch.Tensor]]]
-Timer = Callable[[Callable[[], Any], list], float]  # (fn, grad_to_none) -> median ms
+# (fn, grad_to_none) -> median ms, or (median ms, relative noise) as do_bench_ms returns
+Timer = Callable[[Callable[[], Any], list], "float | tuple[float, float]"]
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,20 @@ class Case:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def do_bench_ms(fn: Callable[[], Any], grad_to_none: list) -> float:
+def do_bench_ms(fn: Callable[[], Any], grad_to_none: list) -> tuple[float, float]:
+    """(median ms, relative noise): the noise is half the 20–80 % quantile range over the median,
+    the spread a second run's median is expected to fall in."""
     from triton.testing import do_bench
 
-    return float(do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none or None, return_mode="median"))
+    q20, q50, q80 = do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none or None, quantiles=[0.2, 0.5, 0.8])
+    return float(q50), float(q80 - q20) / (2 * float(q50))
+
+
+def _timing(result: float | tuple[float, float]) -> dict[str, float]:
+    if isinstance(result, tuple):
+        ms, noise = result
+        return {"ms": float(ms), "noise": float(noise)}
+    return {"ms": float(result)}
 
 
 def compare(got: tuple, ref: tuple, tol: float, T_checked: int, T: int) -> tuple[bool, float, str]:
@@ -169,8 +180,7 @@ def run_case(
                         with torch.no_grad():
                             return fn()
 
-                    ms = timer(fwd, [])
-                    add(impl, mode, "ok", ms=ms, err=err)
+                    add(impl, mode, "ok", **_timing(timer(fwd, [])), err=err)
                     continue
                 grad_err = None
                 if impl.kind == "ours" and case.reference_grads is not None:
@@ -186,8 +196,7 @@ def run_case(
                 def step(fb=fb, do=do):
                     fb()[0].backward(do)
 
-                ms = timer(step, list(leaves.values()))
-                add(impl, mode, "ok", ms=ms, err=err, grad_err=grad_err)
+                add(impl, mode, "ok", **_timing(timer(step, list(leaves.values()))), err=err, grad_err=grad_err)
                 del fb, leaves, do
             except Exception as exc:
                 add(impl, mode, "error", err=err, reason=_short(exc))

@@ -81,7 +81,8 @@ def _cell(r: dict | None) -> str:
         return "–"
     status = r.get("status")
     if status == "ok":
-        return f"{r['ms']:.3f}"
+        noise = r.get("noise")
+        return f"{r['ms']:.3f}" + (f" ±{100 * noise:.0f}%" if noise is not None else "")
     if status == "wrong":
         err = r.get("grad_err") if r.get("grad_err") is not None else r.get("err")
         return f"**WRONG** ({err:.1e})" if isinstance(err, (int, float)) else "**WRONG**"
@@ -151,7 +152,9 @@ def render_markdown(
         "(and, for fwd+bwd, our gradients) matched the float32 reference on the same inputs. Ratios are "
         "time ratios: below 1 is faster than the fastest anchor that computes the same function; "
         "`fwd ÷ floor` compares with max(bytes / copy bandwidth, minimal FLOPs / matmul rate), both "
-        "ceilings measured in the same run.",
+        "ceilings measured in the same run. `±x%` after a time (runs from this harness version on) is its "
+        "noise: half the 20–80 % quantile range of the timed repetitions over the median; "
+        "`python -m scandsl.bench compare RUN1.json RUN2.json` checks that a second run repeats within it.",
         "",
     ]
     for p in payloads:

@@ -320,3 +320,30 @@ def test_packed_case_checks_per_document_and_cuts_the_prefix(tmp_path):
     assert {r["status"] for r in payload["records"]} == {"ok"}
     with pytest.raises(ValueError, match="docs: a packed batch needs B == 1"):
         op_case("mamba2", Shape(2, 40, 2, 8, 8), torch.float32, anchor_kind=None, docs=5)
+
+
+# -- noise and run-to-run comparison -------------------------------------------------------------
+def test_noise_is_recorded_rendered_and_compared(tmp_path):
+    """A timer's (median, noise) lands in the record and the table; `compare` calls a ratio that
+    moved less than the summed noises a repeat, and one that moved more an outlier."""
+    from scandsl.bench._compare import compare_markdown, compare_runs
+
+    case = op_case("mamba2", TINY, torch.float32, strategies=("reference",), anchor_kind=None, modes=("fwd",))
+    payload = run_part("unit", [case], tmp_path / "n.json", device="cpu", ceilings=CEIL,
+                       timer=lambda fn, g: (fn(), (0.5, 0.02))[1], env=_env(), log=lambda s: None)  # fmt: skip
+    (rec,) = payload["records"]
+    assert rec["ms"] == 0.5 and rec["noise"] == 0.02
+    assert "0.500 ±2%" in render_markdown([payload])
+
+    def run(ours_ms, anchor_ms, noise):
+        return {"records": [
+            _rec("gla", "ours.chunk", "ours", "fwd", "ok", ours_ms, noise=noise),
+            _rec("gla", "fla.chunk_gla", "anchor", "fwd", "ok", anchor_ms, noise=noise),
+            _rec("gla", "fla.chunk_gla", "anchor", "fwd_bwd", "ok", 2.0, noise=noise),
+        ]}  # fmt: skip
+
+    (same,) = compare_runs(run(0.50, 1.00, 0.01), run(0.51, 1.00, 0.01))  # +2% against ±4%
+    assert same["anchor"] == "fla.chunk_gla" and abs(same["ratio_change"] - 0.02) < 1e-9
+    assert abs(same["ratio_noise"] - 0.04) < 1e-12 and "repeats" in compare_markdown([same])
+    (moved,) = compare_runs(run(0.50, 1.00, 0.01), run(0.60, 1.00, 0.01))  # +20%
+    assert "outside the noise" in compare_markdown([moved])
