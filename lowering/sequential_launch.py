@@ -119,17 +119,8 @@ def forward(
         o=o,
         **_state("h0", h0, o),
         **_state("ht", ht, o),
-        cu_seqlens=cu,
-        scale=meta["scale"],
-        T=T,
-        H=H,
-        K=K,
-        V=V,
-        BK=BK,
-        BV=BV,
-        USE_H0=h0 is not None,
+        **_shared_args(meta, cu, h0, T, H, K, V, BK, BV),
         STORE_HT=ht is not None,
-        IS_VARLEN=cu is not None,
         **extra,
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
@@ -137,6 +128,12 @@ def forward(
     if ht is not None and not decode:
         ht = ht.contiguous()  # the API's [N, H, K, V] memory layout
     return o, ht, u
+
+
+def _shared_args(meta: dict, cu, h0, T: int, H: int, K: int, V: int, BK: int, BV: int) -> dict:
+    """The arguments the forward and backward kernels share: sizes, tiles, scale, sequence flags."""
+    return dict(cu_seqlens=cu, scale=meta["scale"], T=T, H=H, K=K, V=V, BK=BK, BV=BV,
+                USE_H0=h0 is not None, IS_VARLEN=cu is not None)  # fmt: skip
 
 
 def _ptr_names(kern) -> set[str]:
@@ -204,18 +201,9 @@ def backward(
         **_state("dht", _k_major(dht), do),
         **_state("h0", h0, do),
         **_state("dh0", dh0, do),
-        cu_seqlens=cu,
-        scale=meta["scale"],
-        T=T,
+        **_shared_args(meta, cu, h0, T, H, K, V, BK, BV),
         NTOK=NTOK,
-        H=H,
-        K=K,
-        V=V,
-        BK=BK,
-        BV=BV,
-        USE_H0=h0 is not None,
         USE_DHT=dht is not None,
-        IS_VARLEN=cu is not None,
         num_warps=cfg["num_warps_bwd"],
         num_stages=cfg["num_stages"],
     )
