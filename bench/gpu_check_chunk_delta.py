@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import triton
+from scandsl.bench._gpu_check import Report
 from scandsl.lowering import chunk_delta
 from triton.testing import do_bench
 
@@ -54,30 +55,6 @@ SWEEP = [
     {"bwd_bk": 32, "bwd_warps": 4},
     {"chunk": 32, "bwd_bk": 128},
 ]
-
-
-class Report:
-    def __init__(self, out: Path, budget: float):
-        self.path = out / "chunk_delta_gpu.json"
-        self.start = time.time()
-        self.budget = budget
-        self.data: dict = {
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-            "triton": triton.__version__,
-            "torch": torch.__version__,
-            "correctness": [],
-            "failed_sigs": [],
-            "timing": {},
-            "profile": {},
-        }
-        out.mkdir(parents=True, exist_ok=True)
-
-    def left(self) -> float:
-        return self.budget - (time.time() - self.start)
-
-    def save(self) -> None:
-        self.data["elapsed_s"] = round(time.time() - self.start, 1)
-        self.path.write_text(json.dumps(self.data, indent=1))
 
 
 def _grads(x, o, ht, w, dht):
@@ -320,7 +297,7 @@ def main() -> None:
     if args.smoke:
         global BENCH
         BENCH = Shape(B=1, T=40, H=1, K=32, V=32)
-    rep = Report(args.out, args.budget)
+    rep = Report(args.out / "chunk_delta_gpu.json", args.budget, correctness=[], failed_sigs=[], timing={}, profile={})
     if not args.skip_correctness:
         correctness(rep)
     timing(rep, SWEEP[: args.sweep])

@@ -26,7 +26,6 @@ import functools
 import itertools
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -36,7 +35,8 @@ import traceback
 from pathlib import Path
 
 import torch
-import triton
+from scandsl.bench._gpu_check import Report
+from scandsl.bench._gpu_check import aot_compile as _aot_compile
 from scandsl.lowering import chunk_scalar
 from scandsl.lowering.chunk_scalar_launch import Plan, bwd_meta, fwd_meta, launch_bwd, launch_fwd
 from scandsl.lowering.chunk_scalar_split import _kernels as split_kernels
@@ -65,30 +65,8 @@ ROLE_BLOCK = {"dq": "bwd_block_k", "dk": "bwd_block_k", "dv": "bwd_block_v"}
 ROLE_OUT = {"dq": (0,), "dk": (1,), "dv": (2,)}  # indices into launch_bwd's result; dg (3) needs dk + dv
 
 
-class Report:
-    def __init__(self, path: Path, budget: float, device: str):
-        self.path = path
-        self.start = time.time()
-        self.budget = budget
-        self.data: dict = {
-            "device": device,
-            "triton": triton.__version__,
-            "torch": torch.__version__,
-            "shape": dict(B=B, T=T, H=H, K=K, V=V, dtype=str(LOW).replace("torch.", "")),
-            "floors": floors(),
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def left(self) -> float:
-        return self.budget - (time.time() - self.start)
-
-    def put(self, section: str, key: str, value) -> None:
-        self.data.setdefault(section, {})[key] = value
-        self.save()
-
-    def save(self) -> None:
-        self.data["elapsed_s"] = round(time.time() - self.start, 1)
-        self.path.write_text(json.dumps(self.data, indent=1))
+def _fields() -> dict:
+    return {"shape": dict(B=B, T=T, H=H, K=K, V=V, dtype=str(LOW).replace("torch.", "")), "floors": floors()}
 
 
 def floors() -> dict:
@@ -558,48 +536,14 @@ def gpu_main(rep: Report, full_correctness: bool, quick: bool) -> None:
 
 # ----------------------------------------------------------------------------- ahead of time
 def aot_compile(kernel, meta: dict, dtype: str, ptrs: dict | None = None) -> dict:
-    """Compile ``kernel`` for sm_90 without a GPU; registers / spill stack / shared memory."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    meta = dict(meta)
-    options = {"num_warps": meta.pop("num_warps"), "num_stages": meta.pop("num_stages")}
+    """sm_90 compile of a chunk_scalar kernel with 16-bit tensors of ``dtype`` (``ptrs`` overrides)."""
     fp32_ptrs = {"g", "dg", "h0", "ht", "dht", "dh0"}
-    sig = {}
-    for name in kernel.arg_names:
-        if name in meta:
-            sig[name] = "constexpr"
-        elif name in (ptrs or {}):
-            sig[name] = ptrs[name]
-        elif name == "cu_seqlens":
-            sig[name] = "*i32"
-        elif name == "scale":
-            sig[name] = "fp32"
-        elif name in ("T", "H", "NTH"):
-            sig[name] = "i32"
-        else:
-            sig[name] = "*fp32" if name in fp32_ptrs else f"*{dtype}"
-    # what the JIT would specialise at the timed shape: 16-byte aligned pointers, sizes % 16 == 0
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kernel.arg_names)
-             if sig[n].startswith("*") or n in ("T", "H", "NTH")}  # fmt: skip
-    constexprs = {(kernel.arg_names.index(n),): v for n, v in meta.items()}
-    t0 = time.time()
-    ck = triton.compile(ASTSource(kernel, sig, constexprs=constexprs, attrs=attrs),
-                        target=GPUTarget("cuda", 90, 128), options=options)  # fmt: skip
-    tool = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as fh:
-        fh.write(ck.asm["cubin"])
-    try:
-        usage = subprocess.run(
-            [str(tool), "--dump-resource-usage", fh.name], capture_output=True, text=True
-        ).stdout
-    finally:
-        os.unlink(fh.name)
-    m = re.search(r"REG:(\d+) STACK:(\d+)", usage)
-    return {"regs": int(m.group(1)) if m else None, "spill_stack": int(m.group(2)) if m else None,
-            "smem": ck.metadata.shared, "wgmma": ck.asm["ptx"].count("wgmma.mma_async"),
-            "compile_s": round(time.time() - t0, 1)}  # fmt: skip
+    fixed = {"cu_seqlens": "*i32", "scale": "fp32", "T": "i32", "H": "i32", "NTH": "i32", **(ptrs or {})}
 
+    def arg_type(name: str) -> str:
+        return fixed.get(name) or ("*fp32" if name in fp32_ptrs else f"*{dtype}")
+
+    return _aot_compile(kernel, meta, arg_type, int_args=("T", "H", "NTH"))
 
 def aot_main(rep: Report) -> None:
     for name in ("scalar", "none"):
@@ -718,15 +662,15 @@ def main() -> None:
         worker_main(args.worker, args.results, args.start)
         return
     if args.aot:
-        rep = Report(args.out / "chunk_scalar_aot.json", 1e9, "none: sm_90 ahead-of-time compile")
+        rep = Report(args.out / "chunk_scalar_aot.json", 1e9, "none: sm_90 ahead-of-time compile", **_fields())
         aot_split(rep) if args.split else aot_main(rep)
         return
     device = torch.cuda.get_device_name() if DEV == "cuda" else "cpu (interpreter smoke run)"
     if args.split:
-        split_main(Report(args.out / "chunk_scalar_split_gpu.json", args.budget, device))
+        split_main(Report(args.out / "chunk_scalar_split_gpu.json", args.budget, device, **_fields()))
         return
     gpu_main(
-        Report(args.out / "chunk_scalar_gpu.json", args.budget, device), args.full_correctness, args.quick
+        Report(args.out / "chunk_scalar_gpu.json", args.budget, device, **_fields()), args.full_correctness, args.quick
     )
 
 

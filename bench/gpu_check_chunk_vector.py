@@ -44,6 +44,8 @@ if SMOKE:
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from scandsl.bench._gpu_check import Report  # noqa: E402
+from scandsl.bench._gpu_check import aot_compile as _aot_compile  # noqa: E402
 
 from scandsl._core import CoreInputs, CoreSig, Decay, Readout, Shape, core_reference  # noqa: E402
 from scandsl.testing import TOLERANCES, random_core_inputs, rel_err  # noqa: E402
@@ -88,24 +90,6 @@ if SMOKE:
     SHARED = SHARED[:2]
 KERNEL_GROUP = {"cumsum": None, "fwd_state": "state", "fwd_o": "fwd_o", "bwd_state": "state",
                 "bwd_dv": "bwd_dv", "bwd_dqk": "bwd_dqk"}  # fmt: skip
-
-
-class Report:
-    def __init__(self, out: Path, budget: float):
-        self.path = out / "chunk_vector.json"
-        dev = torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE
-        self.data: dict = {"device": dev, "torch": torch.__version__}
-        self.start, self.budget = time.time(), budget
-        out.mkdir(parents=True, exist_ok=True)
-
-    def left(self) -> float:
-        return self.budget - (time.time() - self.start)
-
-    def put(self, section: str, key: str, value) -> None:
-        self.data.setdefault(section, {})[key] = value
-        self.data["elapsed_s"] = round(time.time() - self.start, 1)
-        self.path.write_text(json.dumps(self.data, indent=1, default=str))
-        print(f"[{self.data['elapsed_s']:6.1f}s] {section}/{key}: {value}", flush=True)
 
 
 def gates(x: CoreInputs, sig: CoreSig, strong: bool, seed: int) -> None:
@@ -277,7 +261,7 @@ def timing_shared(rep: Report, name: str, cfg_over: dict) -> None:
     x.output_final_state = False
     do = torch.randn_like(x.v)
     inputs = [x.q, x.k, x.v, x.gk]
-    base = chunk_vector.resolve_config(sig, x, cfg_over)
+    base = chunk_vector.resolve_config(sig, x, {**cfg_over, "dqk_mode": "fused"})  # the baseline: fused dq/dk
     P = L.Plan(sig, x, base)
     q, k, v, gk = (t.detach() for t in inputs)
     gk_cum = L.cumsum(P, gk)
@@ -414,47 +398,15 @@ def timing(rep: Report, name: str, cfg_over: dict, sweep: bool) -> None:
 
 
 def aot_compile(kernel, meta: dict, fp32_ptrs: set) -> dict:
-    """Compile ``kernel`` for sm_90 without a GPU (bf16 inputs); registers / spill stack / smem."""
-    import re
-    import subprocess
-    import tempfile
+    """sm_90 compile of a chunk_vector kernel: bf16 tensors, fp32 ``fp32_ptrs``, int32 chunk maps."""
+    maps = ("cu", "chunk_seq", "chunk_loc", "chunk_off")
 
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    def arg_type(name: str) -> str:
+        if name in maps:
+            return "*i32"
+        return "fp32" if name == "scale" else ("*fp32" if name in fp32_ptrs else "*bf16")
 
-    meta = dict(meta)
-    options = {"num_warps": meta.pop("num_warps"), "num_stages": meta.pop("num_stages")}
-    sig = {}
-    for name in kernel.arg_names:
-        if name in meta:
-            sig[name] = "constexpr"
-        elif name in ("cu", "chunk_seq", "chunk_loc", "chunk_off"):
-            sig[name] = "*i32"
-        elif name == "scale":
-            sig[name] = "fp32"
-        else:
-            sig[name] = "*fp32" if name in fp32_ptrs else "*bf16"
-    attrs = {
-        (i,): [["tt.divisibility", 16]] for i, n in enumerate(kernel.arg_names) if sig[n].startswith("*")
-    }
-    constexprs = {(kernel.arg_names.index(n),): v for n, v in meta.items()}
-    t0 = time.time()
-    ck = triton.compile(ASTSource(kernel, sig, constexprs=constexprs, attrs=attrs),
-                        target=GPUTarget("cuda", 90, 128), options=options)  # fmt: skip
-    tool = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as fh:
-        fh.write(ck.asm["cubin"])
-    try:
-        usage = subprocess.run(
-            [str(tool), "--dump-resource-usage", fh.name], capture_output=True, text=True
-        ).stdout
-    finally:
-        os.unlink(fh.name)
-    m = re.search(r"REG:(\d+) STACK:(\d+)", usage)
-    return {"regs": int(m.group(1)) if m else None, "spill_stack": int(m.group(2)) if m else None,
-            "smem": ck.metadata.shared, "compile_s": round(time.time() - t0, 1)}  # fmt: skip
-
+    return _aot_compile(kernel, meta, arg_type)
 
 def aot_main(rep: Report) -> None:
     """--aot: the dq/dk kernels of both dqk modes at the timing shape, compiled for sm_90 on the CPU."""
@@ -499,7 +451,7 @@ def main() -> None:
         "--aot", action="store_true", help="CPU: compile the dq/dk kernels for sm_90, regs/spills"
     )
     args = ap.parse_args()
-    rep = Report(args.out, args.budget)
+    rep = Report(args.out / "chunk_vector.json", args.budget, echo=True)
     if args.aot:
         aot_main(rep)
         return

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import triton
+from scandsl.bench._gpu_check import Report
 from scandsl.lowering import scan
 from triton.testing import do_bench
 
@@ -40,26 +40,6 @@ FLOOR_MS = {"channel": 0.067, "channel_static": 0.045}  # bytes moved once at 3.
 SIGS = {n: s for n, s in TAXONOMY_SIGS.items() if scan.supports(s) is None}
 SIGS["channel_before"] = CoreSig(decay=Decay.CHANNEL, readout=Readout.BEFORE)
 SIGS["none_before"] = CoreSig(readout=Readout.BEFORE)
-
-
-class Report:
-    def __init__(self, out: Path, budget: float):
-        out.mkdir(parents=True, exist_ok=True)
-        self.path, self.start, self.budget = out / "scan_gpu.json", time.time(), budget
-        self.data: dict = {
-            "device": torch.cuda.get_device_name(),
-            "triton": triton.__version__,
-            "torch": torch.__version__,
-            "correctness": [],
-            "mamba": {},
-        }
-
-    def left(self) -> float:
-        return self.budget - (time.time() - self.start)
-
-    def save(self) -> None:
-        self.data["elapsed_s"] = round(time.time() - self.start, 1)
-        self.path.write_text(json.dumps(self.data, indent=1))
 
 
 def _grads(sig, x, o, ht, seed=0):
@@ -249,7 +229,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--budget", type=float, default=330.0)
     args = parser.parse_args()
-    rep = Report(args.out, args.budget)
+    rep = Report(args.out / "scan_gpu.json", args.budget, correctness=[], mamba={})
     mamba_rows = ["channel", "channel_static"]
     check_small(rep, mamba_rows, mamba_rows, mamba_rows)
     # (BT, BV, num_warps) with BK = N = 16; tiles are [BT, BK, BV] with lanes on V

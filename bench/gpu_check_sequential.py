@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 import traceback
 from pathlib import Path
 
 import torch
 import triton
+from scandsl.bench._gpu_check import Report
 from scandsl.lowering import sequential
 from triton.testing import do_bench
 
@@ -35,33 +35,6 @@ from scandsl.testing import TAXONOMY_SIGS, TOLERANCES, random_core_inputs, rel_e
 
 NAMES = ("q", "k", "v", "g", "gk", "gv", "A", "beta", "initial_state")
 BENCH_SHAPE = Shape(4, 4096, 16, 128, 128)  # the FLA anchors' size (docs: design.md)
-
-
-class Report:
-    def __init__(self, out: Path, budget: float):
-        self.path = out / "sequential_gpu.json"
-        self.start = time.time()
-        self.budget = budget
-        self.data: dict = {
-            "device": torch.cuda.get_device_name(),
-            "triton": triton.__version__,
-            "torch": torch.__version__,
-            "correctness": [],
-            "failed_sigs": [],
-            "sweep_fwd": {},
-            "best_fwd": {},
-            "sweep_fwdbwd": {},
-            "best_fwdbwd": {},
-            "others": {},
-        }
-        out.mkdir(parents=True, exist_ok=True)
-
-    def left(self) -> float:
-        return self.budget - (time.time() - self.start)
-
-    def save(self) -> None:
-        self.data["elapsed_s"] = round(time.time() - self.start, 1)
-        self.path.write_text(json.dumps(self.data, indent=1))
 
 
 def _grads(sig, x, o, ht, w, dht):
@@ -373,7 +346,7 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         offline_compile(args.out)
         return
-    rep = Report(args.out, args.budget)
+    rep = Report(args.out / "sequential_gpu.json", args.budget, correctness=[], failed_sigs=[], sweep_fwd={}, best_fwd={}, sweep_fwdbwd={}, best_fwdbwd={}, others={})
     if not args.skip_correctness:
         correctness(rep)
     sweep(rep)
