@@ -13,9 +13,8 @@ How it is parallelised: two launches instead of the fused forward's one serial w
        o_s = sum_{j <= s} exp(gq_s - gc_j) (q~_s . k_j) v_j  +  exp(gq_s) h^T q~_s
 
 The intra-chunk products (the bulk of the FLOPs) thus run over ``n_chunks * H * NV`` programs
-instead of ``N * H * NV``. Chunks start at each sequence's own start and never cross it: the chunk
-map (``chunk_seq``, ``chunk_loc``, ``chunk_off``) is the one of
-:mod:`scandsl.lowering.chunk_vector_launch`. Slots (decay, read-out) are those of
+instead of ``N * H * NV``. Chunks start at each sequence's own start and never cross it (the chunk
+map of :mod:`scandsl.lowering._chunks`). Slots (decay, read-out) are those of
 :mod:`scandsl.lowering.chunk_scalar_slots`; the backward is unchanged (it needs only q, k, v, g,
 o and the final state).
 """
@@ -26,11 +25,11 @@ import functools
 from types import ModuleType
 
 import torch
+from scandsl.lowering._chunks import chunk_map
 from scandsl.lowering._source import load_source
 from scandsl.lowering.chunk_scalar_launch import Plan, cdiv, empty
 from scandsl.lowering.chunk_scalar_slots import fill, slots, tag
 from scandsl.lowering.chunk_scalar_source import _HEADER
-from scandsl.lowering.chunk_vector_launch import _fixed_length_map, _varlen_map
 
 from scandsl._core import CoreSig
 
@@ -164,19 +163,10 @@ def split_meta(P: Plan) -> tuple[dict, dict]:
     return h_meta, o_meta
 
 
-def chunk_map(P: Plan, cu_seqlens: torch.Tensor | None, device: torch.device):
-    """``(cu, chunk_seq, chunk_loc, chunk_off)`` (int32, on ``device``): chunk i of the grid is
-    chunk ``chunk_loc[i]`` of sequence ``chunk_seq[i]``; sequence n's chunks start at ``chunk_off[n]``."""
-    C = P.cfg["chunk"]
-    if cu_seqlens is None:
-        return _fixed_length_map(P.B, P.T, C, device)
-    return _varlen_map(cu_seqlens, C, device)
-
-
 def launch_fwd_split(P: Plan, q, k, v, g, h0, cu_seqlens, out_dtype, output_final_state: bool):
     """``(o, final_state or None)`` like :func:`chunk_scalar_launch.launch_fwd`, in two launches."""
     dev = v.device
-    cu, seq, loc, off = chunk_map(P, cu_seqlens, dev)
+    cu, seq, loc, off = chunk_map(cu_seqlens, P.B, P.T, P.cfg["chunk"], dev)
     n_chunks = seq.numel()
     h_meta, o_meta = split_meta(P)
     kind = P.cfg.get("split_state", "fp32")

@@ -1,4 +1,4 @@
-"""Launches of the chunked vector-decay kernels: the chunk map, buffers and one function per kernel.
+"""Launches of the chunked vector-decay kernels: buffers and one function per kernel.
 
 Each function takes a :class:`Plan` (sizes, chunk map, config) and tensors, allocates what the
 kernel writes and launches it; :mod:`scandsl.lowering.chunk_vector` chains them into the
@@ -11,6 +11,7 @@ import functools
 from types import ModuleType
 
 import torch
+from scandsl.lowering._chunks import chunk_map
 from scandsl.lowering._source import load_source
 from scandsl.lowering._tiles import cdiv
 from scandsl.lowering._tiles import dot_pad as pow2
@@ -36,33 +37,14 @@ def empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor
     return out
 
 
-@functools.lru_cache(maxsize=64)
-def _fixed_length_map(B: int, T: int, C: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Chunk map of B sequences of length T, built on the device (no host round trip)."""
-    nc = cdiv(T, C)
-    ids = torch.arange(B * nc, device=device, dtype=torch.int32)
-    cu = torch.arange(B + 1, device=device, dtype=torch.int32) * T
-    return cu, ids // nc, ids % nc, torch.arange(B, device=device, dtype=torch.int32) * nc
-
-
-def _varlen_map(cu_seqlens: torch.Tensor, C: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()  # one host sync: the grid size depends on it
-    counts = torch.tensor([cdiv(n, C) for n in lens], dtype=torch.int64)
-    off = torch.cumsum(counts, 0) - counts
-    seq = torch.repeat_interleave(torch.arange(len(lens)), counts)
-    loc = torch.arange(int(counts.sum())) - torch.repeat_interleave(off, counts)
-    as_dev = [t.to(device=device, dtype=torch.int32) for t in (seq, loc, off)]
-    return (cu_seqlens.to(device=device, dtype=torch.int32), *as_dev)
-
-
 class Plan:
     """Sizes, chunk map and config shared by the forward and backward launches of one call.
 
     Sequences are ``[bos, eos)`` ranges of the flattened ``[B*T, H, D]`` tensors (a fixed-length
     batch is B sequences of length T). Chunk ``i_c`` of a launch grid belongs to sequence
-    ``chunk_seq[i_c]`` at position ``chunk_loc[i_c]``; its starting state lives in slot
-    ``i_c + chunk_seq[i_c]`` of ``hs``: each sequence owns ``nc + 1`` consecutive slots, the last
-    one holding its final state.
+    ``chunk_seq[i_c]`` at position ``chunk_loc[i_c]`` (:mod:`scandsl.lowering._chunks`); its
+    starting state lives in slot ``i_c + chunk_seq[i_c]`` of ``hs``: each sequence owns ``nc + 1``
+    consecutive slots, the last one holding its final state.
     """
 
     def __init__(self, sig: CoreSig, x: CoreInputs, cfg: dict):
@@ -71,13 +53,9 @@ class Plan:
         self.scale = float(x.scale)
         self.key = sig.decay in (Decay.KEY, Decay.OUTER)
         self.value = sig.decay in (Decay.VALUE, Decay.OUTER)
-        dev, C = x.v.device, cfg["chunk"]
-        if x.cu_seqlens is None:
-            self.cu, self.chunk_seq, self.chunk_loc, self.chunk_off = _fixed_length_map(
-                self.B, self.T, C, dev
-            )
-        else:
-            self.cu, self.chunk_seq, self.chunk_loc, self.chunk_off = _varlen_map(x.cu_seqlens, C, dev)
+        self.cu, self.chunk_seq, self.chunk_loc, self.chunk_off = chunk_map(
+            x.cu_seqlens, self.B, self.T, cfg["chunk"], x.v.device
+        )
         self.N = self.cu.numel() - 1
         self.TC = self.chunk_seq.numel()
         self.slots = self.TC + self.N
