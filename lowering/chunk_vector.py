@@ -25,10 +25,11 @@ Kernel text: :mod:`scandsl.lowering.chunk_vector_templates`, slots and the gradi
 :mod:`scandsl.lowering.chunk_vector_slots`.
 
 Measured (H100, Triton 3.6, B=4 T=4096 H=16 K=V=128 bf16, ``bench/gpu_check_chunk_vector.py``):
-key decay fwd 1.56 ms, fwd+bwd 9.9 ms; key/before 1.58 / 10.7 ms, against flash-linear-attention's
-chunk_gla 0.85 / 3.70 and chunk_rwkv6 1.07 / 4.31. Not yet at target: ``chunk_bwd_dqk`` takes
-~6.8 ms of the backward (each K-block program rebuilds the ``do . v`` scores over all of V, and
-its per-sub-chunk tiles spill registers), ``chunk_fwd_o`` ~1.3 ms.
+key decay fwd 1.57 ms, fwd+bwd 9.80 ms with the fused dq/dk kernel, 8.62 ms with shared scores
+(the default for KEY decay since); key/before 1.59 / 10.63 -> 9.45 ms; against
+flash-linear-attention's chunk_gla 0.85 / 3.70 and chunk_rwkv6 1.07 / 4.31. Not yet at target:
+the dq/dk kernel is still ~5.5 ms of the backward (its per-sub-chunk products are fp32
+elementwise tiles, not tensor-core products), ``chunk_fwd_o`` ~1.3 ms.
 """
 
 from __future__ import annotations
