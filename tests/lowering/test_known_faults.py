@@ -1,0 +1,19 @@
+"""Configs the GPU's compiler is known to build wrong are rejected by the search spaces, with
+the evidence in the reason, so neither the autotuner nor a user's config can run them."""
+
+from scandsl.lowering import chunk_scalar
+
+from scandsl._core import CoreSig, Decay, Shape
+
+SHAPE = Shape(4, 4096, 16, 128, 128)
+
+
+def test_chunk_scalar_rejects_the_sm90_shared_memory_fault():
+    sig = CoreSig(decay=Decay.SCALAR)
+    space = chunk_scalar.search_space(sig, SHAPE)
+    bad = {**chunk_scalar.default_config(sig, SHAPE), "chunk": 64, "block_v": 16, "num_warps": 8, "num_stages": 1}
+    assert "miscompiles on sm_90" in space.valid(bad)
+    # its neighbours ran correctly on the H100 and stay searchable
+    for ok in ({"num_stages": 2}, {"num_warps": 4}, {"fwd_mode": "split"}):
+        assert space.valid({**bad, **ok}) is None
+    assert space.valid(chunk_scalar.default_config(sig, SHAPE)) is None
