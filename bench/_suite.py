@@ -9,6 +9,9 @@ Every part measures the ceilings itself, so its floors come from the same run.
   ``mamba`` and ``s4`` on ``scan`` and ``sequential``;
 - ``recurrent`` — ours ``sequential`` vs FLA's fused-recurrent kernels (mamba2, gla);
 - ``decode`` — one token from a state (B=64), ours ``sequential`` vs FLA / mamba_ssm steps;
+- ``alt1`` / ``alt2`` — every chunk-legal op of the standard suite on its *other* legal strategies
+  (``sequential``, and ``scan`` where legal), same shape, fwd and fwd+bwd, no anchors: with the
+  std parts, every spec × legal strategy of the taxonomy (mamba and s4 are in ``scan``);
 - ``varlen`` — 64K tokens packed from documents of random lengths (``cu_seqlens``) against the
   same tokens as one dense sequence, mamba2 and gla on ``chunk`` (issue 9's ≤ 1.1× check);
 - ``smoke`` — tiny shapes through every path (a first GPU run that checks the harness).
@@ -95,6 +98,22 @@ def _decode() -> list[Case]:
     ]  # fmt: skip
 
 
+def _alternatives(ops: tuple[str, ...]) -> Callable[[], list[Case]]:
+    """Each op on its legal strategies other than chunk (the std parts time chunk, with anchors)."""
+
+    def cases() -> list[Case]:
+        from ._inputs import op_spec
+
+        out = []
+        for op in ops:
+            legal = tuple(s for s in op_spec(op)[1].legal_strategies if s not in ("reference", "chunk"))
+            out.append(op_case(op, STANDARD, BF16, strategies=legal, anchor_kind=None, name=f"{op} (other strategies)",
+                               group="alternatives"))  # fmt: skip
+        return out
+
+    return cases
+
+
 VARLEN_DOCS = 40
 
 
@@ -131,6 +150,8 @@ PARTS: dict[str, Callable[[], list[Case]]] = {
     "recurrent": _recurrent,
     "decode": _decode,
     "varlen": _varlen,
+    "alt1": _alternatives(CHUNK_OPS[:7]),
+    "alt2": _alternatives(CHUNK_OPS[7:]),
 }
 
 
