@@ -15,8 +15,9 @@ How it is parallelised: two launches instead of the fused forward's one serial w
 The intra-chunk products (the bulk of the FLOPs) thus run over ``n_chunks * H * NV`` programs
 instead of ``N * H * NV``. Chunks start at each sequence's own start and never cross it (the chunk
 map of :mod:`scandsl.lowering._chunks`). Slots (decay, read-out) are those of
-:mod:`scandsl.lowering.chunk_scalar_slots`; the backward is unchanged (it needs only q, k, v, g,
-o and the final state).
+:mod:`scandsl.lowering.chunk_scalar_slots`, and the kernel text is composed from the fused
+kernels' pieces (:mod:`scandsl.lowering.chunk_scalar_source`); the backward is unchanged (it needs
+only q, k, v, g, o and the final state).
 """
 
 from __future__ import annotations
@@ -28,8 +29,17 @@ import torch
 from scandsl.lowering._chunks import chunk_map
 from scandsl.lowering._source import load_source
 from scandsl.lowering.chunk_scalar_launch import Plan, cdiv, empty
-from scandsl.lowering.chunk_scalar_slots import fill, slots, tag
-from scandsl.lowering.chunk_scalar_source import _HEADER
+from scandsl.lowering.chunk_scalar_slots import tag
+from scandsl.lowering.chunk_scalar_source import (
+    CARRY_STATE,
+    CAUSAL_READ,
+    READ_OUT,
+    at_depth,
+    chunk_inputs,
+    module_source,
+    start_state,
+    tiles,
+)
 
 from scandsl._core import CoreSig
 
@@ -39,7 +49,7 @@ __all__ = ["generate_split_source", "launch_fwd_split", "split_meta", "STATE_DTY
 # the output kernel casts them to for the tensor cores anyway (half the traffic, same result)
 STATE_DTYPES = ("fp32", "input")
 
-_FWD_H = """
+_FWD_H = f"""
 
 @triton.jit
 def chunk_scalar_fwd_h(
@@ -55,35 +65,25 @@ def chunk_scalar_fwd_h(
     i_v = i_kv % NV
     i_n = i_nh // H
     i_h = i_nh % H
-    bos, eos = _bounds(cu_seqlens, i_n, T, IS_VARLEN)
+{at_depth(4, tiles(k_block=True, v_block=True))}
     first = tl.load(chunk_off + i_n).to(tl.int64)  # this sequence's first slot of hs
-    o_c = tl.arange(0, C)
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
     p_kv = o_k[:, None] * V + o_v[None, :]  # [BK, BV] inside one [K, V] state
+    p_hv = i_nh.to(tl.int64) * K * V + p_kv  # [BK, BV] in [N, H, K, V]
     m_hv = m_k[:, None] & m_v[None, :]
-    b_h = tl.zeros([BK, BV], dtype=tl.float32)  # S^T[K-block, V-block] at the chunk start
-    if HAS_H0:
-        b_h += tl.load(h0 + i_nh.to(tl.int64) * K * V + p_kv, mask=m_hv, other=0.0)
+{at_depth(4, start_state("b_h", "HAS_H0", "h0", note="  # S^T[K-block, V-block] at the chunk start"))}
     n_c = tl.cdiv(eos - bos, C).to(tl.int32)
     for i_c in range(0, n_c):
         t = bos + i_c * C + o_c  # [C] token rows; the chunk never crosses eos
-        m_t = t < eos
-        row = t * H + i_h
-        b_k = tl.load(k + row[:, None] * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)  # [C, BK]
-        b_v = tl.load(v + row[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)  # [C, BV]
+{at_depth(8, chunk_inputs("k", "v"))}
         @gates@
         p_hs = hs + ((first + i_c) * H + i_h) * K * V + p_kv  # [BK, BV]
         tl.store(p_hs, b_h.to(hs.dtype.element_ty), mask=m_hv)
-        b_vd = @v_to_end@  # [C, BV] values decayed to the chunk end
-        b_h = tl.dot(tl.trans(b_k), b_vd, b_h@decay_state@, input_precision=DOT_PRECISION)
+{at_depth(8, CARRY_STATE)}
     if STORE_HT:
-        tl.store(ht + i_nh.to(tl.int64) * K * V + p_kv, b_h, mask=m_hv)
+        tl.store(ht + p_hv, b_h, mask=m_hv)
 """
 
-_FWD_O = """
+_FWD_O = f"""
 
 @triton.jit
 def chunk_scalar_fwd_o(
@@ -99,44 +99,21 @@ def chunk_scalar_fwd_o(
     i_h = i_ch % H
     i_n = tl.load(chunk_seq + i_g)
     i_c = tl.load(chunk_loc + i_g)
-    bos, eos = _bounds(cu_seqlens, i_n, T, IS_VARLEN)
-    o_c = tl.arange(0, C)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_qk = @causal_qk@  # [C, C] query step s (row) reads key step j (column)
+{at_depth(4, tiles(k_block=False, v_block=True))}
+    {CAUSAL_READ}
     t = bos + i_c * C + o_c  # [C] token rows
-    m_t = t < eos
-    row = t * H + i_h
-    m_tk = m_t[:, None] & m_k[None, :]
-    m_tv = m_t[:, None] & m_v[None, :]
-    b_q = tl.load(q + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)  # [C, BK]
-    b_k = tl.load(k + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)  # [C, BK]
-    b_v = tl.load(v + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)  # [C, BV]
+{at_depth(4, chunk_inputs("q", "k", "v"))}
     p_hs = hs + i_ch.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
     b_h = tl.load(p_hs, mask=m_k[:, None] & m_v[None, :], other=0.0)  # [BK, BV] chunk-start state
     @gates@
-    # inter-chunk: read the state entering this chunk
-    b_o = tl.dot(b_q, b_h.to(b_q.dtype), input_precision=DOT_PRECISION)@decay_q@  # [C, BV]
-    # intra-chunk: causal, decay-weighted scores, accumulated onto it
-    b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)  # [C, C] q_s . k_j
-    @mask_qk@
-    b_o = tl.dot(b_s.to(b_v.dtype), b_v, b_o, input_precision=DOT_PRECISION)
-    tl.store(o + row[:, None] * V + o_v[None, :], (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
+{at_depth(4, READ_OUT)}
 """
 
 
 def generate_split_source(sig: CoreSig, config: dict | None = None) -> str:
     """Readable Triton text of the two split-forward kernels for ``sig`` (``fp32_dot`` as in the
     fused source)."""
-    precision = (config or {}).get("fp32_dot", "ieee")
-    if precision not in ("ieee", "tf32", "tf32x3"):
-        raise ValueError(f"config['fp32_dot']: expected 'ieee', 'tf32' or 'tf32x3', got {precision!r}")
-    values = slots(sig)
-    values["describe"] = sig.describe() + " (split forward)"
-    values["precision"] = precision
-    return fill(_HEADER + _FWD_H + _FWD_O, values)
+    return module_source(_FWD_H + _FWD_O, sig, config, sig.describe() + " (split forward)")
 
 
 @functools.cache

@@ -149,12 +149,18 @@ def bwd_dv(P: Plan, q, k, v, do, ox, gk_cum, gv_cum, hs, dhs):
     return dv, dgv
 
 
+def _dqk_outputs(P: Plan, q, k, gk_cum) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(dq, dk, d gk in fp32 or None), to be written by either dqk_mode."""
+    dq = empty(*q.shape, dtype=q.dtype, device=q.device)
+    dk = empty(*k.shape, dtype=k.dtype, device=q.device)
+    dgk = empty(*gk_cum.shape, dtype=torch.float32, device=q.device) if P.key else None
+    return dq, dk, dgk
+
+
 def bwd_dqk(P: Plan, q, k, v, do, gk_cum, gv_cum, hs, dhs):
     """(dq, dk, d gk in fp32 or None)."""
-    cfg, dev = P.cfg, v.device
-    dq = empty(*q.shape, dtype=q.dtype, device=dev)
-    dk = empty(*k.shape, dtype=k.dtype, device=dev)
-    dgk = empty(*gk_cum.shape, dtype=torch.float32, device=dev) if P.key else None
+    cfg = P.cfg
+    dq, dk, dgk = _dqk_outputs(P, q, k, gk_cum)
     if P.TC:
         P.kernels.chunk_bwd_dqk[(cdiv(P.K, cfg["dqk_BK"]), P.TC, P.H)](
             q, k, v, do, _or(gk_cum, q), _or(gv_cum, q), hs, dhs, dq, dk, _or(dgk, q),
@@ -170,9 +176,7 @@ def bwd_dqk_shared(P: Plan, q, k, v, do, gk_cum, gv_cum, hs, dhs):
     scratch, written once per (chunk, head) by ``chunk_bwd_da``."""
     cfg, dev = P.cfg, v.device
     C, SC = cfg["chunk"], cfg["sub"]
-    dq = empty(*q.shape, dtype=q.dtype, device=dev)
-    dk = empty(*k.shape, dtype=k.dtype, device=dev)
-    dgk = empty(*gk_cum.shape, dtype=torch.float32, device=dev) if P.key else None
+    dq, dk, dgk = _dqk_outputs(P, q, k, gk_cum)
     if P.TC:
         da = empty(P.TC, P.H, C, C, dtype=torch.float32, device=dev)
         dat = empty(P.TC, P.H, C, C, dtype=torch.float32, device=dev)

@@ -19,9 +19,21 @@ applies it, so the dq/dk algebra after the loads is unchanged (``key_apply``, ``
 
 from __future__ import annotations
 
+from scandsl.lowering.chunk_vector_templates import (
+    DQK_SUB_CHUNKS,
+    KEY_GRADIENTS,
+    SCORE_ACCUMULATORS,
+    SCORE_MASKS,
+    V_BLOCK_ROWS,
+    V_BLOCK_SCORES,
+    V_BLOCK_STATES,
+    at_depth,
+    chunk_program,
+)
+
 __all__ = ["BWD_DA", "BWD_DQK_SHARED", "slots"]
 
-BWD_DA = '''
+BWD_DA = f'''
 
 @triton.jit
 def chunk_bwd_da(do, v, gv_cum, da, dat, ddg, cu, chunk_seq, chunk_loc,
@@ -42,24 +54,13 @@ def chunk_bwd_da(do, v, gv_cum, da, dat, ddg, cu, chunk_seq, chunk_loc,
     for I in range(0, ns):
         rows_i = I * SC + o_s
         last_i = tl.minimum(I * SC + SC, L) - 1  # the sub-chunk's last valid row
-        da_off = tl.full([SC, C], 0.0, dtype=tl.float32)  # da against earlier sub-chunks (rows i)
-        dat_off = tl.full([SC, C], 0.0, dtype=tl.float32)  # da^T against later sub-chunks (rows j)
-        da_dg = tl.full([SC, SC], 0.0, dtype=tl.float32)  # da inside the sub-chunk (rows i, cols j)
-        da_zs = tl.full([SC], 0.0, dtype=tl.float32)  # da of the zero-step pair (i, i - QSHIFT)
-        dat_zs = tl.full([SC], 0.0, dtype=tl.float32)  # da of the zero-step pair (j + QSHIFT, j)
+{at_depth(8, SCORE_ACCUMULATORS)}
         for v0 in range(0, V, BV):
-            offs_v = v0 + tl.arange(0, BV)
-            b_doi = load_rows(do, bos, rows_i, L, offs_v, i_h, H, V)  # [SC, BV]
-            b_vi = load_rows(v, bos, rows_i, L, offs_v, i_h, H, V)  # [SC, BV]
-            da_zs += tl.sum(b_doi * load_rows(v, bos, rows_i - QSHIFT, L, offs_v, i_h, H, V), axis=1)
-            dat_zs += tl.sum(load_rows(do, bos, rows_i + QSHIFT, L, offs_v, i_h, H, V) * b_vi, axis=1)
-            b_do = load_rows(do, bos, rows_c, L, offs_v, i_h, H, V)  # [C, BV]
-            b_v = load_rows(v, bos, rows_c, L, offs_v, i_h, H, V)  # [C, BV]
+{at_depth(12, V_BLOCK_ROWS)}
+{at_depth(12, V_BLOCK_SCORES)}
             @value_scores_only@
         @value_diag@
-        da_off = tl.where((rows_c[None, :] < I * SC) & (rows_c[None, :] < rows_i[:, None] - QSHIFT), da_off, 0.0)
-        dat_off = tl.where((rows_c[None, :] >= I * SC + SC) & (rows_c[None, :] > rows_i[:, None] + QSHIFT), dat_off, 0.0)
-        da_dg = tl.where(o_s[None, :] < o_s[:, None] - QSHIFT, da_dg, 0.0)
+{at_depth(8, SCORE_MASKS)}
         # the zero-step scores go into cells the causal masks above leave at 0
         da_off += tl.where(rows_c[None, :] == rows_i[:, None] - QSHIFT, da_zs[:, None], 0.0)
         dat_off += tl.where(rows_c[None, :] == rows_i[:, None] + QSHIFT, dat_zs[:, None], 0.0)
@@ -69,7 +70,7 @@ def chunk_bwd_da(do, v, gv_cum, da, dat, ddg, cu, chunk_seq, chunk_loc,
         tl.store(ddg + (base + rows_i[:, None]) * SC + o_s[None, :], da_dg)
 '''
 
-BWD_DQK_SHARED = '''
+BWD_DQK_SHARED = f'''
 
 @triton.jit
 def chunk_bwd_dqk_shared(q, k, v, do, gk_cum, gv_cum, hs, dhs, da, dat, ddg, dq, dk, dgk, cu, chunk_seq,
@@ -80,27 +81,12 @@ def chunk_bwd_dqk_shared(q, k, v, do, gk_cum, gv_cum, hs, dhs, da, dat, ddg, dq,
 
     The V loop keeps only what differs per K-block: dq_in = do h^T and dk_st = v dh^T.
     """
-    i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos, L, slot = chunk_coords(cu, chunk_seq, chunk_loc, i_c, C)
-    DT = q.dtype.element_ty
-    offs_k = i_k * BK + tl.arange(0, BK)
-    rows_c = tl.arange(0, C)
-    o_s = tl.arange(0, SC)
+{at_depth(4, chunk_program("k"))}
     base = (i_c.to(tl.int64) * H + i_h) * C
-    @key_carry@
-    ns = (L + SC - 1) // SC
-    for ii in range(0, ns):
-        I = ns - 1 - ii
-        rows_i = I * SC + o_s
-        last_i = tl.minimum(I * SC + SC, L) - 1  # the sub-chunk's last valid row
-        dq_in = tl.full([SC, BK], 0.0, dtype=tl.float32)  # queries reading the carried-in state
-        dk_st = tl.full([SC, BK], 0.0, dtype=tl.float32)  # keys feeding the state handed on
+{at_depth(4, DQK_SUB_CHUNKS)}
         for v0 in range(0, V, BV):
-            offs_v = v0 + tl.arange(0, BV)
-            b_doi = load_rows(do, bos, rows_i, L, offs_v, i_h, H, V)  # [SC, BV]
-            b_vi = load_rows(v, bos, rows_i, L, offs_v, i_h, H, V)  # [SC, BV]
-            b_h = load_state(hs, slot, i_h, offs_k, offs_v, H, K, V).to(DT)  # [BK, BV]
-            b_dh = load_state(dhs, slot, i_h, offs_k, offs_v, H, K, V).to(DT)  # [BK, BV]
+{at_depth(12, V_BLOCK_ROWS)}
+{at_depth(12, V_BLOCK_STATES)}
             @value_state@
         offs = (base + rows_i[:, None]) * C + rows_c[None, :]
         da_row = tl.load(da + offs)  # [SC, C] da_off + zero-step cells
@@ -112,16 +98,7 @@ def chunk_bwd_dqk_shared(q, k, v, do, gk_cum, gv_cum, hs, dhs, da, dat, ddg, dq,
         zs_t = rows_c[None, :] == rows_i[:, None] + QSHIFT
         dat_zs = tl.sum(tl.where(zs_t, dat_row, 0.0), axis=1)  # [SC]
         dat_off = tl.where(zs_t, 0.0, dat_row)
-        b_qi = load_rows(q, bos, rows_i, L, offs_k, i_h, H, K) * scale  # [SC, BK]
-        b_ki = load_rows(k, bos, rows_i, L, offs_k, i_h, H, K)  # [SC, BK]
-        b_q = load_rows(q, bos, rows_c, L, offs_k, i_h, H, K) * scale  # [C, BK]
-        b_k = load_rows(k, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
-        @key_apply@
-        dq_zs = da_zs[:, None] * load_rows(k, bos, rows_i - QSHIFT, L, offs_k, i_h, H, K)
-        store_rows(dq, (b_dq + dq_zs) * scale, bos, rows_i, L, offs_k, i_h, H, K)
-        dk_zs = dat_zs[:, None] * load_rows(q, bos, rows_i + QSHIFT, L, offs_k, i_h, H, K) * scale
-        store_rows(dk, b_dki + b_dks + dk_zs, bos, rows_i, L, offs_k, i_h, H, K)
-        @key_gate_grad@
+{at_depth(8, KEY_GRADIENTS)}
 '''
 
 # dq_in / dk_st: the state terms, per K-block (the first lines of the fused value_scores slot)
