@@ -3,7 +3,7 @@
 Run on the GPU machine from the repository root:
 
     python3 -m pip install --no-deps --no-build-isolation -e . -q
-    python3 bench/gpu_check_scan.py --out $OUT [--budget 330]
+    python3 bench/gpu_check_scan.py --out $OUT [--budget 330] [--split]
 
 1. ``channel`` and ``channel_static``, compiled, fp32 and bf16 and varlen, B=2 T=67 H=2 N=K=16
    V=40: outputs, final state and every gradient against ``core_reference`` (the other
@@ -13,6 +13,12 @@ Run on the GPU machine from the repository root:
    output checked against a batched fp32 PyTorch loop first; fwd+bwd sweep over backward
    tiles; gradients of the best config against the PyTorch loop's autograd at T=512;
 3. the PyTorch loop itself as a baseline, timed at T=512 and extrapolated linearly to 4096.
+
+``--split`` adds, right after step 1, the split forward (``fwd_mode="split"``): the small checks
+again with ``split_L=32`` (several chunks at T=67), then at the Mamba-1 shape the default
+forward (walk) and the split forward for each ``split_L`` in ``SPLIT_LS`` with the default's
+tiles, each split output and final state checked against the walk's before it is timed, and
+forward+backward for the walk and the fastest ``split_L`` (section ``split`` of the report).
 
 Results go to ``<out>/scan_gpu.json`` (rewritten after every item, so a timeout keeps them).
 """
@@ -40,6 +46,7 @@ FLOOR_MS = {"channel": 0.067, "channel_static": 0.045}  # bytes moved once at 3.
 SIGS = {n: s for n, s in TAXONOMY_SIGS.items() if scan.supports(s) is None}
 SIGS["channel_before"] = CoreSig(decay=Decay.CHANNEL, readout=Readout.BEFORE)
 SIGS["none_before"] = CoreSig(readout=Readout.BEFORE)
+SPLIT_LS = (64, 128, 256, 512, 1024)
 
 
 def _grads(sig, x, o, ht, seed=0):
@@ -52,7 +59,10 @@ def _grads(sig, x, o, ht, seed=0):
     return dict(zip(names, torch.autograd.grad(loss, [getattr(x, n) for n in names])))
 
 
-def check_small(rep: Report, names: list[str], bf16: list[str], varlen: list[str]) -> None:
+def check_small(
+    rep: Report, names: list[str], bf16: list[str], varlen: list[str], config: dict | None = None
+) -> None:
+    """Outputs, final state and gradients against ``core_reference``; ``config`` over the defaults."""
     cases = [(n, torch.float32, None) for n in names] + [(n, torch.bfloat16, None) for n in bf16]
     cases += [(n, torch.float32, torch.tensor([0, 0, 1, 6, 67])) for n in varlen]
     for name, dtype, cu in cases:
@@ -60,13 +70,13 @@ def check_small(rep: Report, names: list[str], bf16: list[str], varlen: list[str
             rep.data.setdefault("skipped", []).append(f"{name} {dtype} varlen={cu is not None}")
             continue
         sig = SIGS[name]
-        entry = {"sig": name, "dtype": str(dtype), "varlen": cu is not None}
+        entry = {"sig": name, "dtype": str(dtype), "varlen": cu is not None, "config": config}
         try:
             K = 16 if sig.decay is Decay.CHANNEL else 24
             kw = dict(B=2, T=67, H=2, K=K, V=40, dtype=dtype, device=DEVICE, requires_grad=True, seed=1)
             x = random_core_inputs(sig, cu_seqlens=cu, **kw)
             t0 = time.time()
-            o, ht = scan.run(sig, x, None)
+            o, ht = scan.run(sig, x, config)
             got = _grads(sig, x, o, ht)
             torch.cuda.synchronize()
             entry["first_call_s"] = round(time.time() - t0, 2)
@@ -202,6 +212,62 @@ def grad_check(rep: Report, name: str, cfg: dict) -> None:
     rep.save()
 
 
+def mamba_split(rep: Report, name: str) -> None:
+    """The split forward beside the default (walk) one at the Mamba-1 shape, same tiles."""
+    sig = SIGS[name]
+    res = rep.data["split"].setdefault(name, {"floor_ms": FLOOR_MS[name], "fwd": [], "fwdbwd": []})
+    walk = scan.default_config(sig, MAMBA)
+    res["walk_cfg"] = walk
+    x = mamba_inputs(sig, MAMBA.T, grad=False)
+    x.output_final_state = True
+    with torch.no_grad():
+        ref_o, ref_ht = scan.run(sig, x, walk)
+        ms = do_bench(lambda: scan.run(sig, x, walk), return_mode="median")
+    res["fwd"].append({"fwd_mode": "walk", "ms": round(ms, 4), "x_floor": round(ms / FLOOR_MS[name], 2)})
+    rep.save()
+    best = None
+    for L in SPLIT_LS:
+        if rep.left() < 60:
+            break
+        cfg, entry = {**walk, "fwd_mode": "split", "split_L": L}, {"fwd_mode": "split", "split_L": L}
+        try:
+            with torch.no_grad():
+                o, ht = scan.run(sig, x, cfg)
+                entry["err_vs_walk"] = {
+                    "o": float(f"{rel_err(o.float(), ref_o.float()):.3e}"),
+                    "ht": float(f"{rel_err(ht, ref_ht):.3e}"),
+                }
+                if max(entry["err_vs_walk"].values()) <= TOLERANCES[torch.bfloat16][0]:
+                    ms = do_bench(lambda c=cfg: scan.run(sig, x, c), return_mode="median")
+                    entry["ms"], entry["x_floor"] = round(ms, 4), round(ms / FLOOR_MS[name], 2)
+        except Exception:  # noqa: BLE001
+            entry["error"] = traceback.format_exc()[-800:]
+        res["fwd"].append(entry)
+        if "ms" in entry and (best is None or entry["ms"] < best[1]):
+            best = (cfg, entry["ms"])
+        rep.save()
+    xg = mamba_inputs(sig, MAMBA.T, grad=True)
+    do = torch.randn(MAMBA.B, MAMBA.T, MAMBA.H, MAMBA.V, device=DEVICE, dtype=torch.bfloat16)
+    names = [n for n, t in xg.tensors().items() if t.requires_grad]
+    for cfg in [walk] + ([best[0]] if best else []):
+        if rep.left() < 45:
+            break
+        entry = {"fwd_mode": cfg["fwd_mode"], "split_L": cfg["split_L"]}
+
+        def step(c=cfg):
+            for n in names:
+                getattr(xg, n).grad = None
+            o, _ = scan.run(sig, xg, c)
+            o.backward(do)
+
+        try:
+            entry["ms"] = round(do_bench(step, return_mode="median"), 4)
+        except Exception:  # noqa: BLE001
+            entry["error"] = traceback.format_exc()[-800:]
+        res["fwdbwd"].append(entry)
+        rep.save()
+
+
 def loop_baseline(rep: Report, name: str) -> None:
     sig = SIGS[name]
     x = mamba_inputs(sig, 512, grad=True)
@@ -225,13 +291,24 @@ def loop_baseline(rep: Report, name: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--budget", type=float, default=330.0)
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="also check and time the split forward (fwd_mode='split') for split_L in "
+        f"{SPLIT_LS} beside the default walk forward, before the tile sweeps",
+    )
     args = parser.parse_args()
-    rep = Report(args.out / "scan_gpu.json", args.budget, correctness=[], mamba={})
+    rep = Report(args.out / "scan_gpu.json", args.budget, correctness=[], mamba={}, split={})
     mamba_rows = ["channel", "channel_static"]
     check_small(rep, mamba_rows, mamba_rows, mamba_rows)
+    if args.split:
+        check_small(rep, mamba_rows, mamba_rows, mamba_rows, {"fwd_mode": "split", "split_L": 32})
+        for name in mamba_rows:
+            if rep.left() > 60:
+                mamba_split(rep, name)
     # (BT, BV, num_warps) with BK = N = 16; tiles are [BT, BK, BV] with lanes on V
     fwd_grid = [(8, 16, 1), (8, 8, 1), (4, 8, 1), (16, 8, 1), (4, 16, 1), (16, 16, 1), (8, 32, 1), (4, 32, 2)]
     bwd_grid = [(8, 8, 1), (4, 8, 1), (8, 4, 1), (16, 4, 1), (4, 16, 1), (16, 8, 2)]
@@ -245,7 +322,7 @@ def main() -> None:
                 rep.data["mamba"][name]["torch_loop"] = {"error": traceback.format_exc()[-500:]}
     check_small(rep, [n for n in SIGS if n not in mamba_rows], ["key_before"], ["key_before"])
     rep.save()
-    print(json.dumps(rep.data["mamba"], indent=1)[-5000:])
+    print(json.dumps({"split": rep.data["split"], "mamba": rep.data["mamba"]}, indent=1)[-5000:])
     bad = [c for c in rep.data["correctness"] if not c.get("ok")]
     print(f"correctness: {len(rep.data['correctness']) - len(bad)} ok, {len(bad)} failed")
     for c in bad:

@@ -20,6 +20,37 @@ stored. Log-gate gradients come from ``dL/d log Λ_t = dS_t ⊙ (S_t − U_t)``,
 gate's axes; sums over the other tiles (K- or V-blocks, sequences for static operands) are
 partial buffers summed on the host.
 
+Split forward (``fwd_mode="split"``, config key; default ``"walk"``, the loop above). The walk
+runs one serial program per (tile, sequence, head): 512 one-warp programs at the Mamba-1 shape
+below, each over all 4096 steps, too few to cover the GPU's latency. The split forward cuts each
+sequence into chunks of ``split_L`` steps (a power of two >= ``BT``, so chunks are whole blocks;
+chunks start at each sequence's own start, :mod:`scandsl.lowering._chunks`) and runs three passes:
+
+1. ``scan_chunk_totals_kernel``, one program per (tile, chunk, head): the walk's block loop
+   over its chunk from a zero state, storing two fp32 ``[K, V]`` tiles per chunk and head: the
+   state leaving the chunk, ``B_c``, and its decay ``log A_c = Σ_t log Λ_t``, summed in log
+   space from the loaded log-gates on their own axes (``Σ gv_t ⊗ A`` for the per-channel gate);
+2. ``scan_chunk_states_kernel``, one program per (tile, sequence, head): ``S_in[0]`` = the
+   initial state (or 0), ``S_in[c+1] = exp(log A_c) ⊙ S_in[c] + B_c``, written over ``B_c``,
+   and the final state;
+3. ``scan_chunk_out_kernel``, one program per (tile, chunk, head), all in parallel: the walk's
+   block loop over the chunk from ``S_in[c]``, storing the outputs and, when gradients are
+   needed, the backward's checkpoints.
+
+Passes 1 and 3 are the walk's kernel text with another program map, entry state and exit
+(:mod:`scandsl.lowering.scan_source`), so every signature the walk runs, runs split. Pass 3
+saves exactly the checkpoints (one state every ``bwd_BT`` steps) the walk saves, so the backward
+is the same in both modes and gradients flow through the split forward. Varlen costs one host
+sync (the chunk count sets the grid), where the walk needs none. At the Mamba-1 shape with
+``split_L=256`` the passes run 8192 programs of 256 steps each instead of 512 of 4096; they also
+move more bytes: k, v and gv are read twice (+142 MB over the walk's 218 MB) and the chunk
+tiles add 50 MB (1024 tiles of 8 KB a scratch: 17 MB written by pass 1, 25 MB through pass 2,
+8 MB read by pass 3), so the split's predicted memory floor is about 1.9x the walk's (410 MB).
+Its time is unmeasured: ``bench/gpu_check_scan.py --split`` times it, and it is in the search
+space for the autotuner. Ahead-of-time sm_90 builds (no GPU) at the default Mamba tiles: pass 1
+needs fewer registers than the walk kernel (247 vs 255, no spill), pass 3 spills at most 16 bytes
+more than it (``channel`` without checkpoints: 16 vs 0 bytes of spill stack).
+
 Measured (H100, Mamba-1 shape B=4 T=4096 2048 channels N=16, bf16; ``bench/gpu_check_scan.py``):
 channel forward 0.44 ms (6.5x its 0.067 ms memory floor; mamba_ssm's CUDA scan 0.565 ms),
 forward+backward 3.9 ms (mamba_ssm 3.11); S4's static form 0.25 / 2.2 ms.
@@ -32,6 +63,7 @@ from __future__ import annotations
 
 import torch
 from scandsl.autotune._space import Param, SearchSpace
+from scandsl.lowering._chunks import chunk_map
 from scandsl.lowering._source import load_source
 from scandsl.lowering._tiles import cdiv as _cdiv
 from scandsl.lowering.scan_source import generate_source, module_name
@@ -47,6 +79,10 @@ _MAX_FEATURE = 256
 # fp32 elements of one [BT, BK, BV] tile a thread may hold: the forward keeps about four such
 # tiles live, the backward about ten (more spills to local memory).
 _TILE_PER_THREAD = {"": 128, "bwd_": 32}
+# the split forward's chunk length when the config does not name one (and the only split_L a
+# walk config may carry: any other would duplicate it in the search space)
+_SPLIT_L = 256
+_FWD_MODES = ("walk", "split")
 
 
 def supports(sig: CoreSig) -> str | None:
@@ -59,7 +95,9 @@ def supports(sig: CoreSig) -> str | None:
 
 
 def kernels(sig: CoreSig):
-    """The generated module (``scan_fwd_kernel``, ``scan_bwd_kernel``) for ``sig``."""
+    """The generated module for ``sig``: ``scan_fwd_kernel`` (the walk forward), the split
+    forward's ``scan_chunk_totals_kernel``, ``scan_chunk_states_kernel`` and
+    ``scan_chunk_out_kernel``, and ``scan_bwd_kernel``."""
     return load_source(generate_source(sig), name=module_name(sig))
 
 
@@ -75,6 +113,7 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
     program: the forward picks 16 V-lanes x 2 K-lanes (8 x 4 for a static gate), the backward,
     whose sums run over V as well as over K, 8 x 4. These were the fastest measured at the
     Mamba-1 shape on an H100 (``bench/gpu_check_scan.py``). Other decays: untuned guesses.
+    The forward walks (``fwd_mode="walk"``): the split forward is untimed.
     """
     kp, vp = _pow2(shape.K), _pow2(shape.V)
     if sig.decay is Decay.CHANNEL and kp <= 16:
@@ -93,7 +132,8 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
     for prefix, cfg in (("", fwd), ("bwd_", bwd)):  # shrink the time block to the register budget
         while cfg["BT"] > 2 and _per_thread(cfg) > _TILE_PER_THREAD[prefix]:
             cfg["BT"] //= 2
-    return {**fwd, **{f"bwd_{key}": value for key, value in bwd.items()}}
+    split = {"fwd_mode": "walk", "split_L": _SPLIT_L}
+    return {**fwd, **split, **{f"bwd_{key}": value for key, value in bwd.items()}}
 
 
 def _per_thread(cfg: dict, prefix: str = "") -> float:
@@ -117,6 +157,13 @@ def _check_config(cfg: dict, shape: Shape) -> str | None:
                 f"a [{prefix}BT, {prefix}BK, {prefix}BV] tile is {per_thread:.0f} fp32 values "
                 f"a thread (> {_TILE_PER_THREAD[prefix]})"
             )
+    mode, L = cfg.get("fwd_mode", "walk"), cfg.get("split_L", _SPLIT_L)
+    if mode not in _FWD_MODES:
+        return f"fwd_mode={mode!r}: expected one of {_FWD_MODES}"
+    if mode == "walk" and L != _SPLIT_L:
+        return f"split_L only matters for fwd_mode='split' (walk with split_L={L} duplicates {_SPLIT_L})"
+    if mode == "split" and (L & (L - 1) or L < cfg["BT"]):
+        return f"split_L={L} must be a power of two >= BT={cfg['BT']} (chunks are whole blocks)"
     return None
 
 
@@ -131,6 +178,7 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
             Param(f"{prefix}num_warps", (1, 2, 4, 8)),
             Param(f"{prefix}num_stages", (1, 2)),
         ]
+    params += [Param("fwd_mode", _FWD_MODES), Param("split_L", (_SPLIT_L, 64, 128, 512, 1024))]
     return SearchSpace(strategy="scan", params=tuple(params), valid=lambda cfg: _check_config(cfg, shape))
 
 
@@ -180,6 +228,32 @@ def _geometry(cfg, prefix, v, q, cu_seqlens):
     return B, T, H, K, V, N, NK, NV, chunk_offsets, n_ckpt
 
 
+def _forward_split(mod, sig, cfg, args, scale, meta, B, T, N, NK, NV):
+    """The three passes of ``fwd_mode="split"`` (module docstring), writing ``args``' o, ht, hc.
+
+    Passes 1 and 3 put (chunk, head) on the grid's first axis, the only one that takes more
+    than 65535 programs (T = 2^20 in chunks of 64 is 16384 chunks a head).
+    """
+    _, _, v, _, _, _, _, h0, _, ht, _, cu_seqlens, _ = args
+    H, K, V, L, dev = meta["H"], meta["K"], meta["V"], cfg["split_L"], v.device
+    chunks = chunk_map(cu_seqlens, B, T, L, dev)  # varlen: one host sync, for the grid
+    n_chunks = chunks.chunk_seq.numel()
+    hb = _empty(n_chunks, H, K, V, dtype=torch.float32, device=dev)  # B_c, then S_in[c]
+    la = None if sig.decay is Decay.NONE else _empty(n_chunks, H, K, V, dtype=torch.float32, device=dev)
+    chunk_args = (*args, chunks.chunk_seq, chunks.chunk_loc, hb, la, scale, T, B * T)
+    # h0 and ht belong to pass 2; checkpoints to pass 3, which knows the entering states
+    inner = dict(meta, L=L, USE_H0=False, STORE_HT=False)
+    if n_chunks:
+        mod.scan_chunk_totals_kernel[(n_chunks * H, NV, NK)](*chunk_args, **{**inner, "SAVE_CKPT": False})
+    mod.scan_chunk_states_kernel[(NV, NK, N * H)](
+        h0, ht, hb, la, cu_seqlens, chunks.chunk_off, T,
+        H=H, K=K, V=V, BK=meta["BK"], BV=meta["BV"], L=L, USE_H0=meta["USE_H0"],
+        STORE_HT=meta["STORE_HT"], IS_VARLEN=meta["IS_VARLEN"], num_warps=meta["num_warps"],
+    )  # fmt: skip
+    if n_chunks:
+        mod.scan_chunk_out_kernel[(n_chunks * H, NV, NK)](*chunk_args, **inner)
+
+
 class _ScanFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, sig, cfg, scale, cu_seqlens, out_dtype, output_final_state, save, *tensors):
@@ -191,13 +265,16 @@ class _ScanFunction(torch.autograd.Function):
         ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if output_final_state else None
         hc = _empty(n_ckpt, H, K, V, dtype=torch.float32, device=dev) if save else None
         mod = kernels(sig)
-        grid = (NV, NK, N * H)
-        mod.scan_fwd_kernel[grid](
-            q, k, v, g, gk, gv, A, h0, o, ht, hc, cu_seqlens, chunk_offsets, scale, T, R,
+        args = (q, k, v, g, gk, gv, A, h0, o, ht, hc, cu_seqlens, chunk_offsets)
+        meta = dict(
             H=H, K=K, V=V, BT=cfg["BT"], BK=cfg["BK"], BV=cfg["BV"], CT=cfg["bwd_BT"],
             USE_H0=h0 is not None, STORE_HT=output_final_state, SAVE_CKPT=save,
             IS_VARLEN=cu_seqlens is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
+        if cfg.get("fwd_mode", "walk") == "split":
+            _forward_split(mod, sig, cfg, args, scale, meta, B, T, N, NK, NV)
+        else:
+            mod.scan_fwd_kernel[(NV, NK, N * H)](*args, scale, T, R, **meta)
         o = o[0] if NK == 1 else o.sum(0).to(out_dtype)
         if save:
             ctx.save_for_backward(q, k, v, g, gk, gv, A, h0, hc, cu_seqlens, chunk_offsets)

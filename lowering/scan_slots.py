@@ -37,6 +37,10 @@ __all__ = [
     "bwd_decay_grad",
     "bwd_static_init",
     "bwd_static_store",
+    "chunk_totals_init",
+    "chunk_log_decay",
+    "chunk_totals_store",
+    "chunk_carry",
 ]
 
 _FULL = "(BT, BK, BV)"
@@ -96,7 +100,8 @@ def _gate_loads(sig: CoreSig, suffix: str, rows: str) -> list[RowLoad]:
 
 
 def row_loads(sig: CoreSig, kernel: str) -> list[RowLoad]:
-    """Every per-block operand the ``kernel`` (``"fwd"`` or ``"bwd"``) reads."""
+    """Every per-block operand the ``kernel`` reads: ``"fwd"``, ``"bwd"``, or ``"totals"`` (the
+    split forward's pass 1, which reads no query)."""
     loads = [RowLoad("v", "v", "V")]
     if not sig.key_static:
         loads.append(RowLoad("k", "k", "K"))
@@ -109,7 +114,7 @@ def row_loads(sig: CoreSig, kernel: str) -> list[RowLoad]:
             if after
             else [RowLoad("do1", "do", "V", "t+1"), RowLoad("do0", "do", "V", "t0")]
         )
-    if not sig.query_static:
+    if not sig.query_static and kernel != "totals":
         if after:
             loads.append(RowLoad("q", "q", "K", "t", scaled=True))
         else:
@@ -117,8 +122,9 @@ def row_loads(sig: CoreSig, kernel: str) -> list[RowLoad]:
     return loads
 
 
-def static_loads(sig: CoreSig) -> str:
-    """Time-invariant operands, loaded once per program (``[BK, BV]`` tiles of ``[H, V, K]``)."""
+def static_loads(sig: CoreSig, readout: bool = True) -> str:
+    """Time-invariant operands, loaded once per program (``[BK, BV]`` tiles of ``[H, V, K]``);
+    without ``readout`` (the split forward's pass 1), not the query."""
     lines = []
     if sig.decay is Decay.CHANNEL:
         lines.append("b_A = tl.load(A + p_hkv, mask=m_s, other=0.0).to(tl.float32)  # [BK, BV]")
@@ -129,7 +135,7 @@ def static_loads(sig: CoreSig) -> str:
         lines.append("b_aS = tl.exp(b_gvS[None, :] * b_A)  # [BK, BV]: a static gate, one exp per program")
     if sig.key_static:
         lines.append("b_kS = tl.load(k + p_hkv, mask=m_s, other=0.0).to(tl.float32)  # [BK, BV]")
-    if sig.query_static:
+    if sig.query_static and readout:
         lines.append("b_qS = tl.load(q + p_hkv, mask=m_s, other=0.0).to(tl.float32) * scale  # [BK, BV]")
     return "\n".join(lines) or "pass  # no time-invariant operands"
 
@@ -297,3 +303,49 @@ def bwd_static_store(sig: CoreSig) -> str:
     elif sig.decay is Decay.CHANNEL:
         lines.append(f"tl.store(dA + {p}, b_dA, mask=m_s)")
     return "\n".join(lines) or "pass"
+
+
+# ---------------------------------------------------------------- split forward (fwd_mode="split")
+def chunk_totals_init(sig: CoreSig) -> str:
+    """Pass 1 starts its chunk from a zero state, with a zero log-decay sum ``b_la``."""
+    lines = ["b_h = tl.zeros([BK, BV], dtype=tl.float32)  # the chunk's state from a zero start"]
+    if sig.decay is not Decay.NONE:
+        lines.append("b_la = tl.zeros([BK, BV], dtype=tl.float32)  # Σ log Λ_t over the chunk so far")
+    return "\n".join(lines)
+
+
+def chunk_log_decay(sig: CoreSig) -> str:
+    """Add the block's ``Σ_t log Λ_t`` to ``b_la``, from the loaded log-gates (0 on padded rows).
+
+    In log space the chunk's decay is a sum of the gates, reduced over time on their own axes
+    (one ``[BK, BV]`` add a block), where the product of the ``Λ_t`` would cost a multiply a step
+    and a scan that keeps the ``Λ`` prefixes.
+    """
+    d, head = sig.decay, "# -- slot: chunk decay, Σ log Λ_t --\n"
+    if d is Decay.NONE:
+        return head + "pass  # no decay: the chunk's A_c is 1"
+    if d is Decay.CHANNEL and sig.decay_static:
+        return head + "b_la += tl.sum(m_t.to(tl.float32), axis=0) * b_gvS[None, :] * b_A  # steps x log Λ"
+    term = {
+        Decay.SCALAR: "tl.sum(b_g, axis=0)",
+        Decay.KEY: "tl.sum(b_gk, axis=0)[:, None]",
+        Decay.VALUE: "tl.sum(b_gv, axis=0)[None, :]",
+        Decay.OUTER: "tl.sum(b_gk, axis=0)[:, None] + tl.sum(b_gv, axis=0)[None, :]",
+        Decay.CHANNEL: "tl.sum(b_gv, axis=0)[None, :] * b_A  # log Λ_t[v, k] = gv_t[v] A[v, k]",
+    }[d]
+    return head + f"b_la += {term}"
+
+
+def chunk_totals_store(sig: CoreSig) -> str:
+    """Pass 1's result: ``B_c`` into ``hb``, ``log A_c`` into ``la`` (no ``la`` without decay)."""
+    lines = ["tl.store(hb + p_c + p_s, b_h, mask=m_s)  # B_c"]
+    if sig.decay is not Decay.NONE:
+        lines.append("tl.store(la + p_c + p_s, b_la, mask=m_s)  # log A_c")
+    return "\n".join(lines)
+
+
+def chunk_carry(sig: CoreSig) -> str:
+    """Pass 2: apply chunk ``c`` to the entering state, ``S_in[c + 1] = A_c ⊙ S_in[c] + B_c``."""
+    if sig.decay is Decay.NONE:
+        return "b_h += b_b  # no decay: A_c = 1"
+    return "b_h = tl.exp(tl.load(la + p_c + p_s, mask=m_s, other=0.0)) * b_h + b_b"

@@ -18,6 +18,12 @@ from the end; the forward states it needs are recomputed per block from the bloc
 states the forward saved (one ``[K, V]`` state per backward block, never one per step).
 Each block's operands are loaded one block ahead (register double-buffering), since Triton
 does not pipeline these loads itself.
+
+The module also holds the split forward's kernels (``fwd_mode="split"``, see
+:mod:`scandsl.lowering.scan`): ``scan_chunk_totals_kernel`` and ``scan_chunk_out_kernel`` are
+the walk forward's template ``_FWD`` filled with another program opening (``_CHUNK_PROGRAM``:
+one chunk of ``L`` steps instead of a whole sequence), entry state and exit, and the same
+per-step slots; ``scan_chunk_states_kernel`` composes the chunks' totals in order.
 """
 
 from __future__ import annotations
@@ -76,7 +82,8 @@ def block_exists(like, j, T_n, BT: tl.constexpr):
     return (t0 >= 0) & (t0 < T_n)
 '''
 
-# Shared opening of both kernels: program -> (V-block, K-block, sequence, head) and its lanes.
+# Openings of the kernels: program -> (V-block, K-block, sequence, head), or (V-block, K-block,
+# chunk, head) for the split forward's passes 1 and 3; then the program's lanes.
 _PROGRAM = """\
 i_v, i_k, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
 NK = tl.num_programs(1)
@@ -84,6 +91,22 @@ i_n, i_h = i_nh // H, i_nh % H
 bos, T_n, boc = sequence_bounds(i_n, T, cu_seqlens, chunk_offsets, CT, IS_VARLEN)
 NT_n = tl.cdiv(T_n, BT)
 o_t = tl.arange(0, BT)
+"""
+
+_CHUNK_PROGRAM = """\
+i_ch, i_v, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # (chunk, head) first: any count
+i_c, i_h = i_ch // H, i_ch % H  # chunk i_c of the chunk map (all sequences' chunks, in order)
+i_n = tl.load(chunk_seq + i_c)
+bos, T_n, boc = sequence_bounds(i_n, T, cu_seqlens, chunk_offsets, CT, IS_VARLEN)
+j0 = tl.load(chunk_loc + i_c) * (L // BT)  # the chunk's first block; blocks count from bos
+# from here on T_n is where the chunk ends: later steps count as past the sequence, so the
+# prefetch after the chunk's last block loads nothing
+T_n = tl.minimum(T_n, (j0 + L // BT) * BT)
+j1 = tl.cdiv(T_n, BT)
+o_t = tl.arange(0, BT)
+"""
+
+_LANES = """\
 o_k = i_k * BK + tl.arange(0, BK)
 o_v = i_v * BV + tl.arange(0, BV)
 m_k = o_k < K
@@ -93,29 +116,41 @@ p_s = o_k[:, None] * V + o_v[None, :]  # [BK, BV] offsets into a [K, V] state (S
 p_hkv = (i_h * V + o_v[None, :]) * K + o_k[:, None]  # [BK, BV] offsets into an [H, V, K] operand
 """
 
+# where this chunk's [K, V] state sits in the per-chunk scratch (hb, la: [chunks, H, K, V]); a
+# scalar, so nothing tile-sized stays live across the loop for the stores after it
+_CHUNK_TILE = "p_c = (i_c.to(tl.int64) * H + i_h) * K * V\n"
+
+# S^T entering the sequence: the initial state, or zero
+_ENTRY_H0 = """\
+b_h = tl.zeros([BK, BV], dtype=tl.float32)
+if USE_H0:
+    b_h += tl.load(h0 + i_nh.to(tl.int64) * K * V + p_s, mask=m_s, other=0.0)
+"""
+
+_STORE_HT = """\
+if STORE_HT:
+    tl.store(ht + i_nh.to(tl.int64) * K * V + p_s, b_h, mask=m_s)
+"""
+
 _FWD = '''
 
 @triton.jit
-def scan_fwd_kernel(
-    q, k, v, g, gk, gv, A, h0, o, ht, hc, cu_seqlens, chunk_offsets, scale, T, R,
+def {name}(
+    q, k, v, g, gk, gv, A, h0, o, ht, hc, cu_seqlens, chunk_offsets, {chunk_args}scale, T, R,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, CT: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, CT: tl.constexpr,{chunk_const}
     USE_H0: tl.constexpr, STORE_HT: tl.constexpr, SAVE_CKPT: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    """One program owns the [BK, BV] state tile of one (sequence, head) and walks its time
-    axis in blocks of BT steps: a tree scan inside each block, a register carry between them."""
+    """{doc}"""
 {program}
-    o_base = o + i_k.to(tl.int64) * R * H * V  # this K-block's partial output (NK > 1)
-    b_h = tl.zeros([BK, BV], dtype=tl.float32)  # S^T entering the block
-    if USE_H0:
-        b_h += tl.load(h0 + i_nh.to(tl.int64) * K * V + p_s, mask=m_s, other=0.0)
+{entry}
     # -- slot: time-invariant operands --
 {static_loads}
-    # block 0's operands; each block then issues the next block's loads before computing,
-    # so their memory latency hides behind this block's scan
-    r_n, m_n, m1_n = block_rows(0, bos, T_n, BT)
+    # the first block's operands; each block then issues the next block's loads before
+    # computing, so their memory latency hides behind this block's scan
+    r_n, m_n, m1_n = block_rows({first}, bos, T_n, BT)
 {prefetch_first}
-    for i_t in range(0, NT_n):
+    for i_t in range({first}, {end}):
         # checkpoints: the state entering every CT steps (the backward's block), from which the
         # backward rebuilds that block's states; here the ones that start with this block
         if SAVE_CKPT:
@@ -134,15 +169,48 @@ def scan_fwd_kernel(
             if CT < BT:  # ... and those that start inside it, read off the block's states
                 for j in tl.static_range(1, BT // CT):
                     b_hj = tl.sum(tl.where((o_t == j * CT - 1)[:, None, None], b_hs, -0.0), axis=0)
-                    i_c = i_t * (BT // CT) + j
-                    tl.store(hc + ((boc + i_c) * H + i_h) * K * V + p_s, b_hj, mask=m_s & block_exists(p_s, i_c, T_n, CT))
-        # -- slot: read-out ({readout_kind}) --
+                    i_cp = i_t * (BT // CT) + j
+                    tl.store(hc + ((boc + i_cp) * H + i_h) * K * V + p_s, b_hj, mask=m_s & block_exists(p_s, i_cp, T_n, CT))
 {readout}
         # padded rows are identity steps, so the last row is the state leaving the block
         # (-0.0 elsewhere: x + -0.0 == x folds away when the time axis sits in one thread)
         b_h = tl.sum(tl.where((o_t == BT - 1)[:, None, None], b_hs, -0.0), axis=0)
-    if STORE_HT:
-        tl.store(ht + i_nh.to(tl.int64) * K * V + p_s, b_h, mask=m_s)
+{exit}
+'''
+
+_FWD_DOC = {
+    "scan_fwd_kernel": """One program owns the [BK, BV] state tile of one (sequence, head) and walks its time
+    axis in blocks of BT steps: a tree scan inside each block, a register carry between them.""",
+    "scan_chunk_totals_kernel": """Split forward, pass 1: one program per (tile, chunk, head) scans its chunk of L steps
+    from a zero state and stores the chunk's total: B_c, the state it leaves, and A_c, the sum
+    of its log Λ_t (A_c ⊙ S + B_c is the chunk applied to any entering S).""",
+    "scan_chunk_out_kernel": """Split forward, pass 3: one program per (tile, chunk, head) re-runs its chunk from the
+    state entering it (pass 2's) and stores the outputs and the backward's checkpoints; the
+    walk forward's loop over the chunk's blocks, unchanged.""",
+}
+
+# Split forward, pass 2: the chunks' totals composed in order, per (tile, sequence, head).
+_CHUNK_STATES = '''
+
+@triton.jit
+def scan_chunk_states_kernel(
+    h0, ht, hb, la, cu_seqlens, chunk_off, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, L: tl.constexpr,
+    USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """Split forward, pass 2: walk the sequence's chunks in order, S_in[c + 1] = A_c ⊙ S_in[c] + B_c,
+    overwriting each chunk's B_c in hb by S_in[c], the state entering it (pass 3 starts there)."""
+    i_v, i_k, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, T_n, boc = sequence_bounds(i_n, T, cu_seqlens, chunk_off, L, IS_VARLEN)  # boc: its first chunk
+{lanes}
+{entry}
+    for i_c in range(0, tl.cdiv(T_n, L)):
+        p_c = ((boc + i_c) * H + i_h) * K * V
+        b_b = tl.load(hb + p_c + p_s, mask=m_s, other=0.0)  # B_c
+        tl.store(hb + p_c + p_s, b_h, mask=m_s)
+{carry}
+{store_ht}
 '''
 
 _BWD = '''
@@ -249,25 +317,76 @@ def generate_source(sig: CoreSig, config: dict | None = None) -> str:
     """The Triton module for ``sig``. ``config`` (tiles, warps) does not change the text."""
     del config  # tiles are constexpr arguments; kept for the strategy-wide signature
     none = sig.decay is Decay.NONE
+    program = _ind(_PROGRAM + _LANES, 1)
     common = {
-        "program": _ind(_PROGRAM, 1),
         "static_loads": _ind(slot.static_loads(sig), 1),
         "decay": _ind(slot.decay(sig, "", "m_t"), 2),
         "step_input": _ind(slot.step_input(sig), 2),
         "scan": _ind(_SCAN_NONE if none else _SCAN, 2),
         "decay_kind": sig.decay.value + (", static" if sig.decay_static else ""),
-        "readout_kind": sig.readout.value,
     }
-    fwd_loads, bwd_loads = slot.row_loads(sig, "fwd"), slot.row_loads(sig, "bwd")
-    fwd = _FWD.format(
-        **common,
-        readout=_ind(slot.fwd_readout(sig), 2),
-        prefetch_first=_prefetch(fwd_loads, "0", 1),
-        take=_take(fwd_loads),
-        prefetch_next=_prefetch(fwd_loads, "i_t + 1", 2),
-    )
+    readout = _ind(f"# -- slot: read-out ({sig.readout.value}) --\n" + slot.fwd_readout(sig), 2)
+    o_base = "o_base = o + i_k.to(tl.int64) * R * H * V  # this K-block's partial output (NK > 1)\n"
+    chunk = {"chunk_args": "chunk_seq, chunk_loc, hb, la, ", "chunk_const": " L: tl.constexpr,"}
+    chunk_program = _ind(_CHUNK_PROGRAM + _LANES + _CHUNK_TILE, 1)
+    chunk_entry = "b_h = tl.load(hb + p_c + p_s, mask=m_s, other=0.0)  # S_in[c], from pass 2\n"
+    walk = {"chunk_args": "", "chunk_const": "", "program": program, "first": "0", "end": "NT_n"}
+
+    def fwd(name: str, loads: list[slot.RowLoad], **fields: str) -> str:
+        return _FWD.format(
+            **{**common, **fields},
+            name=name,
+            doc=_FWD_DOC[name],
+            prefetch_first=_prefetch(loads, fields["first"], 1),
+            take=_take(loads),
+            prefetch_next=_prefetch(loads, "i_t + 1", 2),
+        )
+
+    out_loads = slot.row_loads(sig, "fwd")
+    kernels = [
+        fwd(
+            "scan_fwd_kernel",
+            out_loads,
+            **walk,
+            entry=_ind(o_base + "# S^T entering the block\n" + _ENTRY_H0, 1),
+            readout=readout,
+            exit=_ind(_STORE_HT, 1),
+        ),
+        fwd(
+            "scan_chunk_totals_kernel",
+            slot.row_loads(sig, "totals"),
+            **chunk,
+            program=chunk_program,
+            first="j0",
+            end="j1",
+            static_loads=_ind(slot.static_loads(sig, readout=False), 1),
+            entry=_ind(slot.chunk_totals_init(sig), 1),
+            readout=_ind(slot.chunk_log_decay(sig), 2),
+            exit=_ind(slot.chunk_totals_store(sig), 1),
+        ),
+        _CHUNK_STATES.format(
+            lanes=_ind(_LANES, 1),
+            entry=_ind(_ENTRY_H0, 1),
+            carry=_ind(slot.chunk_carry(sig), 2),
+            store_ht=_ind(_STORE_HT, 1),
+        ),
+        fwd(
+            "scan_chunk_out_kernel",
+            out_loads,
+            **chunk,
+            program=chunk_program,
+            first="j0",
+            end="j1",
+            entry=_ind(o_base + chunk_entry, 1),
+            readout=readout,
+            exit=_ind("# the final state is pass 2's", 1),
+        ),
+    ]
+    bwd_loads = slot.row_loads(sig, "bwd")
     bwd = _BWD.format(
         **common,
+        program=program,
+        readout_kind=sig.readout.value,
         prefetch_first=_prefetch(bwd_loads, "NT_n - 1", 1),
         take=_take(bwd_loads),
         prefetch_next=_prefetch(bwd_loads, "i_t - 1", 2),
@@ -282,4 +401,4 @@ def generate_source(sig: CoreSig, config: dict | None = None) -> str:
         static_init=_ind(slot.bwd_static_init(sig), 1),
         static_store=_ind(slot.bwd_static_store(sig), 1),
     )
-    return _HEADER.format(describe=sig.describe()) + fwd + bwd
+    return _HEADER.format(describe=sig.describe()) + "".join(kernels) + bwd

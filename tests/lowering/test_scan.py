@@ -4,6 +4,10 @@ Every call runs with NaN-poisoned outputs, partials, checkpoints and gradient bu
 element a kernel fails to write shows up as an infinite error. Time blocks of 8 and 16 steps
 make T = 37 and 67 span several blocks (and end inside one).
 
+The split forward (``fwd_mode="split"``) runs the same checks with chunks of 8-32 steps, so
+T = 37 / 67 spans several chunks and ends inside one; its gradients go through the unchanged
+backward, from the checkpoints the split forward saves.
+
 The interpreter emulates ``tl.associative_scan`` with a non-sum combine one element at a time
 in Python (minutes per call here); the fixture below swaps in a vectorised doubling
 (Hillis-Steele) scan that calls the kernel's own ``combine`` on whole arrays. The kernel source
@@ -71,6 +75,24 @@ def _interpreter(monkeypatch):
 def _cfg(K: int, *, BT: int = 16, BK: int | None = None, BV: int = 64, bwd: dict | None = None) -> dict:
     fwd = {"BT": BT, "BK": BK or min(32, scan._pow2(K)), "BV": BV, "num_warps": 1, "num_stages": 1}
     return {**fwd, **{f"bwd_{k}": v for k, v in {**fwd, **(bwd or {})}.items()}}
+
+
+def _split(cfg: dict, L: int) -> dict:
+    return {**cfg, "fwd_mode": "split", "split_L": L}
+
+
+@pytest.fixture
+def split_calls(monkeypatch):
+    """How many forwards went through the split passes (so a test cannot silently walk)."""
+    calls = []
+    real = scan._forward_split
+
+    def spy(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(scan, "_forward_split", spy)
+    return calls
 
 
 def _grad_names(x: CoreInputs) -> list[str]:
@@ -249,3 +271,100 @@ def test_generated_source_is_readable():
         assert ("tl.exp2(b_gv[:, None, :] * b_A2" in src) == (
             sig.decay is Decay.CHANNEL and not sig.decay_static
         )
+        for kernel in ("scan_fwd_kernel", "scan_chunk_totals_kernel", "scan_chunk_states_kernel",
+                       "scan_chunk_out_kernel", "scan_bwd_kernel"):  # fmt: skip
+            assert f"def {kernel}(" in src, (name, kernel)
+        # pass 1 reads no query: its operands are the keys, values and gates
+        totals = src[src.index("def scan_chunk_totals_kernel") : src.index("def scan_chunk_states_kernel")]
+        assert "b_q" not in totals and "tl.store(o" not in totals
+
+
+# ---------------------------------------------------------------- split forward
+@pytest.mark.parametrize("name", list(SIGS) + list(EXTRA))
+def test_split_every_signature(name: str, split_calls):
+    """Chunks of 16 steps in blocks of 8: T = 67 is 5 chunks, the last 3 steps long."""
+    sig = {**SIGS, **EXTRA}[name]
+    x = _inputs(sig, B=1, T=67, H=1, seed=13)
+    _compare(sig, x, _split(_cfg(x.K, BT=8), 16))
+    assert split_calls
+
+
+@pytest.mark.parametrize("name", ["channel", "channel_static", "key_before", "scalar", "none"])
+def test_split_batch_and_checkpoints(name: str, split_calls):
+    """B = 2, T = 37; chunks of one block (L = BT = 16) with checkpoints inside blocks, or
+    chunks of 32 with a checkpoint every two blocks."""
+    sig = TAXONOMY_SIGS[name]
+    x = _inputs(sig, B=2, T=37, H=1, seed=17)
+    _compare(sig, x, _split(_cfg(x.K, BT=16, bwd={"BT": 4}), 16))
+    _compare(sig, x, _split(_cfg(x.K, BT=8, bwd={"BT": 16}), 32))
+    assert len(split_calls) == 2
+
+
+@pytest.mark.parametrize("name", ["channel", "outer", "key_before", "channel_static"])
+def test_split_small_tiles(name: str, split_calls):
+    """Several K- and V-blocks: every pass runs per tile, the partial outputs summed as in the walk."""
+    sig = TAXONOMY_SIGS[name]
+    x = _inputs(sig, B=1, T=37, H=1, seed=5)
+    cfg = _cfg(x.K, BT=8, BK=8, BV=16, bwd={"BT": 8, "BK": 8, "BV": 32})
+    _compare(sig, x, _split(cfg, 16))
+    assert split_calls
+
+
+@pytest.mark.parametrize("name", ["channel", "channel_static", "key_before", "scalar"])
+@pytest.mark.parametrize("fwd_bt,L,bwd_bt", [(8, 8, 16), (4, 16, 4)])
+def test_split_varlen(name: str, fwd_bt: int, L: int, bwd_bt: int, split_calls):
+    """Lengths 0, 1, 5, 31: sequences without chunks, one-step chunks, chunks that end early."""
+    sig = TAXONOMY_SIGS[name]
+    cu = torch.tensor([0, 0, 1, 6, 37])
+    x = _inputs(sig, T=37, H=2, cu_seqlens=cu, seed=3)
+    _compare(sig, x, _split(_cfg(x.K, BT=fwd_bt, bwd={"BT": bwd_bt}), L))
+    assert split_calls
+
+
+@pytest.mark.parametrize("name", ["channel", "key_before"])
+def test_split_no_state_in_or_out(name: str, split_calls):
+    sig = TAXONOMY_SIGS[name]
+    x = _inputs(sig, B=2, T=19, H=1, with_state=False)
+    x.output_final_state = False
+    _compare(sig, x, _split(_cfg(x.K, BT=4), 8))
+    assert split_calls
+
+
+def test_split_mamba_like(split_calls):
+    """The Mamba-1 form (per-channel gate exp(dt ⊗ A), bf16 q/k/v/dt) at the core level, as
+    ``scandsl.ops.mamba`` runs it (strategy configs are not public): split equals walk and
+    the reference, without gradients as in inference."""
+    sig = TAXONOMY_SIGS["channel"]
+    x = _inputs(sig, B=2, T=67, H=1, dtype=torch.bfloat16, seed=19)
+    cfg = _cfg(x.K, BT=8)
+    with torch.no_grad():
+        walk, h_walk = scan.run(sig, x, cfg)
+        split, h_split = scan.run(sig, x, _split(cfg, 32))
+        ref, h_ref = core_reference(sig, x)
+    tol = TOLERANCES[torch.bfloat16][0]
+    assert split.dtype == torch.bfloat16
+    assert_close(split.float(), ref.float(), tol, "o")
+    assert_close(h_split, h_ref, tol, "final_state")
+    assert_close(split.float(), walk.float(), tol, "o (split vs walk)")
+    assert_close(h_split, h_walk, 1e-5, "final_state (split vs walk)")
+    assert len(split_calls) == 1
+
+
+def test_split_config_validation():
+    shape = Shape(4, 4096, 16, 16, 128)
+    sig = TAXONOMY_SIGS["channel"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scan, "_TILE_PER_THREAD", {"": 128, "bwd_": 32})
+        base = scan.default_config(sig, shape)
+        assert base["fwd_mode"] == "walk"
+        space = scan.search_space(sig, shape)
+        assert {"fwd_mode", "split_L"} <= {p.name for p in space.params}
+        for L in (64, 256, 1024):
+            assert space.valid(_split(base, L)) is None
+        assert "expected one of" in space.valid({**base, "fwd_mode": "tree"})
+        assert "power of two" in space.valid(_split(base, 96))
+        assert "power of two >= BT" in space.valid(_split({**base, "BT": 16}, 8))
+        assert "duplicates" in space.valid({**base, "split_L": 64})
+    x = _inputs(sig, B=1, T=5, H=1)
+    with pytest.raises(ValueError, match="split_L=12"):
+        scan.run(sig, x, _split(_cfg(x.K, BT=4), 12))
