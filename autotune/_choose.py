@@ -44,7 +44,7 @@ Loader = Callable[[str], ModuleType | None]
 _CACHE_KNOB = next(k for k in knobs.KNOBS if k.name == "SCANDSL_CACHE_DIR")
 _MEMO: dict[tuple, tuple[str, dict | None]] = {}
 _MEMO_LOCK = threading.Lock()
-_USABLE: dict[tuple[str, CoreSig, int], bool] = {}
+_USABLE: dict[tuple[str, CoreSig], bool] = {}
 
 
 def forget_choices() -> None:
@@ -54,7 +54,12 @@ def forget_choices() -> None:
 
 
 def _usable(name: str, sig: CoreSig, loader: Loader) -> bool:
-    memo = (name, sig, id(loader))
+    if loader is not load_strategy:
+        # memoised only for the real loader: a test's loader is a short-lived closure whose id()
+        # a later one may reuse, and a memo keyed by it would answer for the wrong loader
+        mod = loader(name)
+        return mod is not None and mod.supports(sig) is None
+    memo = (name, sig)
     ok = _USABLE.get(memo)
     if ok is None:
         mod = loader(name)
