@@ -51,7 +51,8 @@ def compose(a_first, u_first, a_then, u_then):
 
 @triton.jit
 def sequence_bounds(i_n, T, cu_seqlens, chunk_offsets, CT: tl.constexpr, IS_VARLEN: tl.constexpr):
-    """First row, length and first checkpoint (one per CT steps) of sequence ``i_n``."""
+    """First row, length and first checkpoint (one per CT steps) of sequence ``i_n``; the split
+    forward's pass 2 passes its chunk offsets and CT = L, and gets the sequence's first chunk."""
     if IS_VARLEN:
         bos = tl.load(cu_seqlens + i_n).to(tl.int64)
         eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
