@@ -166,11 +166,12 @@ def check_strategy(spec, strategy: Any) -> str:
     return strategy
 
 
-_BUILT: dict[tuple[str, str], bool] = {}
+_BUILT: dict[tuple[str, str, Any], bool] = {}
 
 
 def _built_for(spec, strategy: str) -> bool:
-    key = (spec.key, strategy)
+    # keyed by the loader itself (held, so never reused), since tests swap in stand-in loaders
+    key = (spec.key, strategy, load_strategy)
     if key not in _BUILT:  # a strategy module's answer for a spec never changes within a process
         module = load_strategy(strategy)
         _BUILT[key] = module is not None and all(
