@@ -138,6 +138,21 @@ def _cfg(fwd: tuple, bwd: tuple | None = None) -> dict:
     return cfg
 
 
+def _time_fwd_bwd(sig, xg, cfg: dict, do, names: list[str]) -> dict:
+    """{"ms": median forward + backward time of ``scan.run`` with ``cfg``} or {"error": ...}."""
+
+    def step():
+        for n in names:
+            getattr(xg, n).grad = None
+        o, _ = scan.run(sig, xg, cfg)
+        o.backward(do)
+
+    try:
+        return {"ms": round(do_bench(step, return_mode="median"), 4)}
+    except Exception:  # noqa: BLE001
+        return {"error": traceback.format_exc()[-800:]}
+
+
 def mamba(rep: Report, name: str, fwd_grid: list, bwd_grid: list) -> None:
     sig = SIGS[name]
     res = rep.data["mamba"].setdefault(name, {"floor_ms": FLOOR_MS[name], "fwd": [], "fwdbwd": []})
@@ -174,16 +189,7 @@ def mamba(rep: Report, name: str, fwd_grid: list, bwd_grid: list) -> None:
         cfg, entry = _cfg(best[0], bwd), {"bwd": bwd}
         entry["fwd_used"] = (cfg["BT"], cfg["BV"], cfg["num_warps"])
 
-        def step(c=cfg):
-            for n in names:
-                getattr(xg, n).grad = None
-            o, _ = scan.run(sig, xg, c)
-            o.backward(do)
-
-        try:
-            entry["ms"] = round(do_bench(step, return_mode="median"), 4)
-        except Exception:  # noqa: BLE001
-            entry["error"] = traceback.format_exc()[-800:]
+        entry.update(_time_fwd_bwd(sig, xg, cfg, do, names))
         res["fwdbwd"].append(entry)
         if "ms" in entry and (best_b is None or entry["ms"] < best_b[1]):
             best_b = (cfg, entry["ms"])
@@ -254,16 +260,7 @@ def mamba_split(rep: Report, name: str) -> None:
             break
         entry = {"fwd_mode": cfg["fwd_mode"], "split_L": cfg["split_L"]}
 
-        def step(c=cfg):
-            for n in names:
-                getattr(xg, n).grad = None
-            o, _ = scan.run(sig, xg, c)
-            o.backward(do)
-
-        try:
-            entry["ms"] = round(do_bench(step, return_mode="median"), 4)
-        except Exception:  # noqa: BLE001
-            entry["error"] = traceback.format_exc()[-800:]
+        entry.update(_time_fwd_bwd(sig, xg, cfg, do, names))
         res["fwdbwd"].append(entry)
         rep.save()
 
