@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import torch
 
 from scandsl._core import CoreInputs, CoreSig, Shape, core_reference
+from scandsl._device import is_device_fault
 from scandsl.testing import TOLERANCES, random_core_inputs, rel_err
 
 __all__ = [
@@ -105,11 +106,6 @@ def probe_shape_for(shape: Shape) -> Shape:
     return Shape(B=min(shape.B, 2), T=T, H=min(shape.H, 4), K=shape.K, V=shape.V)
 
 
-# CUDA errors after which the process's context is lost: no later launch can succeed
-_STICKY = ("illegal memory access", "unspecified launch failure", "misaligned address",
-           "illegal instruction", "device-side assert")  # fmt: skip
-
-
 class DeviceFault(RuntimeError):
     """A candidate broke the GPU context (e.g. an illegal memory access).
 
@@ -125,10 +121,6 @@ class DeviceFault(RuntimeError):
             "context of this process is lost. Evaluations so far are kept; the faulting config is "
             "recorded as failed and is not run again: start the same search in a new process to go on."
         )
-
-
-def is_device_fault(err: BaseException) -> bool:
-    return any(s in str(err).lower() for s in _STICKY)
 
 
 def _short(err: BaseException, limit: int = 300) -> str:

@@ -103,6 +103,9 @@ def _run(args: argparse.Namespace) -> int:
         if wrong_kernels(payload):
             print_failures(payload)
             status = 1
+        if payload.get("device_fault"):
+            print(f"stopped: device fault in {payload['device_fault']}; later parts not run", file=sys.stderr)
+            return 1
     return status
 
 

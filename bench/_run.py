@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from scandsl._device import is_device_fault
+
 from ._anchors import anchor_versions
 from ._floor import Ceilings, measure_ceilings
 from ._harness import Case, Timer, run_case
@@ -96,15 +98,22 @@ def run_part(
         f"[{part}] {env['gpu']}: copy {ceilings.copy_gbps:.0f} GB/s, bf16 matmul {ceilings.matmul_tflops:.0f} TFLOP/s"
     )
     payload: dict[str, Any] = {"part": part, "env": env, "ceilings": ceilings.to_json(), "records": []}
+    fault = None  # once a kernel breaks the CUDA context, nothing later in this process can run
     for case in cases:
         elapsed = time.perf_counter() - start
-        if elapsed > budget_s:
+        skip = (
+            f"device fault in {fault}: the CUDA context is lost; rerun the part without that case (--only)"
+            if fault
+            else f"time budget ({budget_s:.0f} s) spent" if elapsed > budget_s else None
+        )
+        if skip is not None:
             payload["records"].append(
                 {"case": case.name, "op": case.op, "group": case.group, "x": case.x, "impl": "-", "kind": "-",
-                 "mode": "-", "status": "skipped", "reason": f"time budget ({budget_s:.0f} s) spent"}
+                 "mode": "-", "status": "skipped", "reason": skip}
             )  # fmt: skip
-            log(f"[{case.name}] skipped: time budget spent")
+            log(f"[{case.name}] skipped: {skip}")
             continue
+        first = len(payload["records"])
         t0 = time.perf_counter()
         try:
             payload["records"] += run_case(
@@ -116,6 +125,10 @@ def run_part(
                  "mode": "-", "status": "error", "reason": f"{type(err).__name__}: {err}"[:400]}
             )  # fmt: skip
             log(f"[{case.name}] case failed: {type(err).__name__}: {err}")
+        hit = next((r for r in payload["records"][first:] if is_device_fault(r.get("reason", ""))), None)
+        if hit is not None:
+            fault = f"{case.name} ({hit['impl']}: {hit['reason'][:160]})"
+            payload["device_fault"] = fault
         log(f"[{case.name}] done in {time.perf_counter() - t0:.1f} s")
         payload["seconds"] = time.perf_counter() - start
         write_json(out, payload)

@@ -347,3 +347,27 @@ def test_noise_is_recorded_rendered_and_compared(tmp_path):
     assert abs(same["ratio_noise"] - 0.04) < 1e-12 and "repeats" in compare_markdown([same])
     (moved,) = compare_runs(run(0.50, 1.00, 0.01), run(0.60, 1.00, 0.01))  # +20%
     assert "outside the noise" in compare_markdown([moved])
+
+
+def test_a_device_fault_skips_the_rest_of_the_part(tmp_path):
+    """After a kernel breaks the CUDA context every later launch fails: the part records the
+    fault, skips its remaining cases with the reason, and keeps what was measured before."""
+    from types import SimpleNamespace
+
+    sig = TAXONOMY_SIGS["scalar"]
+
+    def run(sig_, x, cfg):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    broken = SimpleNamespace(run=run)
+    shape = Shape(1, 8, 1, 4, 4)
+    cases = [
+        core_case(sig, shape, torch.float32, strategies=("fake",), loader=lambda s: broken, name="faults"),
+        core_case(sig, shape, torch.float32, strategies=("fake",), loader=lambda s: broken, name="after"),
+    ]
+    payload = run_part("unit", cases, tmp_path / "f.json", device="cpu", ceilings=CEIL, timer=fake_timer(),
+                       env=_env(), log=lambda s: None)  # fmt: skip
+    assert payload["device_fault"].startswith("faults (ours.fake")
+    after = [r for r in payload["records"] if r["case"] == "after"]
+    assert [r["status"] for r in after] == ["skipped"] and "CUDA context is lost" in after[0]["reason"]
+    assert json.loads((tmp_path / "f.json").read_text())["device_fault"] == payload["device_fault"]
