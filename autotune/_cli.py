@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -91,6 +91,17 @@ def parse_shape(text: str) -> Shape:
     return Shape(*parts)
 
 
+def parse_fix(text: str) -> tuple[str, Any]:
+    """``num_stages=2`` -> ("num_stages", 2): the value read as JSON when it parses, else as text."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected PARAM=VALUE, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="op / spec name (or core:<sig> for a bare core recurrence)")
     p.add_argument("--shape", type=parse_shape, required=True, help="B,T,H,K,V (K is N for per-channel rows)")
@@ -106,6 +117,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objective", choices=("fwd", "fwd_bwd"), default="fwd", help="what is timed")
     p.add_argument("--check-grads", action="store_true", help="also check gradients on the probe")
     p.add_argument("--grid", action="store_true", help="exhaustive grid instead of Optuna")
+    p.add_argument("--fix", type=parse_fix, action="append", default=[], metavar="PARAM=VALUE",
+                   help="pin a parameter out of the searched space (repeatable)")  # fmt: skip
     p.add_argument("--plot", type=Path, default=None,
                    help="PNG of the search history (default: <cache>/plots/<name>-<stage>.png)")  # fmt: skip
     p.add_argument("--json", type=Path, default=None, help="write every trial record here")
@@ -150,7 +163,7 @@ def run(args: argparse.Namespace, *, resolve: Resolver | None = None) -> int:
     for i, sig in enumerate(target.stages):
         shape = shapes[i]
         common = dict(progress=not args.no_progress, objective=args.objective, check_grads=args.check_grads,
-                      budget_s=args.budget_s)  # fmt: skip
+                      budget_s=args.budget_s, fix=dict(args.fix))  # fmt: skip
         if args.grid:
             result = grid_search(
                 target.spec_key,

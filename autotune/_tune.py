@@ -128,9 +128,12 @@ class _Problem:
         return self.evaluator.evaluate(strategy, self.complete(strategy, config))
 
 
-def _setup(sig, shape, dtype, legal, loader, make_inputs, timer, device, check_grads, objective) -> _Problem:
+def _setup(
+    sig, shape, dtype, legal, loader, make_inputs, timer, device, check_grads, objective, fix=None
+) -> _Problem:
     from ._space import SearchSpace
 
+    fix = dict(fix or {})
     strategies = usable_strategies(sig, tuple(legal), loader)
     if not strategies:
         raise ValueError(
@@ -145,13 +148,26 @@ def _setup(sig, shape, dtype, legal, loader, make_inputs, timer, device, check_g
         mod = ev.module(s)
         full = mod.search_space(sig, shape)
         check_choices(s, full.params)
-        keep = tuple(p for p in full.params if objective != "fwd" or not is_backward_param(p.name))
+        for name, value in fix.items():
+            param = next((p for p in full.params if p.name == name), None)
+            if param is not None and value not in param.choices:
+                raise ValueError(f"fix: {s}.{name}={value!r} is not one of its choices {param.choices}")
+        keep = tuple(
+            p for p in full.params
+            if (objective != "fwd" or not is_backward_param(p.name)) and p.name not in fix
+        )  # fmt: skip
         kept = {p.name for p in keep}
-        fixed[s] = {k: v for k, v in dict(mod.default_config(sig, shape)).items() if k not in kept}
+        names = {p.name for p in full.params}
+        base = {**dict(mod.default_config(sig, shape)), **{k: v for k, v in fix.items() if k in names}}
+        fixed[s] = {k: v for k, v in base.items() if k not in kept}
         if len(keep) == len(full.params):
             spaces[s] = full
         else:
             spaces[s] = SearchSpace(s, keep, lambda cfg, full=full, fx=fixed[s]: full.valid({**fx, **cfg}))
+    known = {p.name for s in strategies for p in ev.module(s).search_space(sig, shape).params}
+    unknown = sorted(set(fix) - known)
+    if unknown:
+        raise ValueError(f"fix: no strategy of {list(strategies)} has the parameter(s) {unknown}")
     d_strategy = heuristic(sig, shape, strategies, loader)
     d_cfg = dict(ev.module(d_strategy).default_config(sig, shape))
     return _Problem(strategies, ev, spaces, fixed, (d_strategy, d_cfg))
@@ -179,6 +195,7 @@ def tune(
     write_cache: bool = True,
     cache_dir: Path | None = None,
     loader: Callable[[str], ModuleType | None] = load_strategy,
+    fix: dict[str, Any] | None = None,
 ) -> TuneResult:
     """Tune one core stage; record the winner in the cache.
 
@@ -189,7 +206,8 @@ def tune(
     ``make_inputs(shape, seed) -> CoreInputs`` builds inputs on the tuning device (default:
     :func:`scandsl.testing.random_core_inputs`). ``storage`` shares the study between
     processes or hosts (see :func:`open_storage`); the study is named by the cache key, so
-    everyone tuning the same key on the same kind of GPU joins the same study.
+    everyone tuning the same key on the same kind of GPU joins the same study. ``fix`` pins
+    parameters (``{"num_stages": 2}``) out of the searched space, for every strategy that has them.
     """
     import optuna
 
@@ -198,12 +216,13 @@ def tune(
     dev = _resolve_device(device)
     cache_dir = Path(cache_dir) if cache_dir is not None else knobs.cache_dir()
     key = make_key(spec_key, sig, shape, dtype, dev)
-    prob = _setup(sig, shape, dtype, legal, loader, make_inputs, timer, dev, check_grads, objective)
+    prob = _setup(sig, shape, dtype, legal, loader, make_inputs, timer, dev, check_grads, objective, fix)
     name = isinstance(sampler, str) and sampler or type(sampler).__name__
     flat = isinstance(sampler, str) and sampler in FLAT_SAMPLERS
     study = optuna.create_study(
         storage=open_storage(storage, cache_dir),
-        study_name=study_name or str(key),
+        # a pinned sub-space is another study: its trials must not mix with the full space's
+        study_name=study_name or (str(key) + (f"|fix:{sorted(fix.items())}" if fix else "")),
         direction="minimize",
         sampler=make_sampler(sampler, seed=seed, n_startup=max(3, min(10, trials // 4))),
         load_if_exists=True,
@@ -242,6 +261,7 @@ def grid_search(
     budget_s: float | None = None,
     shuffle_seed: int | None = None,
     on_record: Callable[[TrialRecord], None] | None = None,
+    fix: dict[str, Any] | None = None,
 ) -> TuneResult:
     """Evaluate every valid config of every legal, built strategy (the baseline tuning is judged by).
 
@@ -252,7 +272,7 @@ def grid_search(
     t0 = time.perf_counter()
     dev = _resolve_device(device)
     key = make_key(spec_key, sig, shape, dtype, dev)
-    prob = _setup(sig, shape, dtype, legal, loader, make_inputs, timer, dev, check_grads, objective)
+    prob = _setup(sig, shape, dtype, legal, loader, make_inputs, timer, dev, check_grads, objective, fix)
     ev, (d_strategy, d_cfg) = prob.evaluator, prob.default
     grid = [(s, prob.complete(s, cfg)) for s in prob.strategies for cfg in prob.spaces[s].grid()]
     if shuffle_seed is not None:

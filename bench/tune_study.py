@@ -158,7 +158,9 @@ def run(args: argparse.Namespace) -> int:
         if done[0] % 10 == 0:
             print(f"  grid: {done[0]} evaluated, {time.perf_counter() - t0:.0f} s", flush=True)
 
-    grid = grid_search(spec_key, sig, shape, dtype, legal, progress=False, budget_s=args.grid_budget_s,
+    fix = dict(args.fix)
+    payload["fix"] = fix
+    grid = grid_search(spec_key, sig, shape, dtype, legal, progress=False, budget_s=args.grid_budget_s, fix=fix,
                        shuffle_seed=0, on_record=tick, device=args.device)  # fmt: skip
     payload["grid"] = result_to_json(grid)
     save()
@@ -168,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     budget = max(2, grid.meta["grid_size"] // 4 - 1)  # + the default = 25 % of the full grid
     with tempfile.TemporaryDirectory() as cache:
-        live = tune(spec_key, sig, shape, dtype, legal, make_inputs=None, trials=budget, progress=False, seed=0,
+        live = tune(spec_key, sig, shape, dtype, legal, make_inputs=None, trials=budget, progress=False, seed=0, fix=fix,
                     storage=out / "tune_study.journal", cache_dir=Path(cache), budget_s=args.live_budget_s,
                     device=args.device)  # fmt: skip
     payload["live"] = result_to_json(live)
@@ -200,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
 def summary_markdown(p: dict[str, Any]) -> str:
     s = p["live_summary"]
     lines = [
-        f"Autotune study: {p['op']} {p['shape']} {p['dtype']}, strategies {', '.join(p['legal'])}, forward time.",
+        f"Autotune study: {p['op']} {p['shape']} {p['dtype']}, strategies {', '.join(p['legal'])}, forward time"
+        + (f", pinned {p['fix']}." if p.get("fix") else "."),
         f"- grid: {s['grid_evaluated']} of {s['grid_size']} configs evaluated"
         + ("" if s["grid_complete"] else " (time budget; shuffled order, so an unbiased sample)")
         + f"; best {s['grid_best_ms']:.4f} ms; heuristic default {s['default_ms'] or float('nan'):.4f} ms",
@@ -249,6 +252,8 @@ def replay_cmd(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from scandsl.autotune._cli import parse_fix
+
     parser = argparse.ArgumentParser(prog="python -m scandsl.bench.tune_study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -259,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     r.add_argument("--strategies", default="chunk")
     r.add_argument("--grid-budget-s", type=float, default=270.0)
+    r.add_argument("--fix", type=parse_fix, action="append", default=[], metavar="PARAM=VALUE",
+                   help="pin a parameter for grid and search alike, so a large space has a grid one call can finish")  # fmt: skip
     r.add_argument("--live-budget-s", type=float, default=120.0)
     r.add_argument("--samplers", default="tpe,random,gp")
     r.add_argument("--seeds", type=int, default=10)

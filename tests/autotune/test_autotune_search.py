@@ -271,3 +271,24 @@ def test_a_device_fault_stops_the_search_and_is_never_rerun(tmp_path):
     failed = [r for r in resumed.records if r.config == culprit]
     assert failed and all(r.state == "error" for r in failed)  # kept, not rerun
     assert resumed.best.ok and mods["chunk"].calls["run"] > calls
+
+
+def test_fix_pins_parameters_for_grid_and_search(tmp_path):
+    """``fix`` takes parameters out of the searched space (grid and Optuna alike) at the pinned
+    value, so a study over a large space can walk a complete grid of the rest."""
+    mods, loader, timer = _fakes()
+    full = grid_search("fake", SIG, TINY, torch.float32, ("chunk",), timer=timer, loader=loader, progress=False)
+    pinned = grid_search("fake", SIG, TINY, torch.float32, ("chunk",), timer=timer, loader=loader, progress=False,
+                         fix={"num_warps": 4, "BT": 32})  # fmt: skip
+    assert pinned.meta["grid_size"] * 12 == full.meta["grid_size"]  # 4 BT x 3 warps pinned to one
+    assert all(r.config["num_warps"] == 4 and r.config["BT"] == 32 for r in pinned.records)
+    tuned = tune("fake", SIG, TINY, torch.float32, ("chunk",), make_inputs=None, trials=6, timer=timer, loader=loader,
+                 progress=False, seed=0, storage=tmp_path / "j.log", fix={"num_warps": 4})  # fmt: skip
+    assert "|fix:" in tuned.study_name
+    assert all(r.config["num_warps"] == 4 for r in tuned.records if not r.extra.get("default"))
+    with pytest.raises(ValueError, match="fix: chunk.num_warps=3 is not one of its choices"):
+        grid_search("fake", SIG, TINY, torch.float32, ("chunk",), timer=timer, loader=loader, progress=False,
+                    fix={"num_warps": 3})  # fmt: skip
+    with pytest.raises(ValueError, match=r"no strategy of \['chunk'\] has the parameter\(s\) \['num_warp'\]"):
+        grid_search("fake", SIG, TINY, torch.float32, ("chunk",), timer=timer, loader=loader, progress=False,
+                    fix={"num_warp": 4})  # fmt: skip
