@@ -108,10 +108,11 @@ def _leaf_env(spec, inputs: Mapping[str, torch.Tensor], scale: float) -> _Env:
     for name, decl in spec.inputs:
         x = inputs[name]
         leaf = Input(name, decl.axes, decl.time)
+        x = x if decl.time else x[None, None]
         if name == spec.scaled and scale != 1.0:
             lazy[leaf] = lambda x=x: x * scale
         else:
-            values[leaf] = x if decl.time else x[None, None]
+            values[leaf] = x
     return _Env(values, lazy)
 
 
