@@ -44,7 +44,7 @@ Loader = Callable[[str], ModuleType | None]
 _CACHE_KNOB = next(k for k in knobs.KNOBS if k.name == "SCANDSL_CACHE_DIR")
 _MEMO: dict[tuple, tuple[str, dict | None]] = {}
 _MEMO_LOCK = threading.Lock()
-_USABLE: dict[tuple[str, CoreSig], bool] = {}
+_USABLE: dict[tuple[str, CoreSig, Loader], bool] = {}
 
 
 def forget_choices() -> None:
@@ -54,12 +54,9 @@ def forget_choices() -> None:
 
 
 def _usable(name: str, sig: CoreSig, loader: Loader) -> bool:
-    if loader is not load_strategy:
-        # memoised only for the real loader: a test's loader is a short-lived closure whose id()
-        # a later one may reuse, and a memo keyed by it would answer for the wrong loader
-        mod = loader(name)
-        return mod is not None and mod.supports(sig) is None
-    memo = (name, sig)
+    # keyed by the loader object itself, held by the memo: a short-lived test loader's id()
+    # could be reused by a later one, a held object cannot
+    memo = (name, sig, loader)
     ok = _USABLE.get(memo)
     if ok is None:
         mod = loader(name)

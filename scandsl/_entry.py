@@ -16,7 +16,7 @@ from scandsl._classify import Stage
 from scandsl._core import CoreInputs, Shape
 from scandsl._expr import Input, Node, evaluate
 from scandsl._validate import check_inputs, check_strategy, initial_states
-from scandsl.autotune import choose
+from scandsl.autotune import choose, usable_strategies
 from scandsl.lowering import load_strategy
 
 __all__ = ["apply", "OPTIONS"]
@@ -209,10 +209,5 @@ def _choose(spec, stage: Stage, strategy: str, x: CoreInputs) -> tuple[str, dict
     """An explicit strategy as asked; for "auto", the autotune cache or its heuristic."""
     if strategy != "auto":
         return strategy, None
-    legal = tuple(s for s in spec.normal_form.kernel_strategies if _supported(s, stage))
+    legal = usable_strategies(stage.sig, spec.normal_form.kernel_strategies, load_strategy)
     return choose(spec.key, stage.sig, Shape(x.B, x.T, x.H, x.K, x.V), x.v.dtype, legal)
-
-
-def _supported(strategy: str, stage: Stage) -> bool:
-    module = load_strategy(strategy)
-    return module is not None and module.supports(stage.sig) is None

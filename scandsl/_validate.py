@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from scandsl import knobs
+from scandsl.autotune import usable_strategies
 from scandsl.lowering import load_strategy
 
 __all__ = ["check_inputs", "check_strategy", "initial_states", "STRATEGIES", "MAX_KERNEL_DIM"]
@@ -166,18 +167,9 @@ def check_strategy(spec, strategy: Any) -> str:
     return strategy
 
 
-_BUILT: dict[tuple[str, str, Any], bool] = {}
-
-
 def _built_for(spec, strategy: str) -> bool:
-    # keyed by the loader itself (held, so never reused), since tests swap in stand-in loaders
-    key = (spec.key, strategy, load_strategy)
-    if key not in _BUILT:  # a strategy module's answer for a spec never changes within a process
-        module = load_strategy(strategy)
-        _BUILT[key] = module is not None and all(
-            module.supports(st.sig) is None for st in spec.normal_form.stages
-        )
-    return _BUILT[key]
+    """Whether ``strategy``'s kernels are built and accept every stage of ``spec`` (memoised)."""
+    return all(usable_strategies(st.sig, (strategy,), load_strategy) for st in spec.normal_form.stages)
 
 
 def initial_states(spec, given: Any, sizes, n_seq: int, inputs) -> dict[str, torch.Tensor] | None:
