@@ -143,11 +143,13 @@ def _setup(
         sig, shape, dtype, loader=loader, make_inputs=make_inputs, timer=timer, device=device,
         check_grads=check_grads, objective=objective,
     )  # fmt: skip
-    spaces, fixed = {}, {}
+    spaces, fixed, known = {}, {}, set()
     for s in strategies:
         mod = ev.module(s)
         full = mod.search_space(sig, shape)
         check_choices(s, full.params)
+        names = {p.name for p in full.params}
+        known |= names
         for name, value in fix.items():
             param = next((p for p in full.params if p.name == name), None)
             if param is not None and value not in param.choices:
@@ -157,14 +159,12 @@ def _setup(
             if (objective != "fwd" or not is_backward_param(p.name)) and p.name not in fix
         )  # fmt: skip
         kept = {p.name for p in keep}
-        names = {p.name for p in full.params}
         base = {**dict(mod.default_config(sig, shape)), **{k: v for k, v in fix.items() if k in names}}
         fixed[s] = {k: v for k, v in base.items() if k not in kept}
         if len(keep) == len(full.params):
             spaces[s] = full
         else:
             spaces[s] = SearchSpace(s, keep, lambda cfg, full=full, fx=fixed[s]: full.valid({**fx, **cfg}))
-    known = {p.name for s in strategies for p in ev.module(s).search_space(sig, shape).params}
     unknown = sorted(set(fix) - known)
     if unknown:
         raise ValueError(f"fix: no strategy of {list(strategies)} has the parameter(s) {unknown}")
