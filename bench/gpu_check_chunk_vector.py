@@ -243,18 +243,21 @@ def correctness_shared(rep: Report, cfg: dict) -> bool:
     return ok
 
 
+def bench(fn) -> float:
+    """Median ms of ``fn`` (do_bench); in --smoke, with no CUDA events on the CPU, one timed call."""
+    if SMOKE:
+        t0 = time.perf_counter()
+        fn()
+        return round(1e3 * (time.perf_counter() - t0), 4)
+    from triton.testing import do_bench
+
+    return round(do_bench(fn, warmup=25, rep=200, return_mode="median"), 4)
+
+
 def timing_shared(rep: Report, name: str, cfg_over: dict) -> None:
     """fwd+bwd and the dq/dk kernels: dqk_mode="shared_scores" variants against the default."""
     from scandsl.lowering import chunk_vector
     from scandsl.lowering import chunk_vector_launch as L
-    from triton.testing import do_bench
-
-    def bench(fn) -> float:
-        if SMOKE:
-            t0 = time.perf_counter()
-            fn()
-            return round(1e3 * (time.perf_counter() - t0), 4)
-        return round(do_bench(fn, warmup=25, rep=200, return_mode="median"), 4)
 
     B, T, H, K, V = TARGET
     sig, x = make_inputs(name, HALF, B, T, H, K, V, seed=4, state=False)
@@ -312,14 +315,6 @@ def strong_target_shape(rep: Report, cfg: dict) -> None:
 def timing(rep: Report, name: str, cfg_over: dict, sweep: bool) -> None:
     from scandsl.lowering import chunk_vector
     from scandsl.lowering import chunk_vector_launch as L
-    from triton.testing import do_bench
-
-    def bench(fn) -> float:
-        if SMOKE:  # no CUDA events on the CPU: one timed call
-            t0 = time.perf_counter()
-            fn()
-            return round(1e3 * (time.perf_counter() - t0), 4)
-        return round(do_bench(fn, warmup=25, rep=200, return_mode="median"), 4)
 
     B, T, H, K, V = TARGET
     sig, x = make_inputs(name, HALF, B, T, H, K, V, seed=4, state=False)
