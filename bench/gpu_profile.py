@@ -1,0 +1,94 @@
+"""Per-kernel GPU time of one op call, forward and backward, from the torch profiler.
+
+Where does a slow op spend its time? This runs ``scandsl.ops.<op>`` (after a warm-up that
+compiles everything) under ``torch.profiler`` a few times and sums the device time of every
+kernel by name, forward and backward separately, so two layouts of the same tokens (a packed
+varlen batch against one dense sequence, issue 9) or two configs can be set side by side::
+
+    python3 bench/gpu_profile.py --op gla --shape 1,65536,16,128,128 --docs 40 --out $OUT/prof.json
+    python3 bench/gpu_profile.py --op gla --shape 1,65536,16,128,128 --out $OUT/prof.json   # dense
+
+Several runs append to the same JSON (keyed by a label).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from scandsl.bench._cases import random_cu_seqlens
+from scandsl.bench._inputs import make_op_inputs, op_spec
+
+from scandsl._core import Shape
+
+
+def _kernel_times(prof) -> dict[str, float]:
+    out: dict[str, float] = defaultdict(float)
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            out[ev.name] += ev.device_time_total / 1e3  # ms
+    return dict(out)
+
+
+def profile(op: str, shape: Shape, strategy: str, docs: int | None, reps: int = 3) -> dict:
+    fn, _ = op_spec(op)
+    dev = torch.device("cuda")
+    args = make_op_inputs(op, shape, torch.bfloat16, dev, seed=0)
+    cu = None if docs is None else random_cu_seqlens(shape.T, docs, 2, dev)
+    leaves = {k: v.detach().clone().requires_grad_(v.is_floating_point()) for k, v in args.items()}
+
+    def fwd():
+        return fn(**leaves, strategy=strategy, cu_seqlens=cu)
+
+    o = fwd()
+    o = o[0] if isinstance(o, tuple) else o
+    do = torch.randn_like(o)
+    o.backward(do)  # warm-up: compiles every kernel
+    torch.cuda.synchronize()
+    result = {}
+    for phase in ("fwd", "bwd"):
+        outs = [fwd() for _ in range(reps)] if phase == "bwd" else None
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for i in range(reps):
+                if phase == "fwd":
+                    fwd()
+                else:
+                    y = outs[i][0] if isinstance(outs[i], tuple) else outs[i]
+                    y.backward(do)
+            torch.cuda.synchronize()
+        times = {k: round(v / reps, 4) for k, v in sorted(_kernel_times(prof).items(), key=lambda kv: -kv[1])}
+        result[phase] = {"total_ms": round(sum(times.values()), 4), "kernels": times}
+    return result
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--op", required=True)
+    ap.add_argument("--shape", required=True, help="B,T,H,K,V")
+    ap.add_argument("--strategy", default="chunk")
+    ap.add_argument(
+        "--docs", type=int, default=None, help="packed batch of this many documents (B must be 1)"
+    )
+    ap.add_argument("--label", default=None)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    shape = Shape(*(int(s) for s in a.shape.split(",")))
+    label = a.label or f"{a.op}.{a.strategy}.{a.shape}" + (f".docs{a.docs}" if a.docs else "")
+    res = profile(a.op, shape, a.strategy, a.docs)
+    path = Path(a.out)
+    data = json.loads(path.read_text()) if path.exists() else {"device": torch.cuda.get_device_name()}
+    data[label] = res
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1))
+    for phase, r in res.items():
+        print(f"{label} {phase}: {r['total_ms']:.3f} ms")
+        for k, v in list(r["kernels"].items())[:8]:
+            print(f"    {v:8.3f}  {k[:100]}")
+
+
+if __name__ == "__main__":
+    main()
