@@ -270,6 +270,10 @@ def _eval_one(n: Node, ev, env, sizes) -> torch.Tensor:
     if isinstance(n, Dot):
         return (ev(n.a) * align(ev(n.b), n.b.axes, n.a.axes)).sum(-1)
     if isinstance(n, MatVec):
+        if isinstance(n.m, Outer) and len(n.m.b.axes) == 1:
+            # (a bᵀ) x = a (b · x): never the [..., A, B] outer product itself (rwkv6's bonus
+            # read-out at B=4 T=4096 H=16 K=V=128 would be a 16 GiB tensor)
+            return ev(n.m.a) * (ev(n.m.b) * ev(n.x)).sum(-1, keepdim=True)
         return (ev(n.m) * ev(n.x).unsqueeze(-2)).sum(-1)
     if isinstance(n, Softmax):
         return torch.softmax(ev(n.x), dim=-1)

@@ -87,3 +87,38 @@ def test_enums_are_closed():
     assert {d.value for d in Decay} == {"none", "scalar", "key", "value", "outer", "channel"}
     assert {t.value for t in Transition} == {"identity", "delta"}
     assert {r.value for r in Readout} == {"after", "before"}
+
+
+class _LargestTensor(torch.overrides.TorchFunctionMode):
+    """Records the element count of the largest tensor any torch call returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("name", list(ops.TAXONOMY))
+def test_prologue_and_epilogue_stay_token_sized(name, core_loop_as_kernel):
+    """Around the kernels, nothing is bigger than an input, a state or the output: a read-out like
+    rwkv6's bonus ``(v (u ⊙ k)ᵀ) q`` is evaluated as ``v ((u ⊙ k) · q)``, never as the per-token
+    [V, K] outer product (16 GiB at the standard benchmark shape)."""
+    gen = torch.Generator().manual_seed(3)
+    kw, init, _, sc = case(name, gen)
+    fn = ops.TAXONOMY[name][0]
+    init_arg = init[0] if len(init) == 1 else init
+    with torch.no_grad():
+        o, s = fn(**kw, scale=sc, initial_state=init_arg, output_final_state=True, strategy="reference")
+    sizes = [t.numel() for t in list(kw.values()) + list(init) + [o] if isinstance(t, torch.Tensor)]
+    B, T = o.shape[:2]
+    spy = _LargestTensor()
+    with torch.no_grad(), spy:
+        fn(**kw, scale=sc, initial_state=init_arg, output_final_state=True, strategy="sequential")
+    # the stand-in kernel (core_reference) holds one [B, H, K, V] state and stacks the outputs
+    assert spy.largest <= max(sizes) * 2, (spy.largest, max(sizes), B, T)
