@@ -67,12 +67,26 @@ class Case:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+MIN_REPS = 12
+
+
 def do_bench_ms(fn: Callable[[], Any], grad_to_none: list) -> tuple[float, float]:
     """(median ms, relative noise): the noise is half the 20–80 % quantile range over the median,
     the spread a second run's median is expected to fall in."""
     from triton.testing import do_bench
 
-    q20, q50, q80 = do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none or None, quantiles=[0.2, 0.5, 0.8])
+    # do_bench repeats for ``rep`` ms: at 100 ms a 40 ms case got 2 repetitions, whose median
+    # and quantiles say little; one timed call sizes ``rep`` for at least MIN_REPS of them
+    fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    rep = max(100.0, MIN_REPS * start.elapsed_time(end))
+    q20, q50, q80 = do_bench(
+        fn, warmup=25, rep=rep, grad_to_none=grad_to_none or None, quantiles=[0.2, 0.5, 0.8]
+    )
     return float(q50), float(q80 - q20) / (2 * float(q50))
 
 
@@ -196,7 +210,14 @@ def run_case(
                 def step(fb=fb, do=do):
                     fb()[0].backward(do)
 
-                add(impl, mode, "ok", **_timing(timer(step, list(leaves.values()))), err=err, grad_err=grad_err)
+                add(
+                    impl,
+                    mode,
+                    "ok",
+                    **_timing(timer(step, list(leaves.values()))),
+                    err=err,
+                    grad_err=grad_err,
+                )
                 del fb, leaves, do
             except Exception as exc:
                 add(impl, mode, "error", err=err, reason=_short(exc))

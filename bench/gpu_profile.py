@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -62,7 +63,27 @@ def profile(op: str, shape: Shape, strategy: str, docs: int | None, reps: int = 
             torch.cuda.synchronize()
         times = {k: round(v / reps, 4) for k, v in sorted(_kernel_times(prof).items(), key=lambda kv: -kv[1])}
         result[phase] = {"total_ms": round(sum(times.values()), 4), "kernels": times}
+    result["walls"] = _walls(fwd, do)
     return result
+
+
+def _walls(fwd, do, reps: int = 10) -> dict[str, list[float]]:
+    """Per call, ms: host time to issue fwd+bwd (from an idle device), and device time between
+    events around it. Kernel sums above minus ``device`` is time the device sat idle inside the
+    call (host syncs, allocator growth)."""
+    host, device = [], []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t0 = time.perf_counter()
+        start.record()
+        y = fwd()
+        (y[0] if isinstance(y, tuple) else y).backward(do)
+        end.record()
+        host.append(round((time.perf_counter() - t0) * 1e3, 3))
+        end.synchronize()
+        device.append(round(start.elapsed_time(end), 3))
+    return {"host_ms": host, "device_ms": device}
 
 
 def main(argv=None) -> None:
@@ -84,7 +105,9 @@ def main(argv=None) -> None:
     data[label] = res
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1))
-    for phase, r in res.items():
+    print(f"{label} walls: {res['walls']}")
+    for phase in ("fwd", "bwd"):
+        r = res[phase]
         print(f"{label} {phase}: {r['total_ms']:.3f} ms")
         for k, v in list(r["kernels"].items())[:8]:
             print(f"    {v:8.3f}  {k[:100]}")
