@@ -119,6 +119,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid", action="store_true", help="exhaustive grid instead of Optuna")
     p.add_argument("--fix", type=parse_fix, action="append", default=[], metavar="PARAM=VALUE",
                    help="pin a parameter out of the searched space (repeatable)")  # fmt: skip
+    p.add_argument("--compile-workers", type=int, default=0, metavar="N",
+                   help="with --grid on a GPU: compile the grid in N processes before timing it "
+                        "(e.g. min(12, cores - 2); default 0: compile while walking)")  # fmt: skip
     p.add_argument("--plot", type=Path, default=None,
                    help="PNG of the search history (default: <cache>/plots/<name>-<stage>.png)")  # fmt: skip
     p.add_argument("--json", type=Path, default=None, help="write every trial record here")
@@ -154,6 +157,8 @@ def run(args: argparse.Namespace, *, resolve: Resolver | None = None) -> int:
         )
     else:
         target = resolve(args.name)
+    if args.compile_workers and not args.grid:
+        raise SystemExit("scandsl tune: --compile-workers pre-compiles a grid; use it with --grid")
     dtype = DTYPES[args.dtype]
     status = 0
     dump = []
@@ -172,6 +177,7 @@ def run(args: argparse.Namespace, *, resolve: Resolver | None = None) -> int:
                 dtype,
                 tuple(target.legal),
                 write_cache=not args.no_cache,
+                compile_workers=args.compile_workers,
                 **common,
             )
         else:

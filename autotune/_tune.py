@@ -31,6 +31,7 @@ from ._cache import CacheEntry, cache_at
 from ._choose import forget_choices, heuristic, usable_strategies
 from ._evaluate import DeviceFault, Evaluator, MakeInputs, Timer, TrialRecord
 from ._key import TuneKey, make_key
+from ._precompile import precompile
 from ._report import Progress
 from ._study import (
     FLAT_SAMPLERS,
@@ -262,12 +263,17 @@ def grid_search(
     shuffle_seed: int | None = None,
     on_record: Callable[[TrialRecord], None] | None = None,
     fix: dict[str, Any] | None = None,
+    compile_workers: int = 0,
 ) -> TuneResult:
     """Evaluate every valid config of every legal, built strategy (the baseline tuning is judged by).
 
     With ``budget_s`` the walk stops when the time is spent (``result.meta["complete"]`` says
     whether it finished); ``shuffle_seed`` visits the grid in a random order, so a stopped walk
     is an unbiased sample of the space rather than its first corner.
+
+    ``compile_workers > 0`` on a GPU first compiles the grid in that many processes (see
+    ``_precompile.py``; it stops handing out configs once half of ``budget_s`` is spent, so the
+    timed walk keeps the other half); ``meta`` then records ``precompile_s`` and ``precompiled``.
     """
     t0 = time.perf_counter()
     dev = _resolve_device(device)
@@ -277,6 +283,10 @@ def grid_search(
     grid = [(s, prob.complete(s, cfg)) for s in prob.strategies for cfg in prob.spaces[s].grid()]
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(grid)
+    meta: dict[str, Any] = {"complete": True, "grid_size": len(grid)}
+    if compile_workers > 0:
+        deadline = None if budget_s is None else t0 + budget_s / 2
+        meta |= precompile(grid, evaluator=ev, workers=compile_workers, deadline=deadline)
     records: list[TrialRecord] = []
     default_rec = None
     complete = True
@@ -303,7 +313,7 @@ def grid_search(
             bar.update(rec)
     if default_rec is None and fault_msg is None:
         default_rec = ev.evaluate(d_strategy, d_cfg)
-    meta: dict[str, Any] = {"complete": complete, "grid_size": len(grid)}
+    meta["complete"] = complete
     if fault_msg is not None:
         meta["device_fault"] = fault_msg
     result = TuneResult(

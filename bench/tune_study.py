@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -161,9 +162,15 @@ def run(args: argparse.Namespace) -> int:
     fix = dict(args.fix)
     payload["fix"] = fix
     grid = grid_search(spec_key, sig, shape, dtype, legal, progress=False, budget_s=args.grid_budget_s, fix=fix,
-                       shuffle_seed=0, on_record=tick, device=args.device)  # fmt: skip
+                       shuffle_seed=0, on_record=tick, device=args.device,
+                       compile_workers=args.compile_workers)  # fmt: skip
     payload["grid"] = result_to_json(grid)
     save()
+    if "precompile_s" in grid.meta:
+        print(
+            f"  grid pre-compile: {grid.meta['precompiled']} configs in {grid.meta['precompile_s']:.0f} s",
+            flush=True,
+        )
     print(format_table(grid), flush=True)
     if grid.best is None:
         print("no grid config passed its check", file=sys.stderr)
@@ -266,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--grid-budget-s", type=float, default=270.0)
     r.add_argument("--fix", type=parse_fix, action="append", default=[], metavar="PARAM=VALUE",
                    help="pin a parameter for grid and search alike, so a large space has a grid one call can finish")  # fmt: skip
+    r.add_argument("--compile-workers", type=int, default=0, metavar="N",
+                   help="compile the grid in N processes before timing it (GPU only; suggested: "
+                        f"min(12, cores - 2) = {min(12, (os.cpu_count() or 2) - 2)} here; default 0)")  # fmt: skip
     r.add_argument("--live-budget-s", type=float, default=120.0)
     r.add_argument("--samplers", default="tpe,random,gp")
     r.add_argument("--seeds", type=int, default=10)
