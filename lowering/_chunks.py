@@ -6,7 +6,8 @@ start, so none crosses a boundary (a sequence's last chunk may be short). Kernel
 program per chunk read, for chunk ``i`` of their grid, its sequence ``chunk_seq[i]`` and its
 position ``chunk_loc[i]`` there; sequence ``n``'s chunks are ``chunk_off[n]`` onwards, the offset of
 its per-chunk scratch. A fixed-length map is built on the device; a varlen one costs one host
-sync, since the number of chunks, and so the launch grid, depends on the lengths.
+sync, since the number of chunks, and so the launch grid, depends on the lengths: once per
+``cu_seqlens`` tensor (:mod:`scandsl._seqlens`), so the layers of a step share it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import NamedTuple
 
 import torch
 from scandsl.lowering._tiles import cdiv
+
+from scandsl._seqlens import derived, host_bounds
 
 __all__ = ["ChunkMap", "chunk_map"]
 
@@ -46,7 +49,12 @@ def _fixed_length(B: int, T: int, C: int, device: torch.device) -> ChunkMap:
 
 
 def _varlen(cu_seqlens: torch.Tensor, C: int, device: torch.device) -> ChunkMap:
-    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()  # the host sync
+    return derived(cu_seqlens, ("chunk_map", C, device), lambda: _build_varlen(cu_seqlens, C, device))
+
+
+def _build_varlen(cu_seqlens: torch.Tensor, C: int, device: torch.device) -> ChunkMap:
+    bounds = host_bounds(cu_seqlens)  # the host sync, once per cu_seqlens tensor
+    lens = [e - s for s, e in zip(bounds, bounds[1:])]
     counts = torch.tensor([cdiv(n, C) for n in lens], dtype=torch.int64)
     off = torch.cumsum(counts, 0) - counts
     seq = torch.repeat_interleave(torch.arange(len(lens)), counts)

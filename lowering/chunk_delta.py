@@ -31,6 +31,7 @@ from scandsl.lowering._tiles import dot_pad as _pow2
 from scandsl.lowering.chunk_delta_source import generate_source
 
 from scandsl._core import CoreInputs, CoreSig, Decay, Readout, Shape, Transition
+from scandsl._seqlens import derived, host_bounds
 
 __all__ = ["supports", "run", "search_space", "default_config", "generate_source"]
 
@@ -144,7 +145,11 @@ def _tables(cu: torch.Tensor | None, B: int, T: int, C: int, device):
         if dummy is None:
             dummy = _DUMMY[device] = torch.zeros(1, dtype=torch.int32, device=device)
         return dummy, dummy, dummy, B * math.ceil(T / C)
-    bounds = cu.tolist()
+    return derived(cu, ("delta_tables", C, device), lambda: _varlen_tables(cu, C, device))
+
+
+def _varlen_tables(cu: torch.Tensor, C: int, device):
+    bounds = host_bounds(cu)  # one host sync per cu_seqlens tensor
     counts = [math.ceil((e - s) / C) for s, e in zip(bounds[:-1], bounds[1:])]
     offsets = [0]
     seq, start = [], []
@@ -261,7 +266,7 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
     if K > 256 or V > 256:
         raise ValueError(f"chunk_delta: K and V up to 256, got K={K}, V={V}")
     cfg = default_config(sig, Shape(B, T, H, K, V)) | dict(config or {})
-    cu = x.cu_seqlens
+    user_cu = cu = x.cu_seqlens
     if cu is not None:
         if B != 1:
             raise ValueError(f"CoreInputs.cu_seqlens: varlen needs B == 1, got B={B}")
@@ -270,7 +275,8 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
     h0 = x.initial_state
     if h0 is not None and tuple(h0.shape) != (N, H, K, V):
         raise ValueError(f"CoreInputs.initial_state: expected {(N, H, K, V)}, got {tuple(h0.shape)}")
-    offsets, cseq, cstart, nc = _tables(cu, B, T, cfg["chunk"], x.v.device)
+    # host-side tables from the caller's tensor (memoised per tensor), not from the int32 copy
+    offsets, cseq, cstart, nc = _tables(user_cu, B, T, cfg["chunk"], x.v.device)
     tensors = [x.q, x.k, x.v, x.beta, x.g, h0]
     need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     dtype = x.v.dtype
@@ -283,7 +289,7 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
         NT=triton_cdiv(T, cfg["chunk"]),
         NC=nc,
         varlen=cu is not None,
-        covers_all=cu is None or int(cu[-1]) == T,
+        covers_all=user_cu is None or host_bounds(user_cu)[-1] == T,
         out_dtype=x.out_dtype or dtype,
         output_final_state=x.output_final_state,
         need_grad=need_grad,

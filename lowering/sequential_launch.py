@@ -25,6 +25,7 @@ from scandsl.lowering.sequential_codegen import backward_source, forward_source
 from scandsl.lowering.sequential_codegen_channel import channel_backward_source
 
 from scandsl._core import CoreSig, Decay, Readout, Transition
+from scandsl._seqlens import host_bounds
 
 __all__ = ["POISON", "kernel_sources", "forward", "backward"]
 
@@ -100,7 +101,7 @@ def forward(
     BK, BV, NV = _tiles(K, V, cfg["BV"])
     dev = t["v"].device
     o = _alloc(B, T, H, V, dtype=meta["out_dtype"], device=dev)
-    if cu is not None and int(cu[-1]) != T:
+    if cu is not None and host_bounds(cu)[-1] != T:
         o.zero_()  # tokens after the last sequence are not any program's: the reference gives 0
     h0 = t.get("initial_state") if decode else _k_major(t.get("initial_state"))
     if meta["output_final_state"] and ht is None:
@@ -176,7 +177,7 @@ def backward(
         if name in names:
             buf[name] = _alloc(B, T, H, V, dtype=f32, device=dev)
     dh0 = _k_major_empty(N, H, K, V, dev) if h0 is not None else None
-    if cu is not None and int(cu[-1]) != T:
+    if cu is not None and host_bounds(cu)[-1] != T:
         for b in buf.values():
             b.zero_()  # tokens outside every sequence get zero gradients
     extra: dict = {}
@@ -184,8 +185,8 @@ def backward(
         extra["u_save"] = u
     if sig.decay is Decay.CHANNEL:
         CK = cfg["CK"]
-        lens = (cu[1:] - cu[:-1]) if cu is not None else None
-        ncmax = max(1, triton.cdiv(int(lens.max()) if lens is not None and lens.numel() else T, CK))
+        bounds = host_bounds(cu) if cu is not None else (0, T)  # memoised: no sync after the first call
+        ncmax = max(1, triton.cdiv(max(e - s for s, e in zip(bounds, bounds[1:])), CK))
         extra.update(
             ckpt=torch.empty(N * H * ncmax * K * V, dtype=f32, device=dev),
             scratch=torch.empty(NV * N * H * CK * BK * BV, dtype=f32, device=dev),

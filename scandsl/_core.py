@@ -34,6 +34,8 @@ from typing import NamedTuple
 
 import torch
 
+from scandsl._seqlens import host_bounds
+
 __all__ = ["Decay", "Transition", "Readout", "CoreSig", "CoreInputs", "Shape", "core_reference"]
 
 
@@ -246,7 +248,7 @@ def _sequence_bounds(cu_seqlens: torch.Tensor | None, B: int, T: int) -> list[tu
     """(batch row, start, end) per independent sequence."""
     if cu_seqlens is None:
         return [(b, 0, T) for b in range(B)]
-    cu = cu_seqlens.tolist()
+    cu = host_bounds(cu_seqlens)
     return [(0, cu[i], cu[i + 1]) for i in range(len(cu) - 1)]
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from scandsl import knobs
+from scandsl._seqlens import host_bounds
 from scandsl.autotune import usable_strategies
 from scandsl.lowering import load_strategy
 
@@ -134,13 +135,13 @@ def check_cu_seqlens(cu: Any, B: int, T: int, device) -> int:
         raise _fail("cu_seqlens", f"a tensor on {device} like the inputs", str(cu.device))
     if B != 1:
         raise _fail("B", "B == 1 when cu_seqlens is given (pack sequences along T)", f"B = {B}")
-    vals = cu.tolist()
+    vals = host_bounds(cu)  # memoised per tensor: one device sync, not one a call
     if vals[0] != 0:
         raise _fail("cu_seqlens", "to start at 0", f"cu_seqlens[0] = {vals[0]}")
     if vals[-1] != T:
         raise _fail("cu_seqlens", f"to end at T = {T}", f"cu_seqlens[-1] = {vals[-1]}")
     if any(b < a for a, b in zip(vals, vals[1:])):
-        raise _fail("cu_seqlens", "non-decreasing offsets", str(vals))
+        raise _fail("cu_seqlens", "non-decreasing offsets", str(list(vals)))
     return len(vals) - 1
 
 
