@@ -15,6 +15,7 @@ under ``torch.inference_mode``) are not memoised.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
@@ -35,6 +36,10 @@ def _version(cu: torch.Tensor) -> int | None:
         return None
 
 
+def _forget(memo: dict, key: int, _ref: weakref.ref) -> None:
+    memo.pop(key, None)  # ``memo`` bound early: at interpreter exit the module global is None
+
+
 def derived(cu: torch.Tensor, what: Hashable, make: Callable[[], R]) -> R:
     """``make()``, memoised for this tensor and its current contents under the key ``what``."""
     version = _version(cu)
@@ -43,7 +48,7 @@ def derived(cu: torch.Tensor, what: Hashable, make: Callable[[], R]) -> R:
     key = id(cu)
     entry = _MEMO.get(key)
     if entry is None or entry[0]() is not cu or entry[1] != version:
-        entry = (weakref.ref(cu, lambda _, key=key, memo=_MEMO: memo.pop(key, None)), version, {})
+        entry = (weakref.ref(cu, functools.partial(_forget, _MEMO, key)), version, {})
         _MEMO[key] = entry
     values = entry[2]
     if what not in values:
