@@ -11,9 +11,26 @@ SHAPE = Shape(4, 4096, 16, 128, 128)
 def test_chunk_scalar_rejects_the_sm90_shared_memory_fault():
     sig = CoreSig(decay=Decay.SCALAR)
     space = chunk_scalar.search_space(sig, SHAPE)
-    bad = {**chunk_scalar.default_config(sig, SHAPE), "chunk": 64, "block_v": 16, "num_warps": 8, "num_stages": 1}
-    assert "miscompiles on sm_90" in space.valid(bad)
+    bad = {
+        **chunk_scalar.default_config(sig, SHAPE),
+        "chunk": 64,
+        "block_v": 16,
+        "num_warps": 8,
+        "num_stages": 1,
+    }
+    assert "sm_90" in space.valid(bad)
     # its neighbours ran correctly on the H100 and stay searchable
-    for ok in ({"num_stages": 2}, {"num_warps": 4}, {"fwd_mode": "split"}):
+    for ok in ({"num_stages": 2}, {"fwd_mode": "split"}, {"block_v": 64}, {"chunk": 32}):
         assert space.valid({**bad, **ok}) is None
     assert space.valid(chunk_scalar.default_config(sig, SHAPE)) is None
+
+
+def test_chunk_scalar_rejects_the_sm90_wrong_outputs():
+    """chunk=64, block_v <= 32, num_stages=1: wrong outputs on the H100 at any warp count."""
+    sig = CoreSig(decay=Decay.SCALAR)
+    space = chunk_scalar.search_space(sig, SHAPE)
+    base = {**chunk_scalar.default_config(sig, SHAPE), "chunk": 64, "num_stages": 1}
+    for block_v in (16, 32):
+        for warps in (4, 8):
+            assert "sm_90" in space.valid({**base, "block_v": block_v, "num_warps": warps})
+    assert space.valid({**base, "chunk": 128, "block_v": 32, "num_warps": 8}) is None
