@@ -110,21 +110,23 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
 
     Tiles are ``[BT, BK, BV]`` with V fastest: lanes go to V and the rest of K stays in each
     thread, with the time axis. Per-channel states (K = N <= 16) keep all of K in one one-warp
-    program: the forward takes V-blocks of 4 channels (8 for a static gate), the backward, whose
-    sums run over V as well as over K, 8. At the Mamba-1 shape on the H100 (Triton 3.6,
-    2026-11-23 autotune study, bench/results/tune_study_mamba_scan.json, 73 of 110 forward
-    configs): BT=16 BV=4 0.561 ms, BT=32 BV=4 0.564, the former default BV=16 0.780-0.856;
-    narrower V-blocks mean 4x the programs (2048 one-warp walks), which the walk needs to cover
-    the GPU. The static gate and the backward: ``bench/gpu_check_scan.py`` sweeps. Other decays:
-    untuned guesses. The forward walks (``fwd_mode="walk"``): the split forward measured slower
-    (1.03 vs 0.81 ms at split_L=64, same tiles; bench/results/gpu_check_scan.json).
+    program: the forward picks 16 V-lanes x 2 K-lanes (8 x 4 for a static gate), the backward,
+    whose sums run over V as well as over K, 8 x 4. These were the fastest measured at the
+    Mamba-1 shape on an H100 in the morning and afternoon of 2026-11-23 (``bench/gpu_check_scan.py``:
+    BV=16 0.436 ms; the afternoon autotune study: BV=16 0.388, BV=4 0.61). The evening study on
+    another lent H100 (same model, driver, Triton and torch) timed the same kernel text at BV=16
+    0.78-0.86 ms and at BV=4 0.561 (``bench/results/tune_study_mamba_scan.json``), while the
+    memory- and tensor-core-bound kernels repeated within 2 %: unexplained, so the default stays
+    and a tuned cache decides per machine. Other decays: untuned guesses. The forward walks
+    (``fwd_mode="walk"``): the split forward measured slower (1.03 vs 0.81 ms at split_L=64, same
+    tiles, same evening; ``bench/results/gpu_check_scan_split.json``).
     """
     kp, vp = _pow2(shape.K), _pow2(shape.V)
     if sig.decay is Decay.CHANNEL and kp <= 16:
         fwd = {
             "BT": 16,
             "BK": kp,
-            "BV": min(vp, 8 if sig.decay_static else 4),
+            "BV": min(vp, 8 if sig.decay_static else 16),
             "num_warps": 1,
             "num_stages": 1,
         }
