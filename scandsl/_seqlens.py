@@ -9,8 +9,11 @@ later calls launch without waiting for the device. (Measured on the H100: with a
 start of every call, gla's packed fwd+bwd at 64K tokens spent 37-50 ms against 37 ms of
 kernels, the device idling while the host prepared the call; bench/gpu_profile.py.)
 
-Entries die with their tensor (a weak reference); tensors without a version counter (made
-under ``torch.inference_mode``) are not memoised.
+Entries die with their tensor (a weak reference). Only device tensors are memoised: reading a
+CPU tensor costs no sync, and a CPU tensor can be written through a NumPy view, which the
+version counter does not see. Tensors without a version counter (made under
+``torch.inference_mode``) are not memoised either. (Writes through ``.data`` bypass the counter
+too; a ``cu_seqlens`` changed that way must be a new tensor.)
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 __all__ = ["host_bounds", "derived"]
 
 R = TypeVar("R")
+MEMOISE_CPU = False  # tests turn it on to exercise the memo without a GPU
 # id(tensor) -> (weak reference, version, {what: value})
 _MEMO: dict[int, tuple[weakref.ref, int, dict[Hashable, Any]]] = {}
 
@@ -42,7 +46,7 @@ def _forget(memo: dict, key: int, _ref: weakref.ref) -> None:
 
 def derived(cu: torch.Tensor, what: Hashable, make: Callable[[], R]) -> R:
     """``make()``, memoised for this tensor and its current contents under the key ``what``."""
-    version = _version(cu)
+    version = _version(cu) if cu.device.type != "cpu" or MEMOISE_CPU else None
     if version is None:
         return make()
     key = id(cu)

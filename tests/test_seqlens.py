@@ -11,6 +11,12 @@ import scandsl._seqlens as seqlens
 from scandsl import ops
 
 
+@pytest.fixture(autouse=True)
+def memoise_cpu(monkeypatch):
+    """The memo serves device tensors; here it is exercised on CPU ones."""
+    monkeypatch.setattr(seqlens, "MEMOISE_CPU", True)
+
+
 def test_bounds_are_memoised_per_tensor():
     cu = torch.tensor([0, 3, 7])
     first = seqlens.host_bounds(cu)
@@ -79,3 +85,13 @@ def test_a_second_varlen_call_copies_nothing_to_the_host(op, strategy, monkeypat
     monkeypatch.setattr(torch.Tensor, "tolist", no_copy)
     again = fn(**args, cu_seqlens=cu, strategy=strategy)
     assert torch.equal(first[0], again[0])
+
+
+def test_cpu_tensors_are_read_every_call_by_default(monkeypatch):
+    """A CPU cu_seqlens costs no sync to read, and may be written through a NumPy view,
+    which no version counter sees: it is never memoised."""
+    monkeypatch.setattr(seqlens, "MEMOISE_CPU", False)
+    cu = torch.tensor([0, 3, 7])
+    assert seqlens.host_bounds(cu) == (0, 3, 7)
+    cu.numpy()[1] = 5
+    assert seqlens.host_bounds(cu) == (0, 5, 7)
