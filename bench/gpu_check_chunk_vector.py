@@ -20,7 +20,8 @@ fp16 in place of bf16 (the interpreter's bf16 tl.dot is broken), to check the sc
 4. ``dqk_mode="shared_scores"`` beside the default: correctness (key / outer, fp32 + bf16, and
    its varlen) and, at the timing shape, fwd+bwd and the dq/dk kernels (chunk_bwd_da +
    chunk_bwd_dqk_shared against chunk_bwd_dqk, outputs checked against the default's) over a
-   few ``da_BV`` / ``da_warps`` / ``dqk_BV`` variants (``SHARED``).
+   few ``da_BV`` / ``da_warps`` / ``dqk_BV`` variants (``SHARED``), and ``dqk_mode="split"`` (intra
+   kernel per sub-chunk + inter kernel per chunk) in the same table (``SPLIT``).
 
 Timings are not reported for a signature whose correctness failed. Results go to
 ``<out>/chunk_vector.json``, rewritten after every item so a timeout keeps what finished.
@@ -83,11 +84,14 @@ SHARED = [dict(dqk_mode="shared_scores"), dict(dqk_mode="shared_scores", da_BV=6
           dict(dqk_mode="shared_scores", dqk_warps=8), dict(dqk_mode="shared_scores", dqk_BK=16, dqk_warps=8),
           dict(dqk_mode="shared_scores", da_BV=64, dqk_BK=16, dqk_warps=8),
           dict(dqk_mode="shared_scores", da_BV=128, da_warps=8)]  # fmt: skip
+# dqk_mode="split" variants (KEY decay; sm_90 builds: 8 warps keep both kernels under 160 registers)
+SPLIT = [dict(dqk_mode="split", dqk_warps=8), dict(dqk_mode="split"), dict(dqk_mode="split", dqk_warps=8, dqk_BV=64),
+         dict(dqk_mode="split", dqk_BK=64, dqk_warps=8)]  # fmt: skip
 if SMOKE:
     DEVICE, HALF, LONG_T = "cpu", torch.float16, 150
     TARGET, CHECK = Shape(1, 70, 2, 32, 32), Shape(1, 40, 2, 32, 32)
     SWEEP = {k: v[:2] for k, v in SWEEP.items()}
-    SHARED = SHARED[:2]
+    SHARED, SPLIT = SHARED[:2], SPLIT[:1]
 KERNEL_GROUP = {"cumsum": None, "fwd_state": "state", "fwd_o": "fwd_o", "bwd_state": "state",
                 "bwd_dv": "bwd_dv", "bwd_dqk": "bwd_dqk"}  # fmt: skip
 
@@ -280,19 +284,18 @@ def timing_shared(rep: Report, name: str, cfg_over: dict) -> None:
 
     rep.put(section, "fused_fwd_bwd_ms", bench(lambda: fwd_bwd(base)))
     results = []
-    for var in SHARED:
+    for var in SHARED + SPLIT:
         if rep.left() < 30:
             break
         try:
             cfg = chunk_vector.resolve_config(sig, x, {**cfg_over, **var})
             Pv = P.with_config(**cfg)
-            got = L.bwd_dqk_shared(Pv, q, k, v, do, gk_cum, None, hs, dhs)
+            dqk = L.bwd_dqk_split if cfg["dqk_mode"] == "split" else L.bwd_dqk_shared
+            got = dqk(Pv, q, k, v, do, gk_cum, None, hs, dhs)
             err = max(rel_err(a.float(), b.float()) for a, b in zip(got, ref))
             row = {"config": var, "rel_err_vs_fused": float(f"{err:.2e}")}
             if err < 2e-2:
-                row["bwd_dqk_ms"] = bench(
-                    lambda Pv=Pv: L.bwd_dqk_shared(Pv, q, k, v, do, gk_cum, None, hs, dhs)
-                )
+                row["bwd_dqk_ms"] = bench(lambda Pv=Pv, dqk=dqk: dqk(Pv, q, k, v, do, gk_cum, None, hs, dhs))
                 row["fwd_bwd_ms"] = bench(lambda cfg=cfg: fwd_bwd(cfg))
             results.append(row)
         except Exception as e:
@@ -402,6 +405,7 @@ def aot_compile(kernel, meta: dict, fp32_ptrs: set) -> dict:
         return "fp32" if name == "scale" else ("*fp32" if name in fp32_ptrs else "*bf16")
 
     return _aot_compile(kernel, meta, arg_type)
+
 
 def aot_main(rep: Report) -> None:
     """--aot: the dq/dk kernels of both dqk modes at the timing shape, compiled for sm_90 on the CPU."""

@@ -15,7 +15,9 @@ head), which also produce the log-decay gradients as a reverse cumulative sum in
 With ``dqk_mode="shared_scores"`` (the default for KEY decay since it was timed faster on the H100)
 ``chunk_bwd_dqk`` is replaced by ``chunk_bwd_da`` per (chunk, head), which writes the scores that
 span all of V (``do . v^T`` and kin) once to fp32 scratch, and ``chunk_bwd_dqk_shared`` per
-(K-block, chunk, head), which reads them: :mod:`scandsl.lowering.chunk_vector_shared`.
+(K-block, chunk, head), which reads them: :mod:`scandsl.lowering.chunk_vector_shared`. With
+``dqk_mode="split"`` (KEY decay only; untimed) the scores are followed by an intra-chunk kernel per
+sub-chunk and an inter-chunk kernel per chunk: :mod:`scandsl.lowering.chunk_vector_split`.
 
 Algorithm: Yang et al., "Gated Linear Attention Transformers with Hardware-Efficient Training"
 (2024): secondary chunking — between sub-chunks the per-key gates are rebased on a reference row
@@ -60,7 +62,7 @@ _TILES = (
     "diag_BV",
     "da_BV",
 )
-DQK_MODES = ("fused", "shared_scores")
+DQK_MODES = ("fused", "shared_scores", "split")
 
 
 def supports(sig: CoreSig) -> str | None:
@@ -125,6 +127,8 @@ def _check_config(sig: CoreSig, cfg: dict, shape: Shape) -> str | None:
             return f"{name}={cfg[name]} must lie in [16, padded feature size {limit}]"
     if cfg["dqk_mode"] not in DQK_MODES:
         return f"dqk_mode={cfg['dqk_mode']!r} must be one of {DQK_MODES}"
+    if cfg["dqk_mode"] == "split" and sig.decay is not Decay.KEY:
+        return f"dqk_mode='split' is built for KEY decay only, not {sig.decay.name}"
     value = sig.decay in (Decay.VALUE, Decay.OUTER)
     key = sig.decay in (Decay.KEY, Decay.OUTER)
     # fp32 elements a thread holds for the [SC, SC, tile] sub-chunk products: past 128 they spill badly
@@ -136,7 +140,7 @@ def _check_config(sig: CoreSig, cfg: dict, shape: Shape) -> str | None:
         "dqk diag": (cfg["diag_BV"] if value else 0, cfg["dqk_warps"]),
         "dqk apply": (cfg["dqk_BK"] if key else 0, cfg["dqk_warps"]),
     }
-    if cfg["dqk_mode"] == "shared_scores":
+    if cfg["dqk_mode"] != "fused":
         cubes["da diag"] = (cfg["diag_BV"] if value else 0, cfg["da_warps"])
     for where, (tile, warps) in cubes.items():
         if sc * sc * tile / (32 * warps) > 128:
@@ -210,7 +214,11 @@ class _ChunkVector(torch.autograd.Function):
         dht = dht.float().contiguous() if dht is not None else None
         dhs, dh0 = launch.bwd_state(P, q, do, gk_cum, gv_cum, hs, dht, want_dh0=h0_dtype is not None)
         dv, dgv = launch.bwd_dv(P, q, k, v, do, ox, gk_cum, gv_cum, hs, dhs)
-        bwd_dqk = launch.bwd_dqk_shared if P.cfg["dqk_mode"] == "shared_scores" else launch.bwd_dqk
+        bwd_dqk = {
+            "fused": launch.bwd_dqk,
+            "shared_scores": launch.bwd_dqk_shared,
+            "split": launch.bwd_dqk_split,
+        }[P.cfg["dqk_mode"]]
         dq, dk, dgk = bwd_dqk(P, q, k, v, do, gk_cum, gv_cum, hs, dhs)
         dgk = dgk.to(gk_dtype) if dgk is not None else None
         dgv = dgv.to(gv_dtype) if dgv is not None else None

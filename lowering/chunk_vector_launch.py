@@ -17,9 +17,19 @@ from scandsl.lowering._tiles import cdiv
 from scandsl.lowering._tiles import dot_pad as pow2
 from scandsl.lowering.chunk_vector_slots import generate_source, module_name
 
-from scandsl._core import CoreInputs, CoreSig, Decay
+from scandsl._core import CoreInputs, CoreSig, Decay, Readout
 
-__all__ = ["Plan", "cumsum", "fwd_state", "fwd_o", "bwd_state", "bwd_dv", "bwd_dqk", "bwd_dqk_shared"]
+__all__ = [
+    "Plan",
+    "cumsum",
+    "fwd_state",
+    "fwd_o",
+    "bwd_state",
+    "bwd_dv",
+    "bwd_dqk",
+    "bwd_dqk_shared",
+    "bwd_dqk_split",
+]
 
 # Tests flip this (through chunk_vector.POISON_OUTPUTS) to NaN-fill every buffer a kernel must overwrite.
 POISON = {"on": False}
@@ -171,24 +181,58 @@ def bwd_dqk(P: Plan, q, k, v, do, gk_cum, gv_cum, hs, dhs):
     return dq, dk, dgk
 
 
+def _scores(P: Plan, do, v, gv_cum) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(da, dat, ddg): the V-wide backward scores in fp32 scratch, ``chunk_bwd_da``'s output."""
+    cfg, dev = P.cfg, v.device
+    C, SC = cfg["chunk"], cfg["sub"]
+    da = empty(P.TC, P.H, C, C, dtype=torch.float32, device=dev)
+    dat = empty(P.TC, P.H, C, C, dtype=torch.float32, device=dev)
+    ddg = empty(P.TC, P.H, C, SC, dtype=torch.float32, device=dev)
+    P.kernels.chunk_bwd_da[(P.TC, P.H)](
+        do, v, _or(gv_cum, do), da, dat, ddg, P.cu, P.chunk_seq, P.chunk_loc,
+        SC=SC, BV=cfg["da_BV"], BVD=cfg["diag_BV"],
+        num_warps=cfg["da_warps"], num_stages=cfg["num_stages"], **P.common(),
+    )  # fmt: skip
+    return da, dat, ddg
+
+
 def bwd_dqk_shared(P: Plan, q, k, v, do, gk_cum, gv_cum, hs, dhs):
     """As :func:`bwd_dqk` (``dqk_mode="shared_scores"``): the V-wide scores go through fp32
     scratch, written once per (chunk, head) by ``chunk_bwd_da``."""
-    cfg, dev = P.cfg, v.device
-    C, SC = cfg["chunk"], cfg["sub"]
+    cfg = P.cfg
+    SC = cfg["sub"]
     dq, dk, dgk = _dqk_outputs(P, q, k, gk_cum)
     if P.TC:
-        da = empty(P.TC, P.H, C, C, dtype=torch.float32, device=dev)
-        dat = empty(P.TC, P.H, C, C, dtype=torch.float32, device=dev)
-        ddg = empty(P.TC, P.H, C, SC, dtype=torch.float32, device=dev)
-        P.kernels.chunk_bwd_da[(P.TC, P.H)](
-            do, v, _or(gv_cum, do), da, dat, ddg, P.cu, P.chunk_seq, P.chunk_loc,
-            SC=SC, BV=cfg["da_BV"], BVD=cfg["diag_BV"],
-            num_warps=cfg["da_warps"], num_stages=cfg["num_stages"], **P.common(),
-        )  # fmt: skip
+        da, dat, ddg = _scores(P, do, v, gv_cum)
         P.kernels.chunk_bwd_dqk_shared[(cdiv(P.K, cfg["dqk_BK"]), P.TC, P.H)](
             q, k, v, do, _or(gk_cum, q), _or(gv_cum, q), hs, dhs, da, dat, ddg, dq, dk, _or(dgk, q),
             P.cu, P.chunk_seq, P.chunk_loc, P.scale, SC=SC, BK=cfg["dqk_BK"], BV=cfg["dqk_BV"],
+            num_warps=cfg["dqk_warps"], num_stages=cfg["num_stages"], **P.common(),
+        )  # fmt: skip
+    return dq, dk, dgk
+
+
+def bwd_dqk_split(P: Plan, q, k, v, do, gk_cum, gv_cum, hs, dhs):
+    """As :func:`bwd_dqk_shared` (``dqk_mode="split"``, KEY decay only): the intra-chunk terms per
+    sub-chunk into fp32 scratch, then the state terms and the gate gradient per chunk
+    (:mod:`scandsl.lowering.chunk_vector_split`)."""
+    cfg = P.cfg
+    C, SC = cfg["chunk"], cfg["sub"]
+    dq, dk, dgk = _dqk_outputs(P, q, k, gk_cum)
+    if P.TC:
+        da, dat, ddg = _scores(P, do, v, gv_cum)
+        before = P.sig.readout is Readout.BEFORE
+        dqa, dka, xa = (empty(*q.shape, dtype=torch.float32, device=q.device) for _ in range(3))
+        xqa = empty(*q.shape, dtype=torch.float32, device=q.device) if before else xa
+        nk = cdiv(P.K, cfg["dqk_BK"])
+        P.kernels.chunk_bwd_dqk_intra[(P.TC * (C // SC), nk, P.H)](
+            q, k, gk_cum, da, dat, ddg, dqa, dka, xa, xqa, P.cu, P.chunk_seq, P.chunk_loc, P.scale,
+            H=P.H, K=P.K, C=C, SC=SC, BK=cfg["dqk_BK"], STORE_XQ=before, PREC=cfg["fp32_dot"],
+            num_warps=cfg["dqk_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+        P.kernels.chunk_bwd_dqk_inter[(nk, P.TC, P.H)](
+            q, k, v, do, gk_cum, hs, dhs, dqa, dka, xa, xqa, dq, dk, dgk, P.cu, P.chunk_seq, P.chunk_loc,
+            P.scale, SC=SC, BK=cfg["dqk_BK"], BV=cfg["dqk_BV"], STORE_XQ=before,
             num_warps=cfg["dqk_warps"], num_stages=cfg["num_stages"], **P.common(),
         )  # fmt: skip
     return dq, dk, dgk

@@ -24,6 +24,7 @@ from __future__ import annotations
 import textwrap
 
 from scandsl.lowering import chunk_vector_shared as shared
+from scandsl.lowering import chunk_vector_split as split
 from scandsl.lowering import chunk_vector_templates as tpl
 
 from scandsl._core import CoreSig, Decay, Readout
@@ -387,6 +388,8 @@ def generate_source(sig: CoreSig, config: dict | None = None) -> str:
         raise ValueError(f"chunk_vector: decay must be KEY, VALUE or OUTER, got {sig.decay.name}")
     template = tpl.HEADER + tpl.CUMSUM + tpl.FWD_STATE + tpl.FWD_O + tpl.BWD_STATE + tpl.BWD_DV + tpl.BWD_DQK
     template += shared.BWD_DA + shared.BWD_DQK_SHARED  # dqk_mode="shared_scores"
+    if sig.decay is Decay.KEY:
+        template += split.BWD_DQK_SPLIT  # dqk_mode="split"
     values = slots(sig)
     values.update(shared.slots(values["value_scores"], _has_value(sig)))
     return fill(template, values)

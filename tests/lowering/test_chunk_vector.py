@@ -29,9 +29,21 @@ SIGS = {
 }
 COARSE = {"chunk": 32, "sub": 16, "fwd_BK": 32, "fwd_BV": 64, "state_BK": 32, "state_BV": 64, "dv_BK": 32,
           "dv_BV": 64, "dqk_BK": 32, "dqk_BV": 64, "diag_BK": 32, "diag_BV": 64}  # fmt: skip
-FINE = {"chunk": 32, "sub": 16, "fwd_BK": 16, "fwd_BV": 32, "state_BK": 16, "state_BV": 32, "dv_BK": 16,
-        "dv_BV": 32, "dqk_BK": 16, "dqk_BV": 32, "diag_BK": 16, "diag_BV": 16,
-        "dqk_mode": "fused"}  # fmt: skip  (COARSE keeps each decay's default dq/dk mode)
+FINE = {
+    "chunk": 32,
+    "sub": 16,
+    "fwd_BK": 16,
+    "fwd_BV": 32,
+    "state_BK": 16,
+    "state_BV": 32,
+    "dv_BK": 16,
+    "dv_BV": 32,
+    "dqk_BK": 16,
+    "dqk_BV": 32,
+    "diag_BK": 16,
+    "diag_BV": 16,
+    "dqk_mode": "fused",
+}  # fmt: skip  (COARSE keeps each decay's default dq/dk mode)
 GRAD_NAMES = ("q", "k", "v", "gk", "gv", "initial_state")
 
 
@@ -212,3 +224,46 @@ def test_shared_scores_config():
     assert "dqk_mode" in space.valid({**chunk_vector.default_config(sig, shape), "dqk_mode": "other"})
     src = chunk_vector.generate_source(SIGS["outer"])
     assert "def chunk_bwd_da(" in src and "def chunk_bwd_dqk_shared(" in src and "@value_state@" not in src
+
+
+# ---- dqk_mode="split" (KEY decay): intra-chunk terms per sub-chunk, then state terms + gate gradient per chunk
+
+SPLIT = {"dqk_mode": "split", "da_BV": 32}
+
+
+@pytest.mark.parametrize("name", ["key", "key_before"])
+def test_split_matches_reference(name):
+    """Several chunks, a partial last chunk and partial K / V blocks (FINE), a single step
+    (COARSE), and the default chunk of 64 in four sub-chunks; poisoned scratch throughout."""
+    sig = SIGS[name]
+    _compare(sig, random_core_inputs(sig, B=2, T=67, H=2, K=24, V=40, seed=31, requires_grad=True),
+             {**FINE, **SPLIT})  # fmt: skip
+    _compare(sig, random_core_inputs(sig, B=1, T=1, H=1, K=16, V=16, seed=32, requires_grad=True),
+             {**COARSE, **SPLIT})  # fmt: skip
+    cfg = {**chunk_vector.default_config(sig, Shape(1, 150, 2, 32, 32)), "dqk_mode": "split", "dqk_warps": 8}
+    _compare(sig, random_core_inputs(sig, B=1, T=150, H=2, K=32, V=32, seed=33, requires_grad=True), cfg)
+
+
+@pytest.mark.parametrize("name", ["key", "key_before"])
+def test_split_varlen(name):
+    sig = SIGS[name]
+    cu = torch.tensor([0, 0, 1, 6, 37], dtype=torch.int32)  # lengths 0, 1, 5, 31
+    x = random_core_inputs(sig, T=37, H=2, K=24, V=40, cu_seqlens=cu, seed=34, requires_grad=True)
+    _compare(sig, x, {**COARSE, **SPLIT})
+
+
+def test_split_is_for_key_decay_only():
+    shape = Shape(4, 4096, 16, 128, 128)
+    key = SIGS["key"]
+    assert (
+        chunk_vector.search_space(key, shape).valid({**chunk_vector.default_config(key, shape), **SPLIT})
+        is None
+    )
+    for name in ("value", "outer"):
+        sig = SIGS[name]
+        reason = chunk_vector.search_space(sig, shape).valid(
+            {**chunk_vector.default_config(sig, shape), **SPLIT}
+        )
+        assert "KEY decay only" in reason
+        assert "def chunk_bwd_dqk_intra(" not in chunk_vector.generate_source(sig)
+    assert "def chunk_bwd_dqk_intra(" in chunk_vector.generate_source(key)

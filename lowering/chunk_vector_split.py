@@ -1,0 +1,138 @@
+"""``dqk_mode="split"`` (KEY decay): dq / dk in two launches, intra-chunk and inter-chunk.
+
+Why: the other modes walk a chunk's sub-chunks inside one program that also holds the state
+terms and the chunk-wide gate-gradient sums, and sit at the 255-register cap with spills on sm_90
+(``bench/gpu_check_chunk_vector.py --aot``); the dq/dk kernel was 20.6 of gla's 30.5 ms backward
+at 64K tokens on the H100. flash-linear-attention splits the same work the way this mode does
+(intra per sub-chunk, inter per chunk). Untimed so far: in the search space, not a default.
+
+How it is parallelised, after ``chunk_bwd_da`` (the V-wide scores to scratch, as in
+``shared_scores``):
+
+1. ``chunk_bwd_dqk_intra`` — one program per (chunk x sub-chunk, K-block, head): the sub-chunk's
+   rows of dq and dk from pairs inside the chunk (earlier / later sub-chunks by rebased
+   tensor-core products, the sub-chunk itself elementwise, the zero-step pair apart), written to
+   fp32 scratch: ``dqa = dq_intra + dq_zs``, ``dka = dk_intra + dk_zs``, and the intra part of the
+   gate gradient's summand, ``xa = q dq_intra - k dk_intra`` (``xqa = q dq_intra`` as well when the
+   read-out comes before the update);
+2. ``chunk_bwd_dqk_inter`` — one program per (K-block, chunk, head): the state terms for the whole
+   chunk as ``[C, V] x [V, BK]`` products (``do h^T``, ``v dh^T``), then dq, dk and the key
+   log-decay gradient as one chunk-wide reverse cumulative sum,
+       dg_r = sum_{r' >= r} x_r' + st0 + sum_{r' < r} y_r'   (y of the last row 0),
+   the algebra of ``key_gate_grad`` (:mod:`scandsl.lowering.chunk_vector_slots`) without the walk
+   over sub-chunks.
+"""
+
+from __future__ import annotations
+
+from scandsl.lowering.chunk_vector_templates import at_depth, chunk_program
+
+__all__ = ["BWD_DQK_SPLIT"]
+
+_INTRA_BODY = """
+rows_i = I * SC + o_s
+last_i = tl.minimum(I * SC + SC, L) - 1  # the sub-chunk's last valid row
+offs = (base + rows_i[:, None]) * C + rows_c[None, :]
+da_row = tl.load(da + offs)  # [SC, C] da against earlier sub-chunks + zero-step cells
+dat_row = tl.load(dat + offs)  # [SC, C] da^T against later sub-chunks + zero-step cells
+da_dg = tl.load(ddg + (base + rows_i[:, None]) * SC + o_s[None, :])  # [SC, SC] inside the sub-chunk
+zs = rows_c[None, :] == rows_i[:, None] - QSHIFT
+da_zs = tl.sum(tl.where(zs, da_row, 0.0), axis=1)  # [SC]
+da_off = tl.where(zs, 0.0, da_row)
+zs_t = rows_c[None, :] == rows_i[:, None] + QSHIFT
+dat_zs = tl.sum(tl.where(zs_t, dat_row, 0.0), axis=1)  # [SC]
+dat_off = tl.where(zs_t, 0.0, dat_row)
+b_qi = load_rows(q, bos, rows_i, L, offs_k, i_h, H, K) * scale  # [SC, BK]
+b_ki = load_rows(k, bos, rows_i, L, offs_k, i_h, H, K)  # [SC, BK]
+b_q = load_rows(q, bos, rows_c, L, offs_k, i_h, H, K) * scale  # [C, BK]
+b_k = load_rows(k, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
+bkqi = load_rows(gk_cum, bos, rows_i - QSHIFT, L, offs_k, i_h, H, K)  # [SC, BK]
+bki = load_rows(gk_cum, bos, rows_i, L, offs_k, i_h, H, K)  # [SC, BK]
+bkq = load_rows(gk_cum, bos, rows_c - QSHIFT, L, offs_k, i_h, H, K)  # [C, BK]
+bk = load_rows(gk_cum, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
+ref = load_row(gk_cum, bos, I * SC - QSHIFT, L, offs_k, i_h, H, K)  # [BK] first query of the sub-chunk
+ref_t = load_row(gk_cum, bos, last_i, L, offs_k, i_h, H, K)  # [BK] last key of the sub-chunk
+k_r = (b_k * tl.exp(tl.minimum(ref[None, :] - bk, 0.0))).to(DT)
+b_dq = tl.exp(tl.minimum(bkqi - ref[None, :], 0.0)) * tl.dot(da_off.to(DT), k_r, input_precision=PREC)
+b_dq += diag_apply(da_dg, b_ki, bkqi, bki)
+q_r = (b_q * tl.exp(tl.minimum(bkq - ref_t[None, :], 0.0))).to(DT)
+b_dki = tl.exp(tl.minimum(ref_t[None, :] - bki, 0.0)) * tl.dot(dat_off.to(DT), q_r, input_precision=PREC)
+b_dki += diag_apply(tl.trans(da_dg), b_qi, -bki, -bkqi)
+dq_zs = da_zs[:, None] * load_rows(k, bos, rows_i - QSHIFT, L, offs_k, i_h, H, K)
+dk_zs = dat_zs[:, None] * load_rows(q, bos, rows_i + QSHIFT, L, offs_k, i_h, H, K) * scale
+xq = b_qi * b_dq
+store_rows(dqa, b_dq + dq_zs, bos, rows_i, L, offs_k, i_h, H, K)
+store_rows(dka, b_dki + dk_zs, bos, rows_i, L, offs_k, i_h, H, K)
+store_rows(xa, xq - b_ki * b_dki, bos, rows_i, L, offs_k, i_h, H, K)
+if STORE_XQ:
+    store_rows(xqa, xq, bos, rows_i, L, offs_k, i_h, H, K)
+"""
+
+_INTER_BODY = """
+dq_in = tl.full([C, BK], 0.0, dtype=tl.float32)  # do h^T: queries reading the carried-in state
+dk_st = tl.full([C, BK], 0.0, dtype=tl.float32)  # v dh^T: keys feeding the state handed on
+st0 = tl.full([BK], 0.0, dtype=tl.float32)
+for v0 in range(0, V, BV):
+    offs_v = v0 + tl.arange(0, BV)
+    h0 = load_state(hs, slot, i_h, offs_k, offs_v, H, K, V)  # [BK, BV]
+    dh = load_state(dhs, slot, i_h, offs_k, offs_v, H, K, V)  # [BK, BV]
+    b_do = load_rows(do, bos, rows_c, L, offs_v, i_h, H, V)  # [C, BV]
+    b_v = load_rows(v, bos, rows_c, L, offs_v, i_h, H, V)  # [C, BV]
+    st0 += tl.sum(h0 * dh, axis=1)
+    dq_in += tl.dot(b_do.to(DT), tl.trans(h0.to(DT)), input_precision=PREC)
+    dk_st += tl.dot(b_v.to(DT), tl.trans(dh.to(DT)), input_precision=PREC)
+bk = load_rows(gk_cum, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
+bkq = load_rows(gk_cum, bos, rows_c - QSHIFT, L, offs_k, i_h, H, K)  # [C, BK]
+bk_last = load_row(gk_cum, bos, L - 1, L, offs_k, i_h, H, K)  # [BK]
+st0 = st0 * tl.exp(bk_last)
+b_q = load_rows(q, bos, rows_c, L, offs_k, i_h, H, K) * scale  # [C, BK]
+b_k = load_rows(k, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
+inter_q = tl.exp(bkq) * dq_in
+store_rows(dq, (inter_q + load_rows(dqa, bos, rows_c, L, offs_k, i_h, H, K)) * scale, bos, rows_c, L, offs_k,
+           i_h, H, K)
+b_dks = tl.exp(tl.minimum(bk_last[None, :] - bk, 0.0)) * dk_st  # through the state handed on
+store_rows(dk, load_rows(dka, bos, rows_c, L, offs_k, i_h, H, K) + b_dks, bos, rows_c, L, offs_k, i_h, H, K)
+xq = b_q * inter_q
+x = xq + load_rows(xa, bos, rows_c, L, offs_k, i_h, H, K)
+y = tl.where(rows_c[:, None] == L - 1, 0.0, b_k * b_dks)  # the last row's state path reaches no row here
+b_dg = tl.cumsum(x, axis=0, reverse=True) + st0[None, :] + tl.cumsum(y, axis=0) - y
+if STORE_XQ:  # o_t reads S_{t-1}: the gate of step t does not reach o_t
+    b_dg -= xq + load_rows(xqa, bos, rows_c, L, offs_k, i_h, H, K)
+store_rows(dgk, b_dg, bos, rows_c, L, offs_k, i_h, H, K)
+"""
+
+BWD_DQK_SPLIT = f'''
+
+@triton.jit
+def chunk_bwd_dqk_intra(q, k, gk_cum, da, dat, ddg, dqa, dka, xa, xqa, cu, chunk_seq, chunk_loc, scale,
+                        H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, SC: tl.constexpr,
+                        BK: tl.constexpr, STORE_XQ: tl.constexpr, PREC: tl.constexpr):
+    """dq, dk from pairs inside the chunk, for one sub-chunk's rows. Grid (chunks * C/SC, K-blocks, H).
+
+    Writes fp32 scratch: dqa (intra dq + zero-step), dka (intra dk + zero-step), xa = q dqa' - k dka'
+    (the primes without the zero-step pairs, which carry no decay), and xqa = q dqa' if STORE_XQ.
+    """
+    i_cs, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_c, I = i_cs // (C // SC), i_cs % (C // SC)
+    bos, L, slot = chunk_coords(cu, chunk_seq, chunk_loc, i_c, C)
+    DT = q.dtype.element_ty
+    offs_k = i_k * BK + tl.arange(0, BK)
+    rows_c = tl.arange(0, C)
+    o_s = tl.arange(0, SC)
+    base = (i_c.to(tl.int64) * H + i_h) * C  # first scratch row of this (chunk, head)
+    if I * SC < L:
+{at_depth(8, _INTRA_BODY)}
+
+
+@triton.jit
+def chunk_bwd_dqk_inter(q, k, v, do, gk_cum, hs, dhs, dqa, dka, xa, xqa, dq, dk, dgk, cu, chunk_seq,
+                        chunk_loc, scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                        C: tl.constexpr, SC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                        STORE_XQ: tl.constexpr, PREC: tl.constexpr):
+    """dq, dk and the key log-decay gradient of one chunk, K-block and head. Grid (K-blocks, chunks, H).
+
+    The state terms for all C rows at once, the intra terms from chunk_bwd_dqk_intra's scratch.
+    """
+{at_depth(4, chunk_program("k"))}
+{at_depth(4, _INTER_BODY)}
+'''
