@@ -85,13 +85,17 @@ SHARED = [dict(dqk_mode="shared_scores"), dict(dqk_mode="shared_scores", da_BV=6
           dict(dqk_mode="shared_scores", da_BV=64, dqk_BK=16, dqk_warps=8),
           dict(dqk_mode="shared_scores", da_BV=128, da_warps=8)]  # fmt: skip
 # dqk_mode="split" variants (KEY decay; sm_90 builds: 8 warps keep both kernels under 160 registers)
+# and fwd_mode="split" (chunk_fwd_a + chunk_fwd_o_split; 8 warps: 80 registers each)
 SPLIT = [dict(dqk_mode="split", dqk_warps=8), dict(dqk_mode="split"), dict(dqk_mode="split", dqk_warps=8, dqk_BV=64),
-         dict(dqk_mode="split", dqk_BK=64, dqk_warps=8)]  # fmt: skip
+         dict(dqk_mode="split", dqk_BK=64, dqk_warps=8),
+         dict(dqk_mode="split", dqk_warps=8, fwd_mode="split", fwd_warps=8),
+         dict(dqk_mode="split", dqk_warps=8, fwd_mode="split"),
+         dict(dqk_mode="split", dqk_warps=8, fwd_mode="split", fwd_warps=8, fwd_BK=64)]  # fmt: skip
 if SMOKE:
     DEVICE, HALF, LONG_T = "cpu", torch.float16, 150
     TARGET, CHECK = Shape(1, 70, 2, 32, 32), Shape(1, 40, 2, 32, 32)
     SWEEP = {k: v[:2] for k, v in SWEEP.items()}
-    SHARED, SPLIT = SHARED[:2], SPLIT[:1]
+    SHARED, SPLIT = SHARED[:1], SPLIT[::4]  # dq/dk split, and with the split forward
 KERNEL_GROUP = {"cumsum": None, "fwd_state": "state", "fwd_o": "fwd_o", "bwd_state": "state",
                 "bwd_dv": "bwd_dv", "bwd_dqk": "bwd_dqk"}  # fmt: skip
 
@@ -283,6 +287,8 @@ def timing_shared(rep: Report, name: str, cfg_over: dict) -> None:
         return torch.autograd.grad(o, inputs, do)
 
     rep.put(section, "fused_fwd_bwd_ms", bench(lambda: fwd_bwd(base)))
+    with torch.no_grad():
+        o_base = chunk_vector.run(sig, x, base)[0]
     results = []
     for var in SHARED + SPLIT:
         if rep.left() < 30:
@@ -293,10 +299,14 @@ def timing_shared(rep: Report, name: str, cfg_over: dict) -> None:
             dqk = L.bwd_dqk_split if cfg["dqk_mode"] == "split" else L.bwd_dqk_shared
             got = dqk(Pv, q, k, v, do, gk_cum, None, hs, dhs)
             err = max(rel_err(a.float(), b.float()) for a, b in zip(got, ref))
+            with torch.no_grad():  # the forward too (fwd_mode="split" variants)
+                err = max(err, rel_err(chunk_vector.run(sig, x, cfg)[0].float(), o_base.float()))
             row = {"config": var, "rel_err_vs_fused": float(f"{err:.2e}")}
             if err < 2e-2:
                 row["bwd_dqk_ms"] = bench(lambda Pv=Pv, dqk=dqk: dqk(Pv, q, k, v, do, gk_cum, None, hs, dhs))
                 row["fwd_bwd_ms"] = bench(lambda cfg=cfg: fwd_bwd(cfg))
+                with torch.no_grad():
+                    row["fwd_ms"] = bench(lambda cfg=cfg: chunk_vector.run(sig, x, cfg))
             results.append(row)
         except Exception as e:
             results.append({"config": var, "error": f"{type(e).__name__}: {str(e)[:200]}"})

@@ -17,7 +17,9 @@ With ``dqk_mode="shared_scores"`` (the default for KEY decay since it was timed 
 span all of V (``do . v^T`` and kin) once to fp32 scratch, and ``chunk_bwd_dqk_shared`` per
 (K-block, chunk, head), which reads them: :mod:`scandsl.lowering.chunk_vector_shared`. With
 ``dqk_mode="split"`` (KEY decay only; untimed) the scores are followed by an intra-chunk kernel per
-sub-chunk and an inter-chunk kernel per chunk: :mod:`scandsl.lowering.chunk_vector_split`.
+sub-chunk and an inter-chunk kernel per chunk; ``fwd_mode="split"`` (KEY decay, untimed) likewise
+cuts ``chunk_fwd_o`` into a score kernel per sub-chunk and an output kernel per chunk:
+:mod:`scandsl.lowering.chunk_vector_split`.
 
 Algorithm: Yang et al., "Gated Linear Attention Transformers with Hardware-Efficient Training"
 (2024): secondary chunking — between sub-chunks the per-key gates are rebased on a reference row
@@ -63,6 +65,7 @@ _TILES = (
     "da_BV",
 )
 DQK_MODES = ("fused", "shared_scores", "split")
+FWD_MODES = ("fused", "split")
 
 
 def supports(sig: CoreSig) -> str | None:
@@ -111,6 +114,8 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
         "dqk_mode": "shared_scores" if sig.decay == Decay.KEY else "fused",
         "da_BV": min(vp, 32),
         "da_warps": 4,
+        # "split" (KEY decay): chunk_fwd_a + chunk_fwd_o_split (chunk_vector_split); untimed
+        "fwd_mode": "fused",
         "num_stages": 2,
         "fp32_dot": "ieee",
     }
@@ -129,6 +134,10 @@ def _check_config(sig: CoreSig, cfg: dict, shape: Shape) -> str | None:
         return f"dqk_mode={cfg['dqk_mode']!r} must be one of {DQK_MODES}"
     if cfg["dqk_mode"] == "split" and sig.decay is not Decay.KEY:
         return f"dqk_mode='split' is built for KEY decay only, not {sig.decay.name}"
+    if cfg.get("fwd_mode", "fused") not in FWD_MODES:
+        return f"fwd_mode={cfg['fwd_mode']!r} must be one of {FWD_MODES}"
+    if cfg.get("fwd_mode") == "split" and sig.decay is not Decay.KEY:
+        return f"fwd_mode='split' is built for KEY decay only, not {sig.decay.name}"
     value = sig.decay in (Decay.VALUE, Decay.OUTER)
     key = sig.decay in (Decay.KEY, Decay.OUTER)
     # fp32 elements a thread holds for the [SC, SC, tile] sub-chunk products: past 128 they spill badly
@@ -180,6 +189,7 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
             Param("dqk_mode", DQK_MODES),
             Param("da_BV", blocks),
             Param("da_warps", (4, 8)),
+            Param("fwd_mode", FWD_MODES),
             Param("num_stages", (2, 1, 3)),
             Param("fp32_dot", ("ieee",)),
         ),
@@ -196,7 +206,10 @@ class _ChunkVector(torch.autograd.Function):
         gv_cum = launch.cumsum(P, gv.contiguous()) if P.value else None
         h0c = h0.float().contiguous() if h0 is not None else None
         hs, ht = launch.fwd_state(P, k, v, gk_cum, gv_cum, h0c, output_final_state)
-        o, ox = launch.fwd_o(P, q, k, v, gk_cum, gv_cum, hs, out_dtype)
+        if P.cfg.get("fwd_mode") == "split":
+            o, ox = launch.fwd_o_split(P, q, k, v, gk_cum, hs, out_dtype)
+        else:
+            o, ox = launch.fwd_o(P, q, k, v, gk_cum, gv_cum, hs, out_dtype)
         ctx.plan = P
         ctx.save_for_backward(q, k, v, gk_cum, gv_cum, hs, ox)
         ctx.dtypes = tuple(t.dtype if t is not None else None for t in (gk, gv, h0))

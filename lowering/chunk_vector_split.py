@@ -1,4 +1,7 @@
-"""``dqk_mode="split"`` (KEY decay): dq / dk in two launches, intra-chunk and inter-chunk.
+"""The split modes (KEY decay): the forward's outputs and the backward's dq / dk each in two
+launches, intra-chunk and inter-chunk. ``fwd_mode="split"`` is at the end of this docstring.
+
+``dqk_mode="split"``: dq / dk in two launches, intra-chunk and inter-chunk.
 
 Why: the other modes walk a chunk's sub-chunks inside one program that also holds the state
 terms and the chunk-wide gate-gradient sums, and sit at the 255-register cap with spills on sm_90
@@ -21,13 +24,23 @@ How it is parallelised, after ``chunk_bwd_da`` (the V-wide scores to scratch, as
        dg_r = sum_{r' >= r} x_r' + st0 + sum_{r' < r} y_r'   (y of the last row 0),
    the algebra of ``key_gate_grad`` (:mod:`scandsl.lowering.chunk_vector_slots`) without the walk
    over sub-chunks.
+
+``fwd_mode="split"``: ``chunk_fwd_o`` (one program per V-block, chunk and head, walking the
+sub-chunks with ``[SC, *]`` products, 244 registers in an sm_90 build and no wgmma) becomes
+
+1. ``chunk_fwd_a`` — one program per (chunk x sub-chunk, head): the sub-chunk's rows of the
+   chunk's score matrix ``A [C, C]`` (``a_ij = sum_k q_ik k_jk exp(bkq_ik - bk_jk)`` on causal
+   pairs, zero-step pair included, zeros after), into fp32 scratch: rebased tensor-core products
+   against earlier sub-chunks, the sub-chunk itself elementwise — ``chunk_fwd_o``'s arithmetic;
+2. ``chunk_fwd_o_split`` — one program per (V-block, chunk, head): ``o = (q exp(bkq)) h0 + A v``
+   as ``[C, BK] x [BK, BV]`` and ``[C, C] x [C, BV]`` products.
 """
 
 from __future__ import annotations
 
 from scandsl.lowering.chunk_vector_templates import at_depth, chunk_program
 
-__all__ = ["BWD_DQK_SPLIT"]
+__all__ = ["BWD_DQK_SPLIT", "FWD_SPLIT"]
 
 _INTRA_BODY = """
 rows_i = I * SC + o_s
@@ -135,4 +148,86 @@ def chunk_bwd_dqk_inter(q, k, v, do, gk_cum, hs, dhs, dqa, dka, xa, xqa, dq, dk,
     """
 {at_depth(4, chunk_program("k"))}
 {at_depth(4, _INTER_BODY)}
+'''
+
+_SCORES_BODY = """
+rows_i = I * SC + o_s
+a_off = tl.full([SC, C], 0.0, dtype=tl.float32)  # scores against keys of earlier sub-chunks
+a_dg = tl.full([SC, SC], 0.0, dtype=tl.float32)  # scores inside the sub-chunk
+a_zs = tl.full([SC], 0.0, dtype=tl.float32)  # score of the zero-step pair (i, i - QSHIFT)
+ref_row = I * SC - QSHIFT  # the sub-chunk's first query sees the decay of this row
+for k0 in range(0, K, BK):
+    offs_k = k0 + tl.arange(0, BK)
+    b_q = load_rows(q, bos, rows_i, L, offs_k, i_h, H, K) * scale  # [SC, BK]
+    b_k = load_rows(k, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
+    a_zs += tl.sum(b_q * load_rows(k, bos, rows_i - QSHIFT, L, offs_k, i_h, H, K), axis=1)
+    bkq = load_rows(gk_cum, bos, rows_i - QSHIFT, L, offs_k, i_h, H, K)  # [SC, BK]
+    ref = load_row(gk_cum, bos, ref_row, L, offs_k, i_h, H, K)  # [BK]
+    bk = load_rows(gk_cum, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
+    q_r = (b_q * tl.exp(tl.minimum(bkq - ref[None, :], 0.0))).to(DT)  # rebased on ref: exponent <= 0
+    k_r = (b_k * tl.exp(tl.minimum(ref[None, :] - bk, 0.0))).to(DT)  # exact for keys before the sub-chunk
+    a_off += tl.dot(q_r, tl.trans(k_r), input_precision=PREC)
+for d0 in range(0, K, BKD):  # pair decays inside the sub-chunk, elementwise in fp32
+    offs_d = d0 + tl.arange(0, BKD)
+    a_dg += diag_scores(
+        load_rows(q, bos, rows_i, L, offs_d, i_h, H, K) * scale,
+        load_rows(gk_cum, bos, rows_i - QSHIFT, L, offs_d, i_h, H, K),
+        load_rows(k, bos, rows_i, L, offs_d, i_h, H, K),
+        load_rows(gk_cum, bos, rows_i, L, offs_d, i_h, H, K),
+    )
+# two stores that never touch the same cell: the row block outside the sub-chunk's columns
+# (earlier keys, a zero-step cell there, zeros for later keys), then the [SC, SC] block itself
+zs = rows_c[None, :] == rows_i[:, None] - QSHIFT
+outside = (rows_c[None, :] < I * SC) | (rows_c[None, :] >= I * SC + SC)
+a_off = tl.where(rows_c[None, :] < rows_i[:, None] - QSHIFT, a_off, 0.0) + tl.where(zs, a_zs[:, None], 0.0)
+offs = (base + rows_i[:, None]) * C + rows_c[None, :]
+tl.store(a + offs, tl.where(rows_c[None, :] < I * SC, a_off, 0.0), mask=outside & (rows_i[:, None] < L))
+a_dg = tl.where(o_s[None, :] < o_s[:, None] - QSHIFT, a_dg, 0.0)
+a_dg += tl.where(o_s[None, :] == o_s[:, None] - QSHIFT, a_zs[:, None], 0.0)
+offs_dg = (base + rows_i[:, None]) * C + I * SC + o_s[None, :]
+tl.store(a + offs_dg, a_dg, mask=rows_i[:, None] < L)
+"""
+
+_OUT_BODY = """
+b_o = tl.full([C, BV], 0.0, dtype=tl.float32)
+for k0 in range(0, K, BK):  # queries reading the carried-in state
+    offs_k = k0 + tl.arange(0, BK)
+    b_q = load_rows(q, bos, rows_c, L, offs_k, i_h, H, K) * scale  # [C, BK]
+    bkq = load_rows(gk_cum, bos, rows_c - QSHIFT, L, offs_k, i_h, H, K)  # [C, BK]
+    b_h = load_state(hs, slot, i_h, offs_k, offs_v, H, K, V).to(DT)  # [BK, BV]
+    b_o += tl.dot((b_q * tl.exp(bkq)).to(DT), b_h, input_precision=PREC)
+base = (i_c.to(tl.int64) * H + i_h) * C
+b_a = tl.load(a + (base + rows_c[:, None]) * C + rows_c[None, :], mask=rows_c[:, None] < L, other=0.0)
+b_v = load_rows(v, bos, rows_c, L, offs_v, i_h, H, V)  # [C, BV]
+b_o += tl.dot(b_a.to(DT), b_v.to(DT), input_precision=PREC)
+store_rows(o, b_o, bos, rows_c, L, offs_v, i_h, H, V)
+"""
+
+FWD_SPLIT = f'''
+
+@triton.jit
+def chunk_fwd_a(q, k, gk_cum, a, cu, chunk_seq, chunk_loc, scale,
+                H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, SC: tl.constexpr,
+                BK: tl.constexpr, BKD: tl.constexpr, PREC: tl.constexpr):
+    """One sub-chunk's rows of the chunk's causal score matrix A [C, C], to fp32 scratch.
+    Grid (chunks * C/SC, H)."""
+    i_cs, i_h = tl.program_id(0), tl.program_id(1)
+    i_c, I = i_cs // (C // SC), i_cs % (C // SC)
+    bos, L, slot = chunk_coords(cu, chunk_seq, chunk_loc, i_c, C)
+    DT = q.dtype.element_ty
+    rows_c = tl.arange(0, C)
+    o_s = tl.arange(0, SC)
+    base = (i_c.to(tl.int64) * H + i_h) * C  # first scratch row of this (chunk, head)
+    if I * SC < L:
+{at_depth(8, _SCORES_BODY)}
+
+
+@triton.jit
+def chunk_fwd_o_split(q, k, v, gk_cum, hs, a, o, cu, chunk_seq, chunk_loc, scale,
+                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, SC: tl.constexpr,
+                      BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    """Outputs of one chunk, V-block and head from the carried-in state and chunk_fwd_a's scores.
+    Grid (V-blocks, chunks, H)."""
+{at_depth(4, chunk_program("v"))}
+{at_depth(4, _OUT_BODY)}
 '''

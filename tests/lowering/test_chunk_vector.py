@@ -267,3 +267,35 @@ def test_split_is_for_key_decay_only():
         assert "KEY decay only" in reason
         assert "def chunk_bwd_dqk_intra(" not in chunk_vector.generate_source(sig)
     assert "def chunk_bwd_dqk_intra(" in chunk_vector.generate_source(key)
+
+
+@pytest.mark.parametrize("name", ["key", "key_before"])
+def test_split_forward_matches_reference(name):
+    """fwd_mode="split" (chunk_fwd_a + chunk_fwd_o_split), alone and with the split dq / dk."""
+    sig = SIGS[name]
+    fwd = {"fwd_mode": "split"}
+    _compare(sig, random_core_inputs(sig, B=2, T=67, H=2, K=24, V=40, seed=41, requires_grad=True),
+             {**FINE, **fwd})  # fmt: skip
+    _compare(sig, random_core_inputs(sig, B=1, T=1, H=1, K=16, V=16, seed=42, requires_grad=True),
+             {**COARSE, **fwd, **SPLIT})  # fmt: skip
+    cu = torch.tensor([0, 0, 1, 6, 37], dtype=torch.int32)
+    x = random_core_inputs(sig, T=37, H=2, K=24, V=40, cu_seqlens=cu, seed=43, requires_grad=True)
+    _compare(sig, x, {**COARSE, **fwd, **SPLIT})
+    cfg = {**chunk_vector.default_config(sig, Shape(1, 150, 2, 32, 32)), **fwd, "fwd_warps": 8}
+    _compare(sig, random_core_inputs(sig, B=1, T=150, H=2, K=32, V=32, seed=44, requires_grad=True), cfg)
+
+
+def test_split_forward_is_for_key_decay_only():
+    shape = Shape(4, 4096, 16, 128, 128)
+    for name in ("value", "outer"):
+        sig = SIGS[name]
+        cfg = {**chunk_vector.default_config(sig, shape), "fwd_mode": "split"}
+        assert "KEY decay only" in chunk_vector.search_space(sig, shape).valid(cfg)
+    key = SIGS["key"]
+    assert chunk_vector.default_config(key, shape)["fwd_mode"] == "fused"  # untimed: not a default
+    assert (
+        chunk_vector.search_space(key, shape).valid(
+            {**chunk_vector.default_config(key, shape), "fwd_mode": "split"}
+        )
+        is None
+    )
