@@ -206,19 +206,20 @@ class _ChunkVector(torch.autograd.Function):
         gv_cum = launch.cumsum(P, gv.contiguous()) if P.value else None
         h0c = h0.float().contiguous() if h0 is not None else None
         hs, ht = launch.fwd_state(P, k, v, gk_cum, gv_cum, h0c, output_final_state)
+        ox = a = None  # o without its zero-step pairs (value decay); the split forward's scores
         if P.cfg.get("fwd_mode") == "split":
-            o, ox = launch.fwd_o_split(P, q, k, v, gk_cum, hs, out_dtype)
+            o, a = launch.fwd_o_split(P, q, k, v, gk_cum, hs, out_dtype)
         else:
             o, ox = launch.fwd_o(P, q, k, v, gk_cum, gv_cum, hs, out_dtype)
         ctx.plan = P
-        ctx.save_for_backward(q, k, v, gk_cum, gv_cum, hs, ox)
+        ctx.save_for_backward(q, k, v, gk_cum, gv_cum, hs, ox, a)
         ctx.dtypes = tuple(t.dtype if t is not None else None for t in (gk, gv, h0))
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
         P = ctx.plan
-        q, k, v, gk_cum, gv_cum, hs, ox = ctx.saved_tensors
+        q, k, v, gk_cum, gv_cum, hs, ox, a = ctx.saved_tensors
         gk_dtype, gv_dtype, h0_dtype = ctx.dtypes
         launch.POISON["on"] = POISON_OUTPUTS
         if do is None:
@@ -226,7 +227,10 @@ class _ChunkVector(torch.autograd.Function):
         do = do.contiguous()
         dht = dht.float().contiguous() if dht is not None else None
         dhs, dh0 = launch.bwd_state(P, q, do, gk_cum, gv_cum, hs, dht, want_dh0=h0_dtype is not None)
-        dv, dgv = launch.bwd_dv(P, q, k, v, do, ox, gk_cum, gv_cum, hs, dhs)
+        if a is not None:  # the forward's scores: dv in two tensor-core products
+            dv, dgv = launch.bwd_dv_split(P, q, k, do, gk_cum, dhs, a), None
+        else:
+            dv, dgv = launch.bwd_dv(P, q, k, v, do, ox, gk_cum, gv_cum, hs, dhs)
         bwd_dqk = {
             "fused": launch.bwd_dqk,
             "shared_scores": launch.bwd_dqk_shared,

@@ -131,8 +131,8 @@ def fwd_o(P: Plan, q, k, v, gk_cum, gv_cum, hs, out_dtype: torch.dtype):
 
 
 def fwd_o_split(P: Plan, q, k, v, gk_cum, hs, out_dtype: torch.dtype):
-    """(o, None) as :func:`fwd_o` (``fwd_mode="split"``, KEY decay only): the chunks' score
-    matrices to fp32 scratch per sub-chunk, then the outputs per chunk
+    """(o, A) (``fwd_mode="split"``, KEY decay only): the chunks' score matrices A to fp32 scratch
+    per sub-chunk, then the outputs per chunk; A is kept for :func:`bwd_dv_split`
     (:mod:`scandsl.lowering.chunk_vector_split`)."""
     cfg, dev = P.cfg, v.device
     C, SC = cfg["chunk"], cfg["sub"]
@@ -149,7 +149,22 @@ def fwd_o_split(P: Plan, q, k, v, gk_cum, hs, out_dtype: torch.dtype):
             SC=SC, BK=cfg["fwd_BK"], BV=cfg["fwd_BV"],
             num_warps=cfg["fwd_warps"], num_stages=cfg["num_stages"], **P.common(),
         )  # fmt: skip
-    return o, None
+    else:
+        a = empty(0, dtype=torch.float32, device=dev)
+    return o, a
+
+
+def bwd_dv_split(P: Plan, q, k, do, gk_cum, dhs, a):
+    """dv from the forward's scores ``a`` (``fwd_mode="split"``): one program per (V-block, chunk, head)."""
+    cfg = P.cfg
+    dv = empty(*do.shape[:-1], P.V, dtype=do.dtype, device=do.device)
+    if P.TC:
+        P.kernels.chunk_bwd_dv_split[(cdiv(P.V, cfg["dv_BV"]), P.TC, P.H)](
+            q, k, do, gk_cum, dhs, a, dv, P.cu, P.chunk_seq, P.chunk_loc,
+            SC=cfg["sub"], BK=cfg["dv_BK"], BV=cfg["dv_BV"],
+            num_warps=cfg["dv_warps"], num_stages=cfg["num_stages"], **P.common(),
+        )  # fmt: skip
+    return dv
 
 
 def bwd_state(P: Plan, q, do, gk_cum, gv_cum, hs, dht, want_dh0: bool):

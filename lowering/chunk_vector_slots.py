@@ -389,7 +389,7 @@ def generate_source(sig: CoreSig, config: dict | None = None) -> str:
     template = tpl.HEADER + tpl.CUMSUM + tpl.FWD_STATE + tpl.FWD_O + tpl.BWD_STATE + tpl.BWD_DV + tpl.BWD_DQK
     template += shared.BWD_DA + shared.BWD_DQK_SHARED  # dqk_mode="shared_scores"
     if sig.decay is Decay.KEY:
-        template += split.FWD_SPLIT + split.BWD_DQK_SPLIT  # fwd_mode="split", dqk_mode="split"
+        template += split.FWD_SPLIT + split.BWD_DV_SPLIT + split.BWD_DQK_SPLIT  # the split modes
     values = slots(sig)
     values.update(shared.slots(values["value_scores"], _has_value(sig)))
     return fill(template, values)

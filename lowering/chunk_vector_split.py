@@ -34,13 +34,18 @@ sub-chunks with ``[SC, *]`` products, 244 registers in an sm_90 build and no wgm
    against earlier sub-chunks, the sub-chunk itself elementwise — ``chunk_fwd_o``'s arithmetic;
 2. ``chunk_fwd_o_split`` — one program per (V-block, chunk, head): ``o = (q exp(bkq)) h0 + A v``
    as ``[C, BK] x [BK, BV]`` and ``[C, C] x [C, BV]`` products.
+
+The forward keeps ``A`` for the backward (``[chunks, H, C, C]`` fp32, 67 MB at B=4 T=4096 H=16),
+whose dv is then ``chunk_bwd_dv_split``, one program per (V-block, chunk, head):
+``dv = (k exp(bk_last - bk)) dh + A^T do``, two tensor-core products, instead of ``chunk_bwd_dv``
+rebuilding the scores sub-chunk by sub-chunk.
 """
 
 from __future__ import annotations
 
 from scandsl.lowering.chunk_vector_templates import at_depth, chunk_program
 
-__all__ = ["BWD_DQK_SPLIT", "FWD_SPLIT"]
+__all__ = ["BWD_DQK_SPLIT", "FWD_SPLIT", "BWD_DV_SPLIT"]
 
 _INTRA_BODY = """
 rows_i = I * SC + o_s
@@ -230,4 +235,31 @@ def chunk_fwd_o_split(q, k, v, gk_cum, hs, a, o, cu, chunk_seq, chunk_loc, scale
     Grid (V-blocks, chunks, H)."""
 {at_depth(4, chunk_program("v"))}
 {at_depth(4, _OUT_BODY)}
+'''
+
+_DV_BODY = """
+b_dv = tl.full([C, BV], 0.0, dtype=tl.float32)
+for k0 in range(0, K, BK):  # keys feeding the state handed on
+    offs_k = k0 + tl.arange(0, BK)
+    b_k = load_rows(k, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
+    bk = load_rows(gk_cum, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
+    bk_last = load_row(gk_cum, bos, L - 1, L, offs_k, i_h, H, K)  # [BK]
+    b_dh = load_state(dhs, slot, i_h, offs_k, offs_v, H, K, V).to(DT)  # [BK, BV]
+    b_dv += tl.dot((b_k * tl.exp(tl.minimum(bk_last[None, :] - bk, 0.0))).to(DT), b_dh, input_precision=PREC)
+base = (i_c.to(tl.int64) * H + i_h) * C
+b_a = tl.load(a + (base + rows_c[:, None]) * C + rows_c[None, :], mask=rows_c[:, None] < L, other=0.0)
+b_do = load_rows(do, bos, rows_c, L, offs_v, i_h, H, V)  # [C, BV]
+b_dv += tl.dot(tl.trans(b_a).to(DT), b_do.to(DT), input_precision=PREC)
+store_rows(dv, b_dv, bos, rows_c, L, offs_v, i_h, H, V)
+"""
+
+BWD_DV_SPLIT = f'''
+
+@triton.jit
+def chunk_bwd_dv_split(q, k, do, gk_cum, dhs, a, dv, cu, chunk_seq, chunk_loc,
+                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, SC: tl.constexpr,
+                       BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    """dv of one chunk, V-block and head from the forward's scores A. Grid (V-blocks, chunks, H)."""
+{at_depth(4, chunk_program("v"))}
+{at_depth(4, _DV_BODY)}
 '''
