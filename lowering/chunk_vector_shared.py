@@ -31,7 +31,7 @@ from scandsl.lowering.chunk_vector_templates import (
     chunk_program,
 )
 
-__all__ = ["BWD_DA", "BWD_DQK_SHARED", "slots"]
+__all__ = ["BWD_DA", "BWD_DQK_SHARED", "SCRATCH_SCORES", "slots"]
 
 BWD_DA = f'''
 
@@ -70,6 +70,20 @@ def chunk_bwd_da(do, v, gv_cum, da, dat, ddg, cu, chunk_seq, chunk_loc,
         tl.store(ddg + (base + rows_i[:, None]) * SC + o_s[None, :], da_dg)
 '''
 
+# sub-chunk I's rows of chunk_bwd_da's scratch, the zero-step cells taken apart again
+SCRATCH_SCORES = """
+offs = (base + rows_i[:, None]) * C + rows_c[None, :]
+da_row = tl.load(da + offs)  # [SC, C] da against earlier sub-chunks + zero-step cells
+dat_row = tl.load(dat + offs)  # [SC, C] da^T against later sub-chunks + zero-step cells
+da_dg = tl.load(ddg + (base + rows_i[:, None]) * SC + o_s[None, :])  # [SC, SC] inside the sub-chunk
+zs = rows_c[None, :] == rows_i[:, None] - QSHIFT
+da_zs = tl.sum(tl.where(zs, da_row, 0.0), axis=1)  # [SC]
+da_off = tl.where(zs, 0.0, da_row)
+zs_t = rows_c[None, :] == rows_i[:, None] + QSHIFT
+dat_zs = tl.sum(tl.where(zs_t, dat_row, 0.0), axis=1)  # [SC]
+dat_off = tl.where(zs_t, 0.0, dat_row)
+"""
+
 BWD_DQK_SHARED = f'''
 
 @triton.jit
@@ -88,16 +102,7 @@ def chunk_bwd_dqk_shared(q, k, v, do, gk_cum, gv_cum, hs, dhs, da, dat, ddg, dq,
 {at_depth(12, V_BLOCK_ROWS)}
 {at_depth(12, V_BLOCK_STATES)}
             @value_state@
-        offs = (base + rows_i[:, None]) * C + rows_c[None, :]
-        da_row = tl.load(da + offs)  # [SC, C] da_off + zero-step cells
-        dat_row = tl.load(dat + offs)  # [SC, C] dat_off + zero-step cells
-        da_dg = tl.load(ddg + (base + rows_i[:, None]) * SC + o_s[None, :])  # [SC, SC]
-        zs = rows_c[None, :] == rows_i[:, None] - QSHIFT
-        da_zs = tl.sum(tl.where(zs, da_row, 0.0), axis=1)  # [SC]
-        da_off = tl.where(zs, 0.0, da_row)
-        zs_t = rows_c[None, :] == rows_i[:, None] + QSHIFT
-        dat_zs = tl.sum(tl.where(zs_t, dat_row, 0.0), axis=1)  # [SC]
-        dat_off = tl.where(zs_t, 0.0, dat_row)
+{at_depth(8, SCRATCH_SCORES)}
 {at_depth(8, KEY_GRADIENTS)}
 '''
 

@@ -93,16 +93,7 @@ _KEY_SCORES_PLAIN = """
     b_ki = load_rows(k, bos, rows_i, L, offs_k, i_h, H, K)  # [SC, BK]
     a_dg += tl.dot(b_qd, tl.trans(b_ki.to(DT)), input_precision=PREC)
 """
-_KEY_DIAG_GATED = """
-    for d0 in range(0, K, BKD):  # pair decays inside the sub-chunk, elementwise in fp32
-        offs_d = d0 + tl.arange(0, BKD)
-        a_dg += diag_scores(
-            load_rows(q, bos, rows_i, L, offs_d, i_h, H, K) * scale,
-            load_rows(gk_cum, bos, rows_i - QSHIFT, L, offs_d, i_h, H, K),
-            load_rows(k, bos, rows_i, L, offs_d, i_h, H, K),
-            load_rows(gk_cum, bos, rows_i, L, offs_d, i_h, H, K),
-        )
-"""
+
 _VALUE_APPLY_GATED = """
     bvq = load_rows(gv_cum, bos, rows_i - QSHIFT, L, offs_v, i_h, H, V)  # [SC, BV] decay the queries see
     vref = load_row(gv_cum, bos, I * SC - QSHIFT, L, offs_v, i_h, H, V)  # [BV] at the sub-chunk's first query
@@ -345,7 +336,7 @@ def slots(sig: CoreSig) -> dict[str, str]:
         "state_decay": "\n".join(s for s in both if s),
         "state_decay_bwd": "\n".join(s for s in both_bwd if s),
         "key_scores": _code(_KEY_SCORES_GATED if key else _KEY_SCORES_PLAIN),
-        "key_diag": _code(_KEY_DIAG_GATED) if key else "",
+        "key_diag": _code(tpl.KEY_DIAG) if key else "",
         "value_apply": _code(_VALUE_APPLY_GATED if value else _VALUE_APPLY_PLAIN),
         "key_scores_t": _code(_KEY_SCORES_T_GATED if key else _KEY_SCORES_T_PLAIN),
         "key_diag_t": _code(_KEY_DIAG_T_GATED) if key else "",

@@ -43,23 +43,20 @@ rebuilding the scores sub-chunk by sub-chunk.
 
 from __future__ import annotations
 
-from scandsl.lowering.chunk_vector_templates import at_depth, chunk_program
+import textwrap
+
+from scandsl.lowering.chunk_vector_shared import SCRATCH_SCORES
+from scandsl.lowering.chunk_vector_templates import KEY_DIAG, at_depth, chunk_program
 
 __all__ = ["BWD_DQK_SPLIT", "FWD_SPLIT", "BWD_DV_SPLIT"]
 
-_INTRA_BODY = """
+_INTRA_BODY = (
+    """
 rows_i = I * SC + o_s
 last_i = tl.minimum(I * SC + SC, L) - 1  # the sub-chunk's last valid row
-offs = (base + rows_i[:, None]) * C + rows_c[None, :]
-da_row = tl.load(da + offs)  # [SC, C] da against earlier sub-chunks + zero-step cells
-dat_row = tl.load(dat + offs)  # [SC, C] da^T against later sub-chunks + zero-step cells
-da_dg = tl.load(ddg + (base + rows_i[:, None]) * SC + o_s[None, :])  # [SC, SC] inside the sub-chunk
-zs = rows_c[None, :] == rows_i[:, None] - QSHIFT
-da_zs = tl.sum(tl.where(zs, da_row, 0.0), axis=1)  # [SC]
-da_off = tl.where(zs, 0.0, da_row)
-zs_t = rows_c[None, :] == rows_i[:, None] + QSHIFT
-dat_zs = tl.sum(tl.where(zs_t, dat_row, 0.0), axis=1)  # [SC]
-dat_off = tl.where(zs_t, 0.0, dat_row)
+"""
+    + SCRATCH_SCORES.strip("\n")
+    + """
 b_qi = load_rows(q, bos, rows_i, L, offs_k, i_h, H, K) * scale  # [SC, BK]
 b_ki = load_rows(k, bos, rows_i, L, offs_k, i_h, H, K)  # [SC, BK]
 b_q = load_rows(q, bos, rows_c, L, offs_k, i_h, H, K) * scale  # [C, BK]
@@ -85,6 +82,7 @@ store_rows(xa, xq - b_ki * b_dki, bos, rows_i, L, offs_k, i_h, H, K)
 if STORE_XQ:
     store_rows(xqa, xq, bos, rows_i, L, offs_k, i_h, H, K)
 """
+)
 
 _INTER_BODY = """
 dq_in = tl.full([C, BK], 0.0, dtype=tl.float32)  # do h^T: queries reading the carried-in state
@@ -155,7 +153,8 @@ def chunk_bwd_dqk_inter(q, k, v, do, gk_cum, hs, dhs, dqa, dka, xa, xqa, dq, dk,
 {at_depth(4, _INTER_BODY)}
 '''
 
-_SCORES_BODY = """
+_SCORES_BODY = (
+    """
 rows_i = I * SC + o_s
 a_off = tl.full([SC, C], 0.0, dtype=tl.float32)  # scores against keys of earlier sub-chunks
 a_dg = tl.full([SC, SC], 0.0, dtype=tl.float32)  # scores inside the sub-chunk
@@ -172,14 +171,9 @@ for k0 in range(0, K, BK):
     q_r = (b_q * tl.exp(tl.minimum(bkq - ref[None, :], 0.0))).to(DT)  # rebased on ref: exponent <= 0
     k_r = (b_k * tl.exp(tl.minimum(ref[None, :] - bk, 0.0))).to(DT)  # exact for keys before the sub-chunk
     a_off += tl.dot(q_r, tl.trans(k_r), input_precision=PREC)
-for d0 in range(0, K, BKD):  # pair decays inside the sub-chunk, elementwise in fp32
-    offs_d = d0 + tl.arange(0, BKD)
-    a_dg += diag_scores(
-        load_rows(q, bos, rows_i, L, offs_d, i_h, H, K) * scale,
-        load_rows(gk_cum, bos, rows_i - QSHIFT, L, offs_d, i_h, H, K),
-        load_rows(k, bos, rows_i, L, offs_d, i_h, H, K),
-        load_rows(gk_cum, bos, rows_i, L, offs_d, i_h, H, K),
-    )
+"""
+    + textwrap.dedent(KEY_DIAG).strip("\n")
+    + """
 # two stores that never touch the same cell: the row block outside the sub-chunk's columns
 # (earlier keys, a zero-step cell there, zeros for later keys), then the [SC, SC] block itself
 zs = rows_c[None, :] == rows_i[:, None] - QSHIFT
@@ -192,6 +186,7 @@ a_dg += tl.where(o_s[None, :] == o_s[:, None] - QSHIFT, a_zs[:, None], 0.0)
 offs_dg = (base + rows_i[:, None]) * C + I * SC + o_s[None, :]
 tl.store(a + offs_dg, a_dg, mask=rows_i[:, None] < L)
 """
+)
 
 _OUT_BODY = """
 b_o = tl.full([C, BV], 0.0, dtype=tl.float32)

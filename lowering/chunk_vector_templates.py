@@ -329,6 +329,18 @@ DQK_SUB_CHUNKS = f"""
         dk_st = tl.full([SC, BK], 0.0, dtype=tl.float32)  # keys feeding the state handed on
 """
 
+# pair decays inside sub-chunk I, elementwise: the scores a_dg of its queries against its keys
+KEY_DIAG = """
+    for d0 in range(0, K, BKD):  # pair decays inside the sub-chunk, elementwise in fp32
+        offs_d = d0 + tl.arange(0, BKD)
+        a_dg += diag_scores(
+            load_rows(q, bos, rows_i, L, offs_d, i_h, H, K) * scale,
+            load_rows(gk_cum, bos, rows_i - QSHIFT, L, offs_d, i_h, H, K),
+            load_rows(k, bos, rows_i, L, offs_d, i_h, H, K),
+            load_rows(gk_cum, bos, rows_i, L, offs_d, i_h, H, K),
+        )
+"""
+
 # the V-wide scores of sub-chunk I, summed over the V loop
 SCORE_ACCUMULATORS = """
     da_off = tl.full([SC, C], 0.0, dtype=tl.float32)  # da against earlier sub-chunks (rows i)
