@@ -11,6 +11,7 @@
 # the `*.autotune.json` files Triton's autotuner (flash-linear-attention's kernels use it)
 # wrote, which a later call finds again if the repo has them, extracted, in .triton_autotune/
 # (ignored; carry it): FLA's autotuning of a fwd+bwd took more than 100 s of a call's budget.
+# gpu.txt holds the GPU's clocks, power and throttle state at the start of the call.
 #
 # Example (carry: [".whl", ".anchors", ".triton_autotune"]):
 #   bash bench/device_run.sh \
@@ -29,7 +30,10 @@ mkdir -p "$TRITON_CACHE_DIR"
 if [ -d .triton_autotune ]; then
     cp -r .triton_autotune/. "$TRITON_CACHE_DIR"/
 fi
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv > "$OUT/gpu.csv" 2>&1 || true
+# the machine: the same GPU model has timed a latency-bound kernel 2x apart on different lent
+# machines (docs/performance.md), so every call records clocks, power and throttle reasons
+{ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv
+  nvidia-smi -q -d CLOCK,POWER,PERFORMANCE,TEMPERATURE; } > "$OUT/gpu.txt" 2>&1 || true
 for step in "$@"; do
     read -r secs name cmd <<< "$step"
     if ! [[ "$secs" =~ ^[0-9]+$ ]] || [ -z "$name" ] || [ -z "$cmd" ]; then
