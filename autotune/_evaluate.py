@@ -229,6 +229,7 @@ class Evaluator:
         if reason is not None:
             rec.state, rec.reason = "invalid", reason
             return rec
+        t0 = time.perf_counter()  # where a grid's time goes: the check (with first launches) and the timing
         try:
             wrong = self._check(mod, config, rec)
         except Exception as err:
@@ -237,8 +238,11 @@ class Evaluator:
         if wrong is not None:
             rec.state, rec.reason = "wrong", wrong
             return rec
+        t1 = time.perf_counter()
+        rec.extra["check_s"] = round(t1 - t0, 4)
         try:
             ms = float(self.timer(self._timed_fn(mod, config), strategy=strategy, config=dict(config)))
+            rec.extra["time_s"] = round(time.perf_counter() - t1, 4)
         except Exception as err:
             rec.state, rec.reason = "error", f"while timing: {_short(err)}"
             return self._fault_or(rec, err)

@@ -171,6 +171,10 @@ def run(args: argparse.Namespace) -> int:
             f"  grid pre-compile: {grid.meta['precompiled']} configs in {grid.meta['precompile_s']:.0f} s",
             flush=True,
         )
+    spent = [(r.extra["check_s"], r.extra["time_s"]) for r in grid.records if "time_s" in r.extra]
+    if spent:
+        check, timing = (statistics.median(x) for x in zip(*spent))
+        print(f"  grid walk per config (median): check {check:.2f} s, timing {timing:.2f} s", flush=True)
     print(format_table(grid), flush=True)
     if grid.best is None:
         print("no grid config passed its check", file=sys.stderr)

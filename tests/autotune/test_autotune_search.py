@@ -234,6 +234,8 @@ def test_grid_budget_json_round_trip_and_sampler_study(tmp_path):
                        shuffle_seed=0)  # fmt: skip
     back = result_from_json(json.loads(json.dumps(result_to_json(grid))))
     assert back.best.ms == grid.best.ms and back.key == grid.key and len(back.records) == 193
+    # where a walk's time goes, per config: the correctness check and the timing
+    assert all(r.extra["check_s"] >= 0 and r.extra["time_s"] >= 0 for r in back.records if r.ok)
     path = tmp_path / "tune_study.json"
     path.write_text(json.dumps({"grid": result_to_json(grid)}))
     assert study_main(["replay", str(path), "--samplers", "tpe,random", "--seeds", "2",
