@@ -112,13 +112,25 @@ def test_varlen_and_hand_off(name, strategy):
             k: (v[:, lo:hi] if k in time_args and isinstance(v, torch.Tensor) else v) for k, v in kw.items()
         }
 
-    init1 = [_f32(x)[:1] for x in init64]
+    init1 = [_f32(x)[:1].detach().requires_grad_(True) for x in init64]
     o_all, s_all = _run(fn, kw, init1, sc, strategy)
     o1, s1 = _run(fn, piece(0, split), init1, sc, strategy)
     o2, s2 = _run(fn, piece(split, None), list(_as_tuple(s1)), sc, strategy)
     assert rel_err(torch.cat([o1, o2], 1), o_all) <= OUT_TOL
     for a, b in zip(_as_tuple(s2), _as_tuple(s_all)):
         assert rel_err(a, b) <= OUT_TOL
+    # ... and the gradients: through the handed-on state back into the first piece's inputs and
+    # its initial state, equal to those of the single call
+    leaves = [t for t in list(kw.values()) + init1 if isinstance(t, torch.Tensor) and t.requires_grad]
+    w = torch.randn(o_all.shape, generator=torch.Generator().manual_seed(9)).to(o_all.device)
+    g_all = torch.autograd.grad((o_all * w).sum(), leaves, allow_unused=True)
+    g_pieces = torch.autograd.grad((torch.cat([o1, o2], 1) * w).sum(), leaves, allow_unused=True)
+    for i, (a, b) in enumerate(zip(g_pieces, g_all)):
+        assert (a is None) == (b is None), f"grad #{i}: present in one run only"
+        if b is not None:
+            assert rel_err(a, b) <= GRAD_TOL, (
+                f"grad #{i} {tuple(b.shape)} through the hand-off: {rel_err(a, b):.2e}"
+            )
 
 
 @pytest.mark.parametrize("strategy", ["sequential", "scan", "chunk"])
@@ -132,6 +144,8 @@ def test_mlstm_large_input_gates_do_not_overflow(strategy):
     x = random_spec_inputs(spec, B=1, T=150, H=2, sizes={"K": 16, "V": 16}, seed=1)
     x["i"] = torch.rand(1, 150, 2, generator=torch.Generator().manual_seed(2)) * 50
     ref, _ = ops.mlstm(**{k: v.double() for k, v in x.items()}, strategy="reference")
-    o, (S, z) = ops.mlstm(**{k: v.to(DEVICE) for k, v in x.items()}, strategy=strategy, output_final_state=True)
+    o, (S, z) = ops.mlstm(
+        **{k: v.to(DEVICE) for k, v in x.items()}, strategy=strategy, output_final_state=True
+    )
     assert torch.isfinite(S).all() and torch.isfinite(z).all() and S.abs().max() > 1e20
     assert rel_err(o, ref) <= OUT_TOL
