@@ -417,30 +417,57 @@ def aot_compile(kernel, meta: dict, fp32_ptrs: set) -> dict:
     return _aot_compile(kernel, meta, arg_type)
 
 
+def _aot_jobs(mod, sig: CoreSig, cfg: dict) -> dict:
+    """{kernel name: (kernel, constexprs + launch options)} of the kernels ``cfg`` launches for
+    the forward output, dv and dq / dk (the state walks and the cumsum do not change with the modes)."""
+    common = dict(H=TARGET.H, K=TARGET.K, C=cfg["chunk"], SC=cfg["sub"], PREC=cfg["fp32_dot"],
+                  num_stages=cfg["num_stages"])  # fmt: skip
+    wide = dict(common, V=TARGET.V)
+    fwd, dv, dqk = (
+        dict(BK=cfg[f"{p}_BK"], BV=cfg[f"{p}_BV"], num_warps=cfg[f"{p}_warps"]) for p in ("fwd", "dv", "dqk")
+    )
+    before = sig.readout is Readout.BEFORE
+    jobs = {}
+    if cfg["fwd_mode"] == "split":
+        jobs["chunk_fwd_a"] = (
+            mod.chunk_fwd_a,
+            dict(common, BK=fwd["BK"], BKD=cfg["diag_BK"], num_warps=fwd["num_warps"]),
+        )
+        jobs["chunk_fwd_o_split"] = (mod.chunk_fwd_o_split, dict(wide, **fwd))
+        jobs["chunk_bwd_dv_split"] = (mod.chunk_bwd_dv_split, dict(wide, **dv))
+    else:
+        jobs["chunk_fwd_o"] = (mod.chunk_fwd_o, dict(wide, **fwd, BKD=cfg["diag_BK"]))
+        jobs["chunk_bwd_dv"] = (mod.chunk_bwd_dv, dict(wide, **dv, BKD=cfg["diag_BK"]))
+    if cfg["dqk_mode"] == "fused":
+        jobs["chunk_bwd_dqk"] = (mod.chunk_bwd_dqk, dict(wide, **dqk, BVD=cfg["diag_BV"]))
+        return jobs
+    jobs["chunk_bwd_da"] = (
+        mod.chunk_bwd_da,
+        dict(wide, BV=cfg["da_BV"], BVD=cfg["diag_BV"], num_warps=cfg["da_warps"]),
+    )
+    if cfg["dqk_mode"] == "shared_scores":
+        jobs["chunk_bwd_dqk_shared"] = (mod.chunk_bwd_dqk_shared, dict(wide, **dqk))
+    else:
+        intra = dict(common, BK=dqk["BK"], num_warps=dqk["num_warps"], STORE_XQ=before)
+        jobs["chunk_bwd_dqk_intra"] = (mod.chunk_bwd_dqk_intra, intra)
+        jobs["chunk_bwd_dqk_inter"] = (mod.chunk_bwd_dqk_inter, dict(wide, **dqk, STORE_XQ=before))
+    return jobs
+
+
 def aot_main(rep: Report) -> None:
-    """--aot: the dq/dk kernels of both dqk modes at the timing shape, compiled for sm_90 on the CPU."""
+    """--aot: the output, dv and dq/dk kernels of every mode at the timing shape, compiled for
+    sm_90 on the CPU (registers, spill, shared memory, wgmma instructions)."""
     from scandsl.lowering import chunk_vector
     from scandsl.lowering import chunk_vector_launch as L
 
-    fp32 = {"gk_cum", "gv_cum", "dgk", "da", "dat", "ddg"}
+    fp32 = {"gk_cum", "gv_cum", "dgk", "dgv", "da", "dat", "ddg", "ox", "a", "dqa", "dka", "xa", "xqa"}
     for name in ("key", "key_before"):
         sig = SIGS[name]
         mod = L.kernels(sig)
-        for var in [{}] + SHARED:
+        for var in [{}] + SHARED + SPLIT:
             cfg = {**chunk_vector.default_config(sig, TARGET), **var}
-            common = dict(H=TARGET.H, K=TARGET.K, V=TARGET.V, C=cfg["chunk"], SC=cfg["sub"], PREC=cfg["fp32_dot"],
-                          num_stages=cfg["num_stages"])  # fmt: skip
-            dqk = dict(BK=cfg["dqk_BK"], BV=cfg["dqk_BV"], num_warps=cfg["dqk_warps"], **common)
-            if cfg["dqk_mode"] == "fused":
-                jobs = {"chunk_bwd_dqk": (mod.chunk_bwd_dqk, {**dqk, "BVD": cfg["diag_BV"]})}
-            else:
-                da = dict(BV=cfg["da_BV"], BVD=cfg["diag_BV"], num_warps=cfg["da_warps"], **common)
-                jobs = {
-                    "chunk_bwd_da": (mod.chunk_bwd_da, da),
-                    "chunk_bwd_dqk_shared": (mod.chunk_bwd_dqk_shared, dqk),
-                }
-            for kname, (kern, meta) in jobs.items():
-                key = json.dumps(var, sort_keys=True)
+            key = json.dumps(var, sort_keys=True)
+            for kname, (kern, meta) in _aot_jobs(mod, sig, cfg).items():
                 try:
                     res = aot_compile(kern, meta, fp32)
                 except Exception as err:
