@@ -134,9 +134,9 @@ def _check_config(sig: CoreSig, cfg: dict, shape: Shape) -> str | None:
         return f"dqk_mode={cfg['dqk_mode']!r} must be one of {DQK_MODES}"
     if cfg["dqk_mode"] == "split" and sig.decay is not Decay.KEY:
         return f"dqk_mode='split' is built for KEY decay only, not {sig.decay.name}"
-    if cfg.get("fwd_mode", "fused") not in FWD_MODES:
+    if cfg["fwd_mode"] not in FWD_MODES:
         return f"fwd_mode={cfg['fwd_mode']!r} must be one of {FWD_MODES}"
-    if cfg.get("fwd_mode") == "split" and sig.decay is not Decay.KEY:
+    if cfg["fwd_mode"] == "split" and sig.decay is not Decay.KEY:
         return f"fwd_mode='split' is built for KEY decay only, not {sig.decay.name}"
     value = sig.decay in (Decay.VALUE, Decay.OUTER)
     key = sig.decay in (Decay.KEY, Decay.OUTER)
@@ -207,7 +207,7 @@ class _ChunkVector(torch.autograd.Function):
         h0c = h0.float().contiguous() if h0 is not None else None
         hs, ht = launch.fwd_state(P, k, v, gk_cum, gv_cum, h0c, output_final_state)
         ox = a = None  # o without its zero-step pairs (value decay); the split forward's scores
-        if P.cfg.get("fwd_mode") == "split":
+        if P.cfg["fwd_mode"] == "split":
             o, a = launch.fwd_o_split(P, q, k, v, gk_cum, hs, out_dtype)
         else:
             o, ox = launch.fwd_o(P, q, k, v, gk_cum, gv_cum, hs, out_dtype)

@@ -29,6 +29,8 @@ __all__ = [
     "bwd_dqk",
     "bwd_dqk_shared",
     "bwd_dqk_split",
+    "fwd_o_split",
+    "bwd_dv_split",
 ]
 
 # Tests flip this (through chunk_vector.POISON_OUTPUTS) to NaN-fill every buffer a kernel must overwrite.

@@ -284,23 +284,13 @@ _VALUE_DIAG_GATED = """
             load_rows(gv_cum, bos, rows_i, L, offs_d, i_h, H, V),
         )
 """
-_KEY_APPLY_GATED = """
-    bkqi = load_rows(gk_cum, bos, rows_i - QSHIFT, L, offs_k, i_h, H, K)  # [SC, BK]
-    bki = load_rows(gk_cum, bos, rows_i, L, offs_k, i_h, H, K)  # [SC, BK]
-    bkq = load_rows(gk_cum, bos, rows_c - QSHIFT, L, offs_k, i_h, H, K)  # [C, BK]
-    bk = load_rows(gk_cum, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
-    bk_last = load_row(gk_cum, bos, L - 1, L, offs_k, i_h, H, K)  # [BK]
-    ref = load_row(gk_cum, bos, I * SC - QSHIFT, L, offs_k, i_h, H, K)  # [BK] first query of the sub-chunk
-    ref_t = load_row(gk_cum, bos, last_i, L, offs_k, i_h, H, K)  # [BK] last key of the sub-chunk
-    k_r = (b_k * tl.exp(tl.minimum(ref[None, :] - bk, 0.0))).to(DT)
-    b_dq = tl.exp(bkqi) * dq_in
-    b_dq += tl.exp(tl.minimum(bkqi - ref[None, :], 0.0)) * tl.dot(da_off.to(DT), k_r, input_precision=PREC)
-    b_dq += diag_apply(da_dg, b_ki, bkqi, bki)
-    q_r = (b_q * tl.exp(tl.minimum(bkq - ref_t[None, :], 0.0))).to(DT)
-    b_dks = tl.exp(tl.minimum(bk_last[None, :] - bki, 0.0)) * dk_st  # through the state handed on
-    b_dki = tl.exp(tl.minimum(ref_t[None, :] - bki, 0.0)) * tl.dot(dat_off.to(DT), q_r, input_precision=PREC)
-    b_dki += diag_apply(tl.trans(da_dg), b_qi, -bki, -bkqi)
+_KEY_APPLY_GATED = (
+    tpl.key_intra("tl.exp(bkqi) * dq_in + ")
+    + """\
+bk_last = load_row(gk_cum, bos, L - 1, L, offs_k, i_h, H, K)  # [BK]
+b_dks = tl.exp(tl.minimum(bk_last[None, :] - bki, 0.0)) * dk_st  # through the state handed on
 """
+)
 _KEY_APPLY_PLAIN = """
     b_dq = dq_in + tl.dot(da_off.to(DT), b_k.to(DT), input_precision=PREC)
     b_dq += tl.dot(da_dg.to(DT), b_ki.to(DT), input_precision=PREC)

@@ -46,7 +46,14 @@ from __future__ import annotations
 import textwrap
 
 from scandsl.lowering.chunk_vector_shared import SCRATCH_SCORES
-from scandsl.lowering.chunk_vector_templates import KEY_DIAG, at_depth, chunk_program
+from scandsl.lowering.chunk_vector_templates import (
+    KEY_DIAG,
+    KEY_ROWS,
+    ZERO_STEP_QK,
+    at_depth,
+    chunk_program,
+    key_intra,
+)
 
 __all__ = ["BWD_DQK_SPLIT", "FWD_SPLIT", "BWD_DV_SPLIT"]
 
@@ -56,26 +63,10 @@ rows_i = I * SC + o_s
 last_i = tl.minimum(I * SC + SC, L) - 1  # the sub-chunk's last valid row
 """
     + SCRATCH_SCORES.strip("\n")
-    + """
-b_qi = load_rows(q, bos, rows_i, L, offs_k, i_h, H, K) * scale  # [SC, BK]
-b_ki = load_rows(k, bos, rows_i, L, offs_k, i_h, H, K)  # [SC, BK]
-b_q = load_rows(q, bos, rows_c, L, offs_k, i_h, H, K) * scale  # [C, BK]
-b_k = load_rows(k, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
-bkqi = load_rows(gk_cum, bos, rows_i - QSHIFT, L, offs_k, i_h, H, K)  # [SC, BK]
-bki = load_rows(gk_cum, bos, rows_i, L, offs_k, i_h, H, K)  # [SC, BK]
-bkq = load_rows(gk_cum, bos, rows_c - QSHIFT, L, offs_k, i_h, H, K)  # [C, BK]
-bk = load_rows(gk_cum, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
-ref = load_row(gk_cum, bos, I * SC - QSHIFT, L, offs_k, i_h, H, K)  # [BK] first query of the sub-chunk
-ref_t = load_row(gk_cum, bos, last_i, L, offs_k, i_h, H, K)  # [BK] last key of the sub-chunk
-k_r = (b_k * tl.exp(tl.minimum(ref[None, :] - bk, 0.0))).to(DT)
-b_dq = tl.exp(tl.minimum(bkqi - ref[None, :], 0.0)) * tl.dot(da_off.to(DT), k_r, input_precision=PREC)
-b_dq += diag_apply(da_dg, b_ki, bkqi, bki)
-q_r = (b_q * tl.exp(tl.minimum(bkq - ref_t[None, :], 0.0))).to(DT)
-b_dki = tl.exp(tl.minimum(ref_t[None, :] - bki, 0.0)) * tl.dot(dat_off.to(DT), q_r, input_precision=PREC)
-b_dki += diag_apply(tl.trans(da_dg), b_qi, -bki, -bkqi)
-dq_zs = da_zs[:, None] * load_rows(k, bos, rows_i - QSHIFT, L, offs_k, i_h, H, K)
-dk_zs = dat_zs[:, None] * load_rows(q, bos, rows_i + QSHIFT, L, offs_k, i_h, H, K) * scale
-xq = b_qi * b_dq
+    + KEY_ROWS
+    + key_intra().strip("\n")
+    + ZERO_STEP_QK
+    + """xq = b_qi * b_dq
 store_rows(dqa, b_dq + dq_zs, bos, rows_i, L, offs_k, i_h, H, K)
 store_rows(dka, b_dki + dk_zs, bos, rows_i, L, offs_k, i_h, H, K)
 store_rows(xa, xq - b_ki * b_dki, bos, rows_i, L, offs_k, i_h, H, K)

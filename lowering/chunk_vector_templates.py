@@ -379,18 +379,52 @@ SCORE_MASKS = """
 """
 
 # dq, dk (and the key log-decay gradient) of sub-chunk I from the scores and the state terms
-KEY_GRADIENTS = """
-    b_qi = load_rows(q, bos, rows_i, L, offs_k, i_h, H, K) * scale  # [SC, BK]
-    b_ki = load_rows(k, bos, rows_i, L, offs_k, i_h, H, K)  # [SC, BK]
-    b_q = load_rows(q, bos, rows_c, L, offs_k, i_h, H, K) * scale  # [C, BK]
-    b_k = load_rows(k, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
-    @key_apply@
-    dq_zs = da_zs[:, None] * load_rows(k, bos, rows_i - QSHIFT, L, offs_k, i_h, H, K)
-    store_rows(dq, (b_dq + dq_zs) * scale, bos, rows_i, L, offs_k, i_h, H, K)
-    dk_zs = dat_zs[:, None] * load_rows(q, bos, rows_i + QSHIFT, L, offs_k, i_h, H, K) * scale
-    store_rows(dk, b_dki + b_dks + dk_zs, bos, rows_i, L, offs_k, i_h, H, K)
-    @key_gate_grad@
+# sub-chunk I's queries / keys (rows i) and the chunk's (rows c), for dq / dk
+KEY_ROWS = """
+b_qi = load_rows(q, bos, rows_i, L, offs_k, i_h, H, K) * scale  # [SC, BK]
+b_ki = load_rows(k, bos, rows_i, L, offs_k, i_h, H, K)  # [SC, BK]
+b_q = load_rows(q, bos, rows_c, L, offs_k, i_h, H, K) * scale  # [C, BK]
+b_k = load_rows(k, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
 """
+
+# dq / dk of the zero-step pairs, kept apart because no decay acts on them
+ZERO_STEP_QK = """
+dq_zs = da_zs[:, None] * load_rows(k, bos, rows_i - QSHIFT, L, offs_k, i_h, H, K)
+dk_zs = dat_zs[:, None] * load_rows(q, bos, rows_i + QSHIFT, L, offs_k, i_h, H, K) * scale
+"""
+
+
+def key_intra(dq_start: str = "") -> str:
+    """Key decay: sub-chunk I's dq (``b_dq``) and dk (``b_dki``) from pairs inside the chunk, with
+    the gates rebased on the sub-chunk's first query (dq) and last key (dk) around the
+    tensor-core products, and the sub-chunk itself elementwise. ``dq_start`` (text ending in
+    ``+ ``) is what ``b_dq`` starts from: the state term, where the same program has it."""
+    return f"""
+bkqi = load_rows(gk_cum, bos, rows_i - QSHIFT, L, offs_k, i_h, H, K)  # [SC, BK]
+bki = load_rows(gk_cum, bos, rows_i, L, offs_k, i_h, H, K)  # [SC, BK]
+bkq = load_rows(gk_cum, bos, rows_c - QSHIFT, L, offs_k, i_h, H, K)  # [C, BK]
+bk = load_rows(gk_cum, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
+ref = load_row(gk_cum, bos, I * SC - QSHIFT, L, offs_k, i_h, H, K)  # [BK] first query of the sub-chunk
+ref_t = load_row(gk_cum, bos, last_i, L, offs_k, i_h, H, K)  # [BK] last key of the sub-chunk
+k_r = (b_k * tl.exp(tl.minimum(ref[None, :] - bk, 0.0))).to(DT)
+b_dq = {dq_start}tl.exp(tl.minimum(bkqi - ref[None, :], 0.0)) * tl.dot(da_off.to(DT), k_r, input_precision=PREC)
+b_dq += diag_apply(da_dg, b_ki, bkqi, bki)
+q_r = (b_q * tl.exp(tl.minimum(bkq - ref_t[None, :], 0.0))).to(DT)
+b_dki = tl.exp(tl.minimum(ref_t[None, :] - bki, 0.0)) * tl.dot(dat_off.to(DT), q_r, input_precision=PREC)
+b_dki += diag_apply(tl.trans(da_dg), b_qi, -bki, -bkqi)
+"""
+
+
+KEY_GRADIENTS = (
+    KEY_ROWS
+    + "@key_apply@\n"
+    + ZERO_STEP_QK.strip("\n")
+    + """
+store_rows(dq, (b_dq + dq_zs) * scale, bos, rows_i, L, offs_k, i_h, H, K)
+store_rows(dk, b_dki + b_dks + dk_zs, bos, rows_i, L, offs_k, i_h, H, K)
+@key_gate_grad@
+"""
+)
 
 BWD_DQK = f'''
 
