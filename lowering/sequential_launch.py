@@ -177,7 +177,8 @@ def backward(
         if name in names:
             buf[name] = _alloc(B, T, H, V, dtype=f32, device=dev)
     dh0 = _k_major_empty(N, H, K, V, dev) if h0 is not None else None
-    if cu is not None and host_bounds(cu)[-1] != T:
+    bounds = host_bounds(cu) if cu is not None else (0, T)  # memoised: no sync after the first call
+    if bounds[-1] != T:
         for b in buf.values():
             b.zero_()  # tokens outside every sequence get zero gradients
     extra: dict = {}
@@ -185,7 +186,6 @@ def backward(
         extra["u_save"] = u
     if sig.decay is Decay.CHANNEL:
         CK = cfg["CK"]
-        bounds = host_bounds(cu) if cu is not None else (0, T)  # memoised: no sync after the first call
         ncmax = max(1, triton.cdiv(max(e - s for s, e in zip(bounds, bounds[1:])), CK))
         extra.update(
             ckpt=torch.empty(N * H * ncmax * K * V, dtype=f32, device=dev),
