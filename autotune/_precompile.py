@@ -149,13 +149,7 @@ def _compile_one(strategy: str, config: dict[str, Any]) -> None:
     ev = _EVALUATOR
     assert ev is not None
     try:
-        mod, x = ev.module(strategy), ev.timing_inputs()
-        if ev.objective == "fwd_bwd":
-            o, _ = mod.run(ev.sig, x, dict(config))
-            o.backward(torch.ones_like(o))
-        else:
-            with torch.no_grad():
-                mod.run(ev.sig, x, dict(config))
+        ev._timed_fn(ev.module(strategy), config)()  # what the walk will time, once
         if ev.device.type == "cuda":
             torch.cuda.synchronize(ev.device)
     except Exception:  # the walk measures this config and records the real outcome
