@@ -15,8 +15,11 @@ Each exposes ``supports``, ``run``, ``search_space`` and ``default_config``.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from types import ModuleType
+
+import torch
 
 from scandsl._core import CoreInputs, CoreSig, Decay, Shape, Transition
 
@@ -58,7 +61,24 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
     fam = _family(sig)
     if fam is None:
         raise NotImplementedError(supports(sig))
-    return fam.run(sig, x, config)
+    return fam.run(sig, _same_operand_dtype(x), config)
+
+
+def _same_operand_dtype(x: CoreInputs) -> CoreInputs:
+    """q, k, v in one dtype: tensor-core products take both operands in the same type.
+
+    A spec's derived operand mixes dtypes as models keep them — gated_rfa's ``(1 − e^g) v`` or
+    mLSTM's ``e^i k`` are float32 when the gate is, while q stays bfloat16. The products run in
+    the narrowest of the three (what the user's features are in), accumulating in float32 as
+    always; the output keeps the dtype it would have had, and gradients flow back through the
+    cast in each operand's own dtype.
+    """
+    dtypes = {t.dtype for t in (x.q, x.k, x.v)}
+    if len(dtypes) == 1:
+        return x
+    narrow = min(dtypes, key=lambda d: (d.itemsize, d != torch.bfloat16))
+    out_dtype = x.out_dtype or x.v.dtype
+    return dataclasses.replace(x, q=x.q.to(narrow), k=x.k.to(narrow), v=x.v.to(narrow), out_dtype=out_dtype)
 
 
 def search_space(sig: CoreSig, shape):

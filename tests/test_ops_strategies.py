@@ -14,6 +14,7 @@ from scandsl.testing import TOLERANCES, rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 OUT_TOL, GRAD_TOL = TOLERANCES[torch.float32]
+HALF = torch.bfloat16 if DEVICE == "cuda" else torch.float16  # see test_half_features_with_fp32_gates
 
 
 def _rows_and_strategies():
@@ -149,3 +150,47 @@ def test_mlstm_large_input_gates_do_not_overflow(strategy):
     )
     assert torch.isfinite(S).all() and torch.isfinite(z).all() and S.abs().max() > 1e20
     assert rel_err(o, ref) <= OUT_TOL
+
+
+@pytest.mark.parametrize("name, strategy", list(_rows_and_strategies()))
+def test_half_features_with_fp32_gates(name, strategy):
+    """Inputs as models keep them: per-step features (q, k, v, slot weights) in half precision,
+    gates and per-head parameters in float32. Derived operands then mix dtypes (gated_rfa's
+    ``(1 − e^g) v``, mLSTM's ``e^i k``), which tensor-core products refuse unless the strategy
+    unifies them — the interpreter checks dot operand dtypes like the GPU compiler does (the GPU
+    run of 2026-11-23 found gated_rfa and mlstm failing to compile this way). Checked against the
+    reference on the very same (rounded) values, within the half-precision band.
+
+    float16, not bfloat16: Triton 3.9's interpreter returns garbage (~1e10) for any ``tl.dot`` of
+    bfloat16 operands, even a loaded tile times itself, so bf16 numerics are checked on the GPU."""
+    _built(name, strategy)
+    gen = torch.Generator().manual_seed(23)
+    kw64, _, _, sc = case(name, gen, B=1, T=19)
+    decls = ops.TAXONOMY[name][1][-1].input_decls
+
+    def as_model_keeps(key, t):
+        d = decls[key]
+        feature = d.time and bool(d.axes) and not d.is_log_gate
+        return t.detach().to(DEVICE, HALF if feature else torch.float32).requires_grad_()
+
+    kw = {k: (as_model_keeps(k, v) if isinstance(v, torch.Tensor) else v) for k, v in kw64.items()}
+    kw_ref = {k: (v.detach().double().cpu().requires_grad_() if isinstance(v, torch.Tensor) else v)
+              for k, v in kw.items()}  # fmt: skip
+    fn = ops.TAXONOMY[name][0]
+    o, _ = fn(**kw, scale=sc, strategy=strategy)
+    o_ref, _ = fn(**kw_ref, scale=sc, strategy="reference")
+    out_tol, grad_tol = TOLERANCES[HALF]
+    feature_dtype = kw["v"].dtype if "v" in kw else HALF
+    assert o.dtype == feature_dtype, f"output in {o.dtype}, features in {feature_dtype}"
+    assert rel_err(o, o_ref) <= out_tol, f"output rel err {rel_err(o, o_ref):.2e}"
+    w = torch.randn(o.shape, generator=gen, dtype=torch.float64)
+    leaves = [t for t in kw.values() if isinstance(t, torch.Tensor)]
+    leaves_ref = [t for t in kw_ref.values() if isinstance(t, torch.Tensor)]
+    ga = torch.autograd.grad((o.double().cpu() * w).sum(), leaves, allow_unused=True)
+    gb = torch.autograd.grad((o_ref * w).sum(), leaves_ref, allow_unused=True)
+    for t, a, b in zip(leaves, ga, gb):
+        if b is None or b.abs().max() == 0:
+            continue
+        assert a is not None and a.dtype == t.dtype, "each gradient comes back in its input's dtype"
+        # half gradients carry a rounding of their own on top of the kernels' error
+        assert rel_err(a, b) <= 2 * grad_tol, f"grad {tuple(b.shape)} rel err {rel_err(a, b):.2e}"
