@@ -16,9 +16,10 @@ With ``dqk_mode="shared_scores"`` (the default for KEY decay since it was timed 
 ``chunk_bwd_dqk`` is replaced by ``chunk_bwd_da`` per (chunk, head), which writes the scores that
 span all of V (``do . v^T`` and kin) once to fp32 scratch, and ``chunk_bwd_dqk_shared`` per
 (K-block, chunk, head), which reads them: :mod:`scandsl.lowering.chunk_vector_shared`. With
-``dqk_mode="split"`` (KEY decay only; untimed) the scores are followed by an intra-chunk kernel per
-sub-chunk and an inter-chunk kernel per chunk; ``fwd_mode="split"`` (KEY decay, untimed) likewise
-cuts ``chunk_fwd_o`` into a score kernel per sub-chunk and an output kernel per chunk:
+``dqk_mode="split"`` (KEY decay only; timed no faster than shared scores) the scores are followed
+by an intra-chunk kernel per sub-chunk and an inter-chunk kernel per chunk; ``fwd_mode="split"``
+(the default for KEY decay since it was timed faster) likewise cuts ``chunk_fwd_o`` into a score
+kernel per sub-chunk and an output kernel per chunk, and the backward's dv reuses the kept scores:
 :mod:`scandsl.lowering.chunk_vector_split`.
 
 Algorithm: Yang et al., "Gated Linear Attention Transformers with Hardware-Efficient Training"
@@ -30,7 +31,8 @@ Kernel text: :mod:`scandsl.lowering.chunk_vector_templates`, slots and the gradi
 
 Measured (H100, Triton 3.6, B=4 T=4096 H=16 K=V=128 bf16, ``bench/gpu_check_chunk_vector.py``):
 key decay fwd 1.57 ms, fwd+bwd 9.80 ms with the fused dq/dk kernel, 8.62 ms with shared scores
-(the default for KEY decay since); key/before 1.59 / 10.63 -> 9.45 ms; against
+(the default for KEY decay since); key/before 1.59 / 10.63 -> 9.45 ms; on 2026-11-23 the split
+forward 1.21 ms (key) and 1.23 ms (key/before); against
 flash-linear-attention's chunk_gla 0.85 / 3.70 and chunk_rwkv6 1.07 / 4.31. Not yet at target:
 the dq/dk kernel is still ~5.5 ms of the backward (its per-sub-chunk products are fp32
 elementwise tiles, not tensor-core products), ``chunk_fwd_o`` ~1.3 ms.
@@ -114,8 +116,12 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
         "dqk_mode": "shared_scores" if sig.decay == Decay.KEY else "fused",
         "da_BV": min(vp, 32),
         "da_warps": 4,
-        # "split" (KEY decay): chunk_fwd_a + chunk_fwd_o_split (chunk_vector_split); untimed
-        "fwd_mode": "fused",
+        # "split" (KEY decay): chunk_fwd_a + chunk_fwd_o_split (chunk_vector_split). Timed on the
+        # H100 on 2026-11-23 (bench/results/gpu_check_chunk_vector_split.json): gla fwd 1.56 ->
+        # 1.21 ms, rwkv6-style 1.59 -> 1.23 ms, and the kept scores take 1.6 ms off the backward's
+        # dv; so the default for KEY decay. Its dq/dk counterpart (dqk_mode="split") was not faster
+        # than shared_scores (5.43 vs 5.24 ms) and stays an option
+        "fwd_mode": "split" if sig.decay == Decay.KEY else "fused",
         "num_stages": 2,
         "fp32_dot": "ieee",
     }
