@@ -16,6 +16,7 @@ those of the local Triton, which may differ from the device's.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import subprocess
@@ -59,11 +60,13 @@ def launches_of(fn) -> list[dict]:
     original = InterpretedFunction.run
 
     def record(self, *args, grid, **kw):
-        meta = {k: v for k, v in kw.items() if k != "warmup"}
-        types = {}
-        for name, a in zip(self.arg_names, args):
-            if a is None:
-                meta[name] = None  # Triton specialises a None argument as a constexpr
+        bound = dict(zip(self.arg_names, args)) | {k: v for k, v in kw.items() if k != "warmup"}
+        params = inspect.signature(self.fn).parameters
+        meta, types = {}, {}
+        for name, a in bound.items():
+            constexpr = name not in params or "constexpr" in str(params[name].annotation)
+            if constexpr or a is None:  # (Triton specialises a None argument as a constexpr)
+                meta[name] = a
             else:
                 types[name] = _arg_type(a)
         key = f"{self.fn.__module__}.{self.fn.__name__}{sorted(types.items())}{sorted(meta.items(), key=str)}"
