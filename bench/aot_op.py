@@ -158,8 +158,9 @@ def main(argv=None) -> int:
     if args.compile_from:  # the second process: compile what the first recorded
         args.out.write_text(json.dumps(compile_launches(json.loads(args.compile_from.read_text()))))
         return 0
-    from bench._inputs import op_spec
     from scandsl.ops import TAXONOMY
+
+    from bench._inputs import op_spec
 
     names = list(TAXONOMY) if args.all else args.names
     if not names:

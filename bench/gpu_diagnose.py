@@ -1,0 +1,86 @@
+"""Two GPU questions the run of 2026-11-23 (night) left, in one short script.
+
+1. ``mlstm``: the chunk strategy's gradients in bfloat16 failed the harness (dq 6.7e-2 > 2e-2 at
+   T=128) while its float16 and CPU checks pass. Per-gradient errors against the float32
+   reference on the same inputs, for chunk and sequential, bf16 and fp16 features (gates fp32),
+   at the standard shape cut to T=128 — which strategy and dtype carries the error.
+2. ``scan`` default tiles: the complete grid timed BT=32 BV=8 at 0.40 ms and the default BT=16
+   BV=16 at 0.77 ms, where earlier runs timed the default at 0.39–0.44. The two (and BV=4,
+   the evening's best) alternated over several rounds in one process: noise or a real gap.
+
+    python3 bench/gpu_diagnose.py --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+from scandsl.bench._inputs import make_op_inputs
+from triton.testing import do_bench
+
+from scandsl import ops
+from scandsl._core import CoreSig, Decay, Shape
+from scandsl.testing import rel_err
+
+
+def mlstm_grads(report: dict) -> None:
+    shape = Shape(B=4, T=128, H=16, K=128, V=128)
+    for dtype in (torch.bfloat16, torch.float16):
+        x = make_op_inputs("mlstm", shape, dtype, "cuda", seed=0)
+        ref = {k: v.detach().float().requires_grad_() for k, v in x.items()}
+        o_ref, _ = ops.mlstm(**ref, strategy="reference")
+        do = torch.randn(o_ref.shape, generator=torch.Generator().manual_seed(11)).cuda()
+        o_ref.backward(do)
+        for strategy in ("chunk", "sequential"):
+            got = {k: v.detach().clone().requires_grad_() for k, v in x.items()}
+            o, _ = ops.mlstm(**got, strategy=strategy)
+            o.float().backward(do)
+            row = {"o": rel_err(o, o_ref)} | {f"d{k}": rel_err(got[k].grad, ref[k].grad) for k in got}
+            report[f"mlstm/{strategy}/{str(dtype)[6:]}"] = {k: round(v, 6) for k, v in row.items()}
+            print(strategy, dtype, report[f"mlstm/{strategy}/{str(dtype)[6:]}"], flush=True)
+
+
+def scan_ab(report: dict, rounds: int = 5) -> None:
+    """The forward of the scan strategy's core at the Mamba-1 shape, the study's timed function."""
+    from scandsl.bench.gpu_check_scan import MAMBA, mamba_inputs
+    from scandsl.lowering import scan
+
+    sig = CoreSig(decay=Decay.CHANNEL)
+    x = mamba_inputs(sig, MAMBA.T, grad=False)
+    default = scan.default_config(sig, MAMBA)
+    configs = {"default": {}, "BT32_BV8": {"BT": 32, "BV": 8}, "BT16_BV4": {"BT": 16, "BV": 4}}
+    times: dict[str, list[float]] = {k: [] for k in configs}
+    for _ in range(rounds):
+        for name, over in configs.items():
+            cfg = {**default, **over}
+
+            def fwd(cfg=cfg):
+                with torch.no_grad():
+                    return scan.run(sig, x, cfg)
+
+            times[name].append(round(float(do_bench(fwd, warmup=25, rep=200, return_mode="median")), 4))
+    report["scan_ab"] = {"default_config": default, "configs": configs, "rounds_ms": times,
+                         "median_ms": {k: statistics.median(v) for k, v in times.items()}}  # fmt: skip
+    print(json.dumps(report["scan_ab"]), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    for part in (mlstm_grads, scan_ab):
+        try:
+            part(report)
+        except Exception as err:  # report what ran; the other part still runs
+            report[part.__name__ + "_error"] = f"{type(err).__name__}: {err}"
+            print(report[part.__name__ + "_error"], flush=True)
+        (args.out / "diagnose.json").write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
