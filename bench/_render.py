@@ -38,22 +38,20 @@ def load_results(paths: Iterable[Path]) -> list[dict[str, Any]]:
 
 
 def merge_parts(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One payload per part: a later file's records replace an earlier one's for the same
-    (case, impl, mode) — so a rerun of skipped or fixed cases (``--only``) completes a part."""
+    """One payload per part: a later file's case replaces every record of that case in an earlier
+    one — so a rerun of skipped or fixed cases (``--only``) completes a part, and each row's
+    ratios still come from one run (never ours from one machine against an anchor from another)."""
     merged: dict[str, dict[str, Any]] = {}
     for p in payloads:
         cur = merged.get(p["part"])
         if cur is None:
-            merged[p["part"]] = {**p, "records": list(p["records"])}
+            merged[p["part"]] = {**p, "records": list(p["records"]), "run_dates": [p["env"]["date"]]}
             continue
-        new_keys = {(r["case"], r.get("impl"), r.get("mode")) for r in p["records"]}
         new_cases = {r["case"] for r in p["records"]}
-        kept = [r for r in cur["records"]
-                if (r["case"], r.get("impl"), r.get("mode")) not in new_keys
-                and not (r.get("status") == "skipped" and r["case"] in new_cases)]  # fmt: skip
+        kept = [r for r in cur["records"] if r["case"] not in new_cases]
         order = list(dict.fromkeys(r["case"] for r in cur["records"] + p["records"]))
         records = sorted(kept + list(p["records"]), key=lambda r: order.index(r["case"]))  # stable
-        merged[p["part"]] = {**p, "records": records}
+        merged[p["part"]] = {**p, "records": records, "run_dates": cur["run_dates"] + [p["env"]["date"]]}
     return list(merged.values())
 
 
@@ -105,6 +103,14 @@ def _note(r_modes: dict[str, dict]) -> str:
     return "; ".join(dict.fromkeys(notes))
 
 
+def _merged_note(payload: dict[str, Any]) -> list[str]:
+    dates = payload.get("run_dates", [])
+    if len(dates) < 2:
+        return []
+    return [f"Rows merged from {len(dates)} runs of this part ({', '.join(dates)}); each case's rows "
+            "come from one run, its floor from that run's ceilings; the header is the latest run's.", ""]  # fmt: skip
+
+
 def part_markdown(payload: dict[str, Any]) -> str:
     env, ceil = payload["env"], payload["ceilings"]
     lines = [
@@ -117,6 +123,7 @@ def part_markdown(payload: dict[str, Any]) -> str:
         f"Ceilings measured in this run: device copy {ceil['copy_gbps'] / 1000:.2f} TB/s, "
         f"bf16 matmul {ceil['matmul_tflops']:.0f} TFLOP/s.",
         "",
+        *_merged_note(payload),
         "| case | impl | fwd ms | fwd+bwd ms | fwd ÷ best anchor | fwd+bwd ÷ best anchor | floor fwd ms | fwd ÷ floor | notes |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]

@@ -281,6 +281,14 @@ def test_rerun_of_skipped_cases_completes_a_part():
     (merged,) = merge_parts([first, rerun])
     assert [(r["case"], r["status"]) for r in merged["records"]] == [
         ("gla", "ok"), ("mamba2", "ok"), ("retention", "ok")]  # fmt: skip
+    # a rerun replaces the whole case: an anchor timed in the first run is not set against ours
+    # from the second
+    anchor = {**_rec("gla", "fla.chunk_gla", "anchor", "fwd_bwd", "ok", 3.7)}
+    again = {**rerun, "records": [_rec("gla", "ours.chunk", "ours", "fwd", "ok", 0.4)]}
+    (merged,) = merge_parts([{**first, "records": first["records"] + [anchor]}, again])
+    assert [(r["case"], r["impl"]) for r in merged["records"] if r["case"] == "gla"] == [
+        ("gla", "ours.chunk")
+    ]
 
 
 def test_fla_anchor_survives_a_broken_package_init(tmp_path, monkeypatch):
