@@ -54,7 +54,9 @@ def scan_ab(report: dict, rounds: int = 5) -> None:
     default = scan.default_config(sig, MAMBA)
     configs = {"default": {}, "BT32_BV8": {"BT": 32, "BV": 8}, "BT16_BV4": {"BT": 16, "BV": 4}}
     times: dict[str, list[float]] = {k: [] for k in configs}
+    clocks: list[dict] = []
     for _ in range(rounds):
+        clocks.append(_clocks())
         for name, over in configs.items():
             cfg = {**default, **over}
 
@@ -63,22 +65,37 @@ def scan_ab(report: dict, rounds: int = 5) -> None:
                     return scan.run(sig, x, cfg)
 
             times[name].append(round(float(do_bench(fwd, warmup=25, rep=200, return_mode="median")), 4))
-    report["scan_ab"] = {"default_config": default, "configs": configs, "rounds_ms": times,
+    report["scan_ab"] = {"default_config": default, "configs": configs, "rounds_ms": times, "clocks": clocks,
                          "median_ms": {k: statistics.median(v) for k, v in times.items()}}  # fmt: skip
     print(json.dumps(report["scan_ab"]), flush=True)
+
+
+def _clocks() -> dict:
+    """SM / memory clock, power, temperature and active throttle reasons, now (nvidia-smi)."""
+    import subprocess
+
+    fields = "clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active"
+    out = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout.strip()  # fmt: skip
+    return dict(zip(fields.split(","), (x.strip() for x in out.split(","))))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--only", choices=("mlstm_grads", "scan_ab"), default=None)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    for part in (mlstm_grads, scan_ab):
+    parts = {"mlstm_grads": mlstm_grads, "scan_ab": lambda r: scan_ab(r, args.rounds)}
+    for name, part in parts.items():
+        if args.only not in (None, name):
+            continue
         try:
             part(report)
         except Exception as err:  # report what ran; the other part still runs
-            report[part.__name__ + "_error"] = f"{type(err).__name__}: {err}"
-            print(report[part.__name__ + "_error"], flush=True)
+            report[name + "_error"] = f"{type(err).__name__}: {err}"
+            print(report[name + "_error"], flush=True)
         (args.out / "diagnose.json").write_text(json.dumps(report, indent=1))
 
 
