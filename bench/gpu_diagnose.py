@@ -70,6 +70,44 @@ def scan_ab(report: dict, rounds: int = 5) -> None:
     print(json.dumps(report["scan_ab"]), flush=True)
 
 
+def seq_ab(report: dict, rounds: int = 5) -> None:
+    """The sequential forward of gla at the standard shape: the default (4 warps, since the grid
+    study) against the old default (1 warp), the core alone and through the public op,
+    alternated over rounds — the recurrent part timed the op at 6.2 ms where the grid timed the
+    core at 2.35 (and the afternoon the op at 3.05 with 1 warp)."""
+    from scandsl.lowering import sequential
+
+    sig = CoreSig(decay=Decay.KEY)
+    shape = Shape(B=4, T=4096, H=16, K=128, V=128)
+    x = make_op_inputs("gla", shape, torch.bfloat16, "cuda", seed=0)
+    from scandsl.testing import random_core_inputs
+
+    core = random_core_inputs(sig, B=4, T=4096, H=16, K=128, V=128, dtype=torch.bfloat16, device="cuda")
+    default = sequential.default_config(sig, shape)
+    variants = {"default": default, "one_warp": {**default, "num_warps": 1}}
+    times: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for name, cfg in variants.items():
+
+            def core_fwd(cfg=cfg):
+                with torch.no_grad():
+                    return sequential.run(sig, core, cfg)
+
+            ms = float(do_bench(core_fwd, warmup=25, rep=200, return_mode="median"))
+            times.setdefault(f"core/{name}", []).append(round(ms, 4))
+
+        def op_fwd():
+            with torch.no_grad():
+                return ops.gla(**x, strategy="sequential")
+
+        times.setdefault("op/default", []).append(
+            round(float(do_bench(op_fwd, warmup=25, rep=200, return_mode="median")), 4)
+        )
+    report["seq_ab"] = {"default_config": default, "rounds_ms": times,
+                        "median_ms": {k: statistics.median(v) for k, v in times.items()}}  # fmt: skip
+    print(json.dumps(report["seq_ab"]), flush=True)
+
+
 def _clocks() -> dict:
     """SM / memory clock, power, temperature and active throttle reasons, now (nvidia-smi)."""
     import subprocess
@@ -83,11 +121,12 @@ def _clocks() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--only", choices=("mlstm_grads", "scan_ab"), default=None)
+    ap.add_argument("--only", choices=("mlstm_grads", "scan_ab", "seq_ab"), default=None)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    parts = {"mlstm_grads": mlstm_grads, "scan_ab": lambda r: scan_ab(r, args.rounds)}
+    parts = {"mlstm_grads": mlstm_grads, "scan_ab": lambda r: scan_ab(r, args.rounds),
+             "seq_ab": lambda r: seq_ab(r, args.rounds)}  # fmt: skip
     for name, part in parts.items():
         if args.only not in (None, name):
             continue
