@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 from pathlib import Path
@@ -82,19 +83,23 @@ def seq_ab(report: dict, rounds: int = 5) -> None:
     x = make_op_inputs("gla", shape, torch.bfloat16, "cuda", seed=0)
     from scandsl.testing import random_core_inputs
 
-    core = random_core_inputs(sig, B=4, T=4096, H=16, K=128, V=128, dtype=torch.bfloat16, device="cuda")
+    cores = {
+        h0: random_core_inputs(sig, B=4, T=4096, H=16, K=128, V=128, dtype=torch.bfloat16, device="cuda",
+                               with_state=h0)
+        for h0 in (True, False)
+    }  # fmt: skip
     default = sequential.default_config(sig, shape)
     variants = {"default": default, "one_warp": {**default, "num_warps": 1}}
     times: dict[str, list[float]] = {}
     for _ in range(rounds):
-        for name, cfg in variants.items():
+        for (name, cfg), h0 in itertools.product(variants.items(), (True, False)):
 
-            def core_fwd(cfg=cfg):
+            def core_fwd(cfg=cfg, core=cores[h0]):
                 with torch.no_grad():
                     return sequential.run(sig, core, cfg)
 
             ms = float(do_bench(core_fwd, warmup=25, rep=200, return_mode="median"))
-            times.setdefault(f"core/{name}", []).append(round(ms, 4))
+            times.setdefault(f"core/{name}" + ("" if h0 else "/no_h0"), []).append(round(ms, 4))
 
         def op_fwd():
             with torch.no_grad():
