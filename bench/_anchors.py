@@ -178,6 +178,12 @@ def _mamba_step(per_channel: bool):
             bias = torch.zeros(H, 1, device=v.device).expand(H, P)
             D = None
 
+        # mamba_ssm 2.3.2 unpacks D's and dt_bias's strides unconditionally (``*(...) if D is not
+        # None else 0`` raises for None), so absent ones are passed as zeros: the same step
+        zeros = torch.zeros(H, P, device=v.device)
+        D = zeros if D is None else D
+        bias = zeros if bias is None else bias
+
         def run():
             y = fn(state, xs, dt, A, k, C, D=D, dt_bias=bias)
             return y[:, None], (state.transpose(-1, -2) if o.output_final_state else None)
