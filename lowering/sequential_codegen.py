@@ -37,6 +37,7 @@ __all__ = [
     "pipelined_loop",
     "expand_states",
     "state_strides",
+    "state_in",
 ]
 
 HEADER = '''\
@@ -117,9 +118,26 @@ def expand_states(body: str) -> str:
 
 
 def state_strides(body: str) -> str:
-    """The ``x_sv, x_sk`` stride arguments of every state tensor the body addresses."""
+    """The ``x_sv, x_sk`` stride arguments of every state tensor the body addresses, and the
+    runtime presence flag ``x_on`` of those that :func:`state_in` reads."""
     names = dict.fromkeys(re.findall(r"\bstate\((\w+)\)", body))
-    return ", ".join(f"{n}_sv, {n}_sk" for n in names)
+    return ", ".join(f"{n}_sv, {n}_sk" + (f", {n}_on" if f"{n}_on" in body else "") for n in names)
+
+
+def state_in(var: str, name: str) -> str:
+    """``var = `` the optional state ``name``, or zeros: always through a load, every lane masked
+    off when it is absent (``{name}_on == 0``, a runtime argument, so the load is not folded away).
+
+    A loaded start fixes the register layout the time loop computes in; Triton 3.6 lays out a
+    ``tl.zeros`` start differently (sm_90, gla at 4 warps: 82 shuffles and 25 shared stores
+    where the loaded start has 3 and 5) and the forward ran 6.2 ms instead of 2.4 ms on the H100
+    (docs/performance.md). With the state present, ``{name}_on`` is 1, which Triton specialises
+    as a constant, so the kernel is the one that was timed.
+    """
+    # a lane limit (K lanes, or none), not `m_vk & (on != 0)`: the interpreter takes no scalar
+    # condition in a mask, and with on == 1 the limit is m_k's own
+    # (.to: without a state the pointer is a dummy of another dtype)
+    return f"{var} = tl.load(state({name}), mask=m_vk & (o_k[None, :] < K * {name}_on), other=0.0).to(tl.float32)"
 
 
 def _signature(name: str, pointers: list[str], flags: list[str], strides: str, extra_sizes: str = "") -> str:
@@ -175,9 +193,7 @@ def forward_source(sig: CoreSig, depth: int = 2) -> tuple[str, str]:
 {PROLOGUE}
 {static_loads(sig)}
 # S restricted to this V-block, fp32, in registers for the whole sequence
-h = tl.zeros([BV, BK], dtype=tl.float32)
-if USE_H0:
-    h += tl.load(state(h0), mask=m_vk, other=0.0)
+{state_in("h", "h0")}
 {pipelined_loop(ops, _forward_step(sig), depth=depth)}
 if STORE_HT:
     tl.store(state(ht), h, mask=m_vk)
@@ -299,17 +315,13 @@ def backward_source(sig: CoreSig, depth: int = 2) -> tuple[str, str]:
 p_part = i_v.to(tl.int64) * NTOK * H * K  # this V-block's slice of the [NV, NTOK, H, K] partials
 
 # ---- pass 1, reverse time: dh = dS_t, this V-block's rows ----
-dh = tl.zeros([BV, BK], dtype=tl.float32)
-if USE_DHT:
-    dh += tl.load(state(dht), mask=m_vk, other=0.0)
+{state_in("dh", "dht")}
 {pipelined_loop(rev_ops, _reverse_step(sig), reverse=True, depth=depth)}
 if USE_H0:
     tl.store(state(dh0), dh, mask=m_vk)
 {barrier}
 # ---- pass 2, forward time: recompute S_t for the gradients that need it ----
-h = tl.zeros([BV, BK], dtype=tl.float32)
-if USE_H0:
-    h += tl.load(state(h0), mask=m_vk, other=0.0)
+{state_in("h", "h0")}
 {pipelined_loop(fwd_ops, _forward_grad_step(sig), depth=depth)}
 """
     src = HEADER.format(role="backward", describe=sig.describe())

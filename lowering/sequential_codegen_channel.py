@@ -19,7 +19,14 @@ scratch of one program is small and stays in L2 for the usual per-channel sizes 
 
 from __future__ import annotations
 
-from scandsl.lowering.sequential_codegen import HEADER, PROLOGUE, expand_states, pipelined_loop, state_strides
+from scandsl.lowering.sequential_codegen import (
+    HEADER,
+    PROLOGUE,
+    expand_states,
+    pipelined_loop,
+    state_in,
+    state_strides,
+)
 from scandsl.lowering.sequential_slots import (
     decay_factor,
     indent,
@@ -144,16 +151,12 @@ p_s = (i_nh.to(tl.int64) * tl.num_programs(0) + i_v) * CK * BV * BK + o_s
 {chr(10).join(acc)}
 
 # ---- pass 1, forward time: S_t again, for dq and the chunk checkpoints ----
-h = tl.zeros([BV, BK], dtype=tl.float32)
-if USE_H0:
-    h += tl.load(state(h0), mask=m_vk, other=0.0)
+{state_in("h", "h0")}
 {pipelined_loop(step_operands(sig, grad=True, drop=("q",)), _forward_grad_step(sig), depth=depth)}
 tl.debug_barrier()  # checkpoints written above are read by other threads below
 
 # ---- pass 2, reverse time, chunk by chunk: dh = dS_t, this V-block's rows ----
-dh = tl.zeros([BV, BK], dtype=tl.float32)
-if USE_DHT:
-    dh += tl.load(state(dht), mask=m_vk, other=0.0)
+{state_in("dh", "dht")}
 NC = tl.cdiv(L, CK)
 for ci in range(0, NC):
     t0 = (NC - 1 - ci) * CK

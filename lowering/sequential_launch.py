@@ -71,11 +71,13 @@ def _k_major_empty(N: int, H: int, K: int, V: int, device) -> torch.Tensor:
     return _alloc(N, H, V, K, dtype=torch.float32, device=device).transpose(-1, -2)
 
 
-def _state(name: str, x: torch.Tensor | None, dummy: torch.Tensor) -> dict:
-    """Pointer and (value, key) strides of an API-shaped ``[N, H, K, V]`` state argument."""
+def _state(name: str, x: torch.Tensor | None, dummy: torch.Tensor, *, read: bool = False) -> dict:
+    """Pointer and (value, key) strides of an API-shaped ``[N, H, K, V]`` state argument; a state
+    the kernel reads (``read``) also gets its presence flag ``<name>_on`` (codegen ``state_in``)."""
+    on = {f"{name}_on": int(x is not None)} if read else {}
     if x is None:
-        return {name: dummy, f"{name}_sv": 0, f"{name}_sk": 0}
-    return {name: x, f"{name}_sv": x.stride(3), f"{name}_sk": x.stride(2)}
+        return {name: dummy, f"{name}_sv": 0, f"{name}_sk": 0, **on}
+    return {name: x, f"{name}_sv": x.stride(3), f"{name}_sk": x.stride(2), **on}
 
 
 def forward(
@@ -118,7 +120,7 @@ def forward(
     kern[(NV, N * H)](
         **args,
         o=o,
-        **_state("h0", h0, o),
+        **_state("h0", h0, o, read=True),
         **_state("ht", ht, o),
         **_shared_args(meta, cu, h0, T, H, K, V, BK, BV),
         STORE_HT=ht is not None,
@@ -199,8 +201,8 @@ def backward(
         **buf,
         **extra,
         do=do,
-        **_state("dht", _k_major(dht), do),
-        **_state("h0", h0, do),
+        **_state("dht", _k_major(dht), do, read=True),
+        **_state("h0", h0, do, read=True),
         **_state("dh0", dh0, do),
         **_shared_args(meta, cu, h0, T, H, K, V, BK, BV),
         NTOK=NTOK,

@@ -9,7 +9,7 @@ import triton.language as tl
 @triton.jit
 def seq_bwd_channel(
     q, k, v, gv, A, do, dht, h0, dq_part, dk_part, dv, dgv, dA_part, dh0, ckpt, scratch, cu_seqlens,
-    h0_sv, h0_sk, dht_sv, dht_sk, dh0_sv, dh0_sk,
+    h0_sv, h0_sk, h0_on, dht_sv, dht_sk, dht_on, dh0_sv, dh0_sk,
     scale, T, NTOK, NCMAX, H, K, V,
     BK: tl.constexpr, BV: tl.constexpr,
     USE_H0: tl.constexpr, USE_DHT: tl.constexpr, IS_VARLEN: tl.constexpr, CK: tl.constexpr,
@@ -42,9 +42,7 @@ def seq_bwd_channel(
     b_dA = tl.zeros([BV, BK], dtype=tl.float32)
 
     # ---- pass 1, forward time: S_t again, for dq and the chunk checkpoints ----
-    h = tl.zeros([BV, BK], dtype=tl.float32)
-    if USE_H0:
-        h += tl.load(h0 + p_nh + o_v[:, None] * h0_sv + o_k[None, :] * h0_sk, mask=m_vk, other=0.0)
+    h = tl.load(h0 + p_nh + o_v[:, None] * h0_sv + o_k[None, :] * h0_sk, mask=m_vk & (o_k[None, :] < K * h0_on), other=0.0).to(tl.float32)
     # steps i+1 .. i+2 are in flight while step i computes (software pipelining by hand)
     row = bos * H + i_h
     f_ok = L > 0
@@ -89,9 +87,7 @@ def seq_bwd_channel(
     tl.debug_barrier()  # checkpoints written above are read by other threads below
 
     # ---- pass 2, reverse time, chunk by chunk: dh = dS_t, this V-block's rows ----
-    dh = tl.zeros([BV, BK], dtype=tl.float32)
-    if USE_DHT:
-        dh += tl.load(dht + p_nh + o_v[:, None] * dht_sv + o_k[None, :] * dht_sk, mask=m_vk, other=0.0)
+    dh = tl.load(dht + p_nh + o_v[:, None] * dht_sv + o_k[None, :] * dht_sk, mask=m_vk & (o_k[None, :] < K * dht_on), other=0.0).to(tl.float32)
     NC = tl.cdiv(L, CK)
     for ci in range(0, NC):
         t0 = (NC - 1 - ci) * CK

@@ -9,7 +9,7 @@ import triton.language as tl
 @triton.jit
 def seq_bwd_key(
     q, k, v, gk, do, dht, h0, dq_part, dk_part, dv, dh0, cu_seqlens,
-    dht_sv, dht_sk, dh0_sv, dh0_sk, h0_sv, h0_sk,
+    dht_sv, dht_sk, dht_on, dh0_sv, dh0_sk, h0_sv, h0_sk, h0_on,
     scale, T, NTOK, H, K, V,
     BK: tl.constexpr, BV: tl.constexpr,
     USE_H0: tl.constexpr, USE_DHT: tl.constexpr, IS_VARLEN: tl.constexpr,
@@ -35,9 +35,7 @@ def seq_bwd_key(
     p_part = i_v.to(tl.int64) * NTOK * H * K  # this V-block's slice of the [NV, NTOK, H, K] partials
 
     # ---- pass 1, reverse time: dh = dS_t, this V-block's rows ----
-    dh = tl.zeros([BV, BK], dtype=tl.float32)
-    if USE_DHT:
-        dh += tl.load(dht + p_nh + o_v[:, None] * dht_sv + o_k[None, :] * dht_sk, mask=m_vk, other=0.0)
+    dh = tl.load(dht + p_nh + o_v[:, None] * dht_sv + o_k[None, :] * dht_sk, mask=m_vk & (o_k[None, :] < K * dht_on), other=0.0).to(tl.float32)
     # steps i+1 .. i+2 are in flight while step i computes (software pipelining by hand)
     row = (eos - 1) * H + i_h
     f_ok = L > 0
@@ -90,9 +88,7 @@ def seq_bwd_key(
         tl.store(dh0 + p_nh + o_v[:, None] * dh0_sv + o_k[None, :] * dh0_sk, dh, mask=m_vk)
 
     # ---- pass 2, forward time: recompute S_t for the gradients that need it ----
-    h = tl.zeros([BV, BK], dtype=tl.float32)
-    if USE_H0:
-        h += tl.load(h0 + p_nh + o_v[:, None] * h0_sv + o_k[None, :] * h0_sk, mask=m_vk, other=0.0)
+    h = tl.load(h0 + p_nh + o_v[:, None] * h0_sv + o_k[None, :] * h0_sk, mask=m_vk & (o_k[None, :] < K * h0_on), other=0.0).to(tl.float32)
     # steps i+1 .. i+2 are in flight while step i computes (software pipelining by hand)
     row = bos * H + i_h
     f_ok = L > 0

@@ -9,7 +9,7 @@ import triton.language as tl
 @triton.jit
 def seq_fwd_key(
     q, k, v, gk, o, h0, ht, cu_seqlens,
-    h0_sv, h0_sk, ht_sv, ht_sk,
+    h0_sv, h0_sk, h0_on, ht_sv, ht_sk,
     scale, T, H, K, V,
     BK: tl.constexpr, BV: tl.constexpr,
     USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr,
@@ -33,9 +33,7 @@ def seq_fwd_key(
     # held across the time loop, and a K-contiguous state loads in the layout the loop computes in
 
     # S restricted to this V-block, fp32, in registers for the whole sequence
-    h = tl.zeros([BV, BK], dtype=tl.float32)
-    if USE_H0:
-        h += tl.load(h0 + p_nh + o_v[:, None] * h0_sv + o_k[None, :] * h0_sk, mask=m_vk, other=0.0)
+    h = tl.load(h0 + p_nh + o_v[:, None] * h0_sv + o_k[None, :] * h0_sk, mask=m_vk & (o_k[None, :] < K * h0_on), other=0.0).to(tl.float32)
     # steps i+1 .. i+2 are in flight while step i computes (software pipelining by hand)
     row = bos * H + i_h
     f_ok = L > 0
