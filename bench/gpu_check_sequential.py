@@ -273,7 +273,7 @@ def offline_compile(out: Path, K: int = 128, configs=((16, 1), (32, 2), (64, 4))
                             types[a] = "*bf16"
                         elif a == "cu_seqlens":
                             types[a] = "*i32"
-                        elif a.endswith("_sk"):
+                        elif a.endswith("_sk") or a.endswith("_on"):  # K-contiguous, present states
                             types[a] = "constexpr"
                             const[a] = 1
                         elif a.endswith("_sv"):
