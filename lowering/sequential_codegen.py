@@ -184,7 +184,7 @@ def forward_source(sig: CoreSig, depth: int = 2) -> tuple[str, str]:
     name = f"seq_fwd_{tag(sig)}"
     ops = step_operands(sig)
     pointers = ["q", "k", "v", *(g for g in ("g", "gk", "gv", "A", "beta") if g in sig.uses), "o", "h0", "ht"]
-    flags = ["USE_H0", "STORE_HT", "IS_VARLEN"]
+    flags = ["STORE_HT", "IS_VARLEN"]
     if sig.transition is Transition.DELTA:
         pointers.append("u_save")
         flags.insert(2, "SAVE_U")
@@ -301,7 +301,7 @@ def backward_source(sig: CoreSig, depth: int = 2) -> tuple[str, str]:
     if sig.decay in (Decay.VALUE, Decay.OUTER):
         outs.append("dov")
     pointers += [*outs, "dh0", "cu_seqlens"]
-    flags = ["USE_H0", "USE_DHT", "IS_VARLEN"]
+    flags = ["USE_H0", "IS_VARLEN"]
     # the reverse pass reads u_t (saved) instead of v_t under the delta rule; the forward pass
     # reads q_t only for the per-value read-out term of a value-indexed decay
     rev_ops = step_operands(sig, grad=True, extra=("u_save",) if delta else (), drop=("v",) if delta else ())

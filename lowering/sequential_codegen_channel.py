@@ -178,7 +178,7 @@ for ci in range(0, NC):
     tl.debug_barrier()  # the next chunk overwrites scratch
 {chr(10).join(fin)}
 """
-    flags = ["USE_H0", "USE_DHT", "IS_VARLEN", "CK"]
+    flags = ["USE_H0", "IS_VARLEN", "CK"]
     ptrs = ", ".join(pointers)
     sig_text = f"""\
 @triton.jit

@@ -122,7 +122,7 @@ def forward(
         o=o,
         **_state("h0", h0, o, read=True),
         **_state("ht", ht, o),
-        **_shared_args(meta, cu, h0, T, H, K, V, BK, BV),
+        **_shared_args(meta, cu, T, H, K, V, BK, BV),
         STORE_HT=ht is not None,
         **extra,
         num_warps=cfg["num_warps"],
@@ -133,10 +133,10 @@ def forward(
     return o, ht, u
 
 
-def _shared_args(meta: dict, cu, h0, T: int, H: int, K: int, V: int, BK: int, BV: int) -> dict:
+def _shared_args(meta: dict, cu, T: int, H: int, K: int, V: int, BK: int, BV: int) -> dict:
     """The arguments the forward and backward kernels share: sizes, tiles, scale, sequence flags."""
     return dict(cu_seqlens=cu, scale=meta["scale"], T=T, H=H, K=K, V=V, BK=BK, BV=BV,
-                USE_H0=h0 is not None, IS_VARLEN=cu is not None)  # fmt: skip
+                IS_VARLEN=cu is not None)  # fmt: skip
 
 
 def _ptr_names(kern) -> set[str]:
@@ -204,9 +204,9 @@ def backward(
         **_state("dht", _k_major(dht), do, read=True),
         **_state("h0", h0, do, read=True),
         **_state("dh0", dh0, do),
-        **_shared_args(meta, cu, h0, T, H, K, V, BK, BV),
+        **_shared_args(meta, cu, T, H, K, V, BK, BV),
         NTOK=NTOK,
-        USE_DHT=dht is not None,
+        USE_H0=h0 is not None,  # the backward stores dh0 only then
         num_warps=cfg["num_warps_bwd"],
         num_stages=cfg["num_stages"],
     )

@@ -12,7 +12,7 @@ def seq_bwd_key(
     dht_sv, dht_sk, dht_on, dh0_sv, dh0_sk, h0_sv, h0_sk, h0_on,
     scale, T, NTOK, H, K, V,
     BK: tl.constexpr, BV: tl.constexpr,
-    USE_H0: tl.constexpr, USE_DHT: tl.constexpr, IS_VARLEN: tl.constexpr,
+    USE_H0: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H

@@ -12,7 +12,7 @@ def seq_fwd_scalar(
     h0_sv, h0_sk, h0_on, ht_sv, ht_sk,
     scale, T, H, K, V,
     BK: tl.constexpr, BV: tl.constexpr,
-    USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr,
+    STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
