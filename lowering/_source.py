@@ -13,13 +13,14 @@ import importlib.util
 import os
 import sys
 import tempfile
+import textwrap
 import threading
 from pathlib import Path
 from types import ModuleType
 
 from scandsl import knobs
 
-__all__ = ["load_source", "generated_dir"]
+__all__ = ["load_source", "generated_dir", "at_depth"]
 
 _LOCK = threading.Lock()
 _LOADED: dict[str, ModuleType] = {}
@@ -57,3 +58,8 @@ def load_source(source: str, *, name: str) -> ModuleType:
         spec.loader.exec_module(module)
         _LOADED[digest] = module
         return module
+
+
+def at_depth(depth: int, text: str) -> str:
+    """``text`` re-indented to ``depth`` spaces, to stand on its own line of a kernel template."""
+    return textwrap.indent(textwrap.dedent(text).strip("\n"), " " * depth)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import textwrap
 
+from scandsl.lowering._source import at_depth
 from scandsl.lowering.chunk_scalar_slots import fill, slots, tag
 
 from scandsl._core import CoreSig, Decay, Transition
@@ -82,11 +83,6 @@ def _bounds(cu_seqlens, i_n, T, IS_VARLEN: tl.constexpr):
 '''
 
 # ---- kernel text shared by the fused kernels and the split forward (chunk_scalar_split)
-
-
-def at_depth(depth: int, text: str) -> str:
-    """``text`` re-indented to ``depth`` spaces, to stand on its own line of a kernel template."""
-    return textwrap.indent(textwrap.dedent(text).strip("\n"), " " * depth)
 
 
 def tiles(*, k_block: bool, v_block: bool) -> str:
