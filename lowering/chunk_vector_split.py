@@ -57,6 +57,18 @@ from scandsl.lowering.chunk_vector_templates import (
 
 __all__ = ["BWD_DQK_SPLIT", "FWD_SPLIT", "BWD_DV_SPLIT"]
 
+# program (chunk * C/SC + sub-chunk, ..., head) of a per-sub-chunk kernel: its chunk i_c and
+# sub-chunk I, the chunk's first step / length / state slot, the row ranges of the chunk and of a
+# sub-chunk, and the chunk's first scratch row (chunk_fwd_a and chunk_bwd_dqk_intra share it)
+_SUB_CHUNK = """
+i_c, I = i_cs // (C // SC), i_cs % (C // SC)
+bos, L, slot = chunk_coords(cu, chunk_seq, chunk_loc, i_c, C)
+DT = q.dtype.element_ty
+rows_c = tl.arange(0, C)
+o_s = tl.arange(0, SC)
+base = (i_c.to(tl.int64) * H + i_h) * C  # first scratch row of this (chunk, head)
+"""
+
 _INTRA_BODY = (
     """
 rows_i = I * SC + o_s
@@ -120,13 +132,8 @@ def chunk_bwd_dqk_intra(q, k, gk_cum, da, dat, ddg, dqa, dka, xa, xqa, cu, chunk
     (the primes without the zero-step pairs, which carry no decay), and xqa = q dqa' if STORE_XQ.
     """
     i_cs, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_c, I = i_cs // (C // SC), i_cs % (C // SC)
-    bos, L, slot = chunk_coords(cu, chunk_seq, chunk_loc, i_c, C)
-    DT = q.dtype.element_ty
     offs_k = i_k * BK + tl.arange(0, BK)
-    rows_c = tl.arange(0, C)
-    o_s = tl.arange(0, SC)
-    base = (i_c.to(tl.int64) * H + i_h) * C  # first scratch row of this (chunk, head)
+{at_depth(4, _SUB_CHUNK)}
     if I * SC < L:
 {at_depth(8, _INTRA_BODY)}
 
@@ -203,12 +210,7 @@ def chunk_fwd_a(q, k, gk_cum, a, cu, chunk_seq, chunk_loc, scale,
     """One sub-chunk's rows of the chunk's causal score matrix A [C, C], to fp32 scratch.
     Grid (chunks * C/SC, H)."""
     i_cs, i_h = tl.program_id(0), tl.program_id(1)
-    i_c, I = i_cs // (C // SC), i_cs % (C // SC)
-    bos, L, slot = chunk_coords(cu, chunk_seq, chunk_loc, i_c, C)
-    DT = q.dtype.element_ty
-    rows_c = tl.arange(0, C)
-    o_s = tl.arange(0, SC)
-    base = (i_c.to(tl.int64) * H + i_h) * C  # first scratch row of this (chunk, head)
+{at_depth(4, _SUB_CHUNK)}
     if I * SC < L:
 {at_depth(8, _SCORES_BODY)}
 

@@ -205,14 +205,6 @@ def test_shared_scores_value_decay_before(name):
              {**COARSE, **SHARED, "da_BV": 64})  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["key_before", "outer"])
-def test_shared_scores_varlen(name):
-    sig = SIGS[name]
-    cu = torch.tensor([0, 0, 1, 6, 37], dtype=torch.int32)  # lengths 0, 1, 5, 31
-    x = random_core_inputs(sig, T=37, H=2, K=24, V=40, cu_seqlens=cu, seed=24, requires_grad=True)
-    _compare(sig, x, {**COARSE, **SHARED})
-
-
 def test_shared_scores_config():
     shape = Shape(4, 4096, 16, 128, 128)
     for sig in SIGS.values():
@@ -245,12 +237,16 @@ def test_split_matches_reference(name):
     _compare(sig, random_core_inputs(sig, B=1, T=150, H=2, K=32, V=32, seed=33, requires_grad=True), cfg)
 
 
-@pytest.mark.parametrize("name", ["key", "key_before"])
-def test_split_varlen(name):
+@pytest.mark.parametrize(
+    "name, mode, seed",
+    [("key_before", "shared", 24), ("outer", "shared", 24), ("key", "split", 34), ("key_before", "split", 34)],
+)
+def test_dqk_modes_varlen(name, mode, seed):
+    """The shared-scores and split dq/dk modes on packed sequences of lengths 0, 1, 5, 31."""
     sig = SIGS[name]
-    cu = torch.tensor([0, 0, 1, 6, 37], dtype=torch.int32)  # lengths 0, 1, 5, 31
-    x = random_core_inputs(sig, T=37, H=2, K=24, V=40, cu_seqlens=cu, seed=34, requires_grad=True)
-    _compare(sig, x, {**COARSE, **SPLIT})
+    cu = torch.tensor([0, 0, 1, 6, 37], dtype=torch.int32)
+    x = random_core_inputs(sig, T=37, H=2, K=24, V=40, cu_seqlens=cu, seed=seed, requires_grad=True)
+    _compare(sig, x, {**COARSE, **(SHARED if mode == "shared" else SPLIT)})
 
 
 def test_split_is_for_key_decay_only():
