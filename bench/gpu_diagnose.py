@@ -7,6 +7,10 @@
 2. ``scan`` default tiles: the complete grid timed BT=32 BV=8 at 0.40 ms and the default BT=16
    BV=16 at 0.77 ms, where earlier runs timed the default at 0.39–0.44. The two (and BV=4,
    the evening's best) alternated over several rounds in one process: noise or a real gap.
+3. ``scan_place``: why the scan forward flips between two speeds. The forward's source is
+   instrumented (each program stores its SM, ``%smid``, and the global timer at its start and
+   end) and launched after an L2 flush (as ``do_bench`` does), back to back, and from an idle
+   GPU; per launch: event time, programs per SM (most, SMs used), the programs' span.
 
     python3 bench/gpu_diagnose.py --out $OUT
 """
@@ -53,7 +57,8 @@ def scan_ab(report: dict, rounds: int = 5) -> None:
     sig = CoreSig(decay=Decay.CHANNEL)
     x = mamba_inputs(sig, MAMBA.T, grad=False)
     default = scan.default_config(sig, MAMBA)
-    configs = {"default": {}, "BT32_BV8": {"BT": 32, "BV": 8}, "BT16_BV4": {"BT": 16, "BV": 4}}
+    configs = {"default": {}, "BT32_BV8": {"BT": 32, "BV": 8}, "BT16_BV4": {"BT": 16, "BV": 4},
+               "default_kq16": {"kq_f32": False}}  # fmt: skip
     times: dict[str, list[float]] = {k: [] for k in configs}
     clocks: list[dict] = []
     for _ in range(rounds):
@@ -69,6 +74,115 @@ def scan_ab(report: dict, rounds: int = 5) -> None:
     report["scan_ab"] = {"default_config": default, "configs": configs, "rounds_ms": times, "clocks": clocks,
                          "median_ms": {k: statistics.median(v) for k, v in times.items()}}  # fmt: skip
     print(json.dumps(report["scan_ab"]), flush=True)
+
+
+_PROBE_START = """\
+    t_start = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False, pack=1)
+    smid = tl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r", [], dtype=tl.int32, is_pure=False, pack=1)
+"""
+_PROBE_END = """\
+    t_end = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False, pack=1)
+    pid = (i_nh * NK + i_k) * tl.num_programs(0) + i_v
+    tl.store(probe + pid * 3, smid.to(tl.int64))
+    tl.store(probe + pid * 3 + 1, t_start)
+    tl.store(probe + pid * 3 + 2, t_end)
+"""
+
+
+def _probed_scan_module(sig):
+    """The scan module with ``scan_fwd_kernel`` instrumented: a first argument ``probe`` (int64
+    [programs, 3]) receives each program's SM, start and end time."""
+    from scandsl.lowering._source import load_source
+    from scandsl.lowering.scan_source import generate_source
+
+    src = generate_source(sig)
+    head, rest = src.split("def scan_fwd_kernel(\n", 1)
+    body, tail = rest.split("\n@triton.jit", 1)
+    body = "    probe," + body[3:] if body.startswith("   ") else body
+    body = body.replace("    o_t = tl.arange(0, BT)\n", "    o_t = tl.arange(0, BT)\n" + _PROBE_START, 1)
+    body = body.replace("    if STORE_HT:\n", _PROBE_END + "    if STORE_HT:\n", 1)
+    assert "probe + pid" in body and "t_start" in body, "scan source changed: update the probe"
+    return load_source(head + "def scan_fwd_kernel(\n" + body + "\n@triton.jit" + tail, name="scan_probe")
+
+
+def scan_place(report: dict, rounds: int = 3, launches: int = 20) -> None:
+    import time
+    import types
+
+    from scandsl.bench.gpu_check_scan import MAMBA, mamba_inputs
+    from scandsl.lowering import scan
+
+    sig = CoreSig(decay=Decay.CHANNEL)
+    x = mamba_inputs(sig, MAMBA.T, grad=False)
+    mod = _probed_scan_module(sig)
+    default = scan.default_config(sig, MAMBA)
+    configs = {"default": {}, "default_kq16": {"kq_f32": False}, "BT32_BV8": {"BT": 32, "BV": 8},
+               "BT32_BV8_kq16": {"BT": 32, "BV": 8, "kq_f32": False}, "BT4_BV64": {"BT": 4, "BV": 64},
+               "BT8_BV32": {"BT": 8, "BV": 32}}  # fmt: skip
+    flush = torch.empty(256 * 2**20 // 4, dtype=torch.int32, device="cuda")
+    n_sm = torch.cuda.get_device_properties(0).multi_processor_count
+    out: dict = {"n_sm": n_sm, "configs": configs, "default_config": default, "launches": {}}
+    real = scan.kernels
+    try:
+        for rnd, (name, over), mode in itertools.product(
+            range(rounds), configs.items(), ("flush", "back2back", "idle")
+        ):
+            cfg = {**default, **over}
+            nv = -(-MAMBA.V // cfg["BV"])
+            programs = nv * MAMBA.B * MAMBA.H
+            probe = torch.zeros(programs, 3, dtype=torch.int64, device="cuda")
+
+            class _Launch:
+                def __init__(self, probe):
+                    self.probe = probe
+
+                def __getitem__(self, grid):
+                    return lambda *a, **kw: mod.scan_fwd_kernel[grid](self.probe, *a, **kw)
+
+            probed = types.SimpleNamespace(scan_fwd_kernel=_Launch(probe))
+            scan.kernels = lambda s, probed=probed: probed
+            rows = []
+            with torch.no_grad():
+                scan.run(sig, x, cfg)  # compile
+                torch.cuda.synchronize()
+                for _ in range(launches):
+                    if mode == "flush":
+                        flush.zero_()
+                    elif mode == "idle":
+                        torch.cuda.synchronize()
+                        time.sleep(0.002)
+                    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    e0.record()
+                    scan.run(sig, x, cfg)
+                    e1.record()
+                    torch.cuda.synchronize()
+                    p = probe.cpu()
+                    per_sm = torch.bincount(p[:, 0], minlength=n_sm)
+                    dur = (p[:, 2] - p[:, 1]).double() / 1e6
+                    rows.append({"ms": round(e0.elapsed_time(e1), 4),
+                                 "span_ms": round(float(p[:, 2].max() - p[:, 1].min()) / 1e6, 4),
+                                 "max_per_sm": int(per_sm.max()), "sms_used": int((per_sm > 0).sum()),
+                                 "prog_ms_median": round(float(dur.median()), 4), "prog_ms_max": round(float(dur.max()), 4),
+                                 "start_spread_ms": round(float(p[:, 1].max() - p[:, 1].min()) / 1e6, 4)})  # fmt: skip
+            out["launches"].setdefault(f"{name}/{mode}", []).extend(rows)
+            ms = [r["ms"] for r in rows]
+            print(
+                rnd,
+                name,
+                mode,
+                "ms",
+                statistics.median(ms),
+                min(ms),
+                max(ms),
+                "max/SM",
+                sorted({r["max_per_sm"] for r in rows}),
+                "SMs",
+                sorted({r["sms_used"] for r in rows}),
+                flush=True,
+            )
+    finally:
+        scan.kernels = real
+    report["scan_place"] = out
 
 
 def seq_ab(report: dict, rounds: int = 5) -> None:
@@ -126,12 +240,13 @@ def _clocks() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--only", choices=("mlstm_grads", "scan_ab", "seq_ab"), default=None)
+    ap.add_argument("--only", choices=("mlstm_grads", "scan_ab", "seq_ab", "scan_place"), default=None)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     parts = {"mlstm_grads": mlstm_grads, "scan_ab": lambda r: scan_ab(r, args.rounds),
-             "seq_ab": lambda r: seq_ab(r, args.rounds)}  # fmt: skip
+             "seq_ab": lambda r: seq_ab(r, args.rounds),
+             "scan_place": lambda r: scan_place(r, min(args.rounds, 3))}  # fmt: skip
     for name, part in parts.items():
         if args.only not in (None, name):
             continue

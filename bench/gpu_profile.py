@@ -34,7 +34,10 @@ def _kernel_times(prof) -> dict[str, float]:
     return dict(out)
 
 
-def profile(op: str, shape: Shape, strategy: str, docs: int | None, reps: int = 3) -> dict:
+def profile(
+    op: str, shape: Shape, strategy: str, docs: int | None, reps: int = 3, anchor: str | None = None
+) -> dict:
+    """``anchor`` (e.g. ``fla.chunk_gla``) profiles that anchor's call on the same inputs instead."""
     fn, _ = op_spec(op)
     dev = torch.device("cuda")
     args = make_op_inputs(op, shape, torch.bfloat16, dev, seed=0)
@@ -44,13 +47,23 @@ def profile(op: str, shape: Shape, strategy: str, docs: int | None, reps: int = 
     def fwd():
         return fn(**leaves, strategy=strategy, cu_seqlens=cu)
 
+    if anchor is not None:
+        from scandsl.bench._anchors import ANCHORS, Opts
+
+        (found,) = [a for a in ANCHORS if a.name == anchor and a.op == op]
+        fwd, _ = found.prepare(args, Opts(scale=shape.K**-0.5, initial_state=None, output_final_state=False,
+                                          requires_grad=True))  # fmt: skip
+
     o = fwd()
     o = o[0] if isinstance(o, tuple) else o
     do = torch.randn_like(o)
-    o.backward(do)  # warm-up: compiles every kernel
+    phases = ("fwd",) if anchor else ("fwd", "bwd")  # an anchor's backward may refuse this Triton
+    if anchor is None:
+        o.backward(do)  # warm-up: compiles every kernel
+    fwd()
     torch.cuda.synchronize()
     result = {}
-    for phase in ("fwd", "bwd"):
+    for phase in phases:
         outs = [fwd() for _ in range(reps)] if phase == "bwd" else None
         torch.cuda.synchronize()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
@@ -63,7 +76,8 @@ def profile(op: str, shape: Shape, strategy: str, docs: int | None, reps: int = 
             torch.cuda.synchronize()
         times = {k: round(v / reps, 4) for k, v in sorted(_kernel_times(prof).items(), key=lambda kv: -kv[1])}
         result[phase] = {"total_ms": round(sum(times.values()), 4), "kernels": times}
-    result["walls"] = _walls(fwd, do)
+    if anchor is None:
+        result["walls"] = _walls(fwd, do)
     return result
 
 
@@ -94,19 +108,22 @@ def main(argv=None) -> None:
     ap.add_argument(
         "--docs", type=int, default=None, help="packed batch of this many documents (B must be 1)"
     )
+    ap.add_argument("--anchor", default=None, help="profile this anchor (e.g. fla.chunk_gla) instead of ours")
     ap.add_argument("--label", default=None)
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     shape = Shape(*(int(s) for s in a.shape.split(",")))
-    label = a.label or f"{a.op}.{a.strategy}.{a.shape}" + (f".docs{a.docs}" if a.docs else "")
-    res = profile(a.op, shape, a.strategy, a.docs)
+    label = a.label or f"{a.anchor or a.op + '.' + a.strategy}.{a.shape}" + (
+        f".docs{a.docs}" if a.docs else ""
+    )
+    res = profile(a.op, shape, a.strategy, a.docs, anchor=a.anchor)
     path = Path(a.out)
     data = json.loads(path.read_text()) if path.exists() else {"device": torch.cuda.get_device_name()}
     data[label] = res
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1))
-    print(f"{label} walls: {res['walls']}")
-    for phase in ("fwd", "bwd"):
+    print(f"{label} walls: {res.get('walls')}")
+    for phase in ("fwd", "bwd")[: 1 if a.anchor else 2]:
         r = res[phase]
         print(f"{label} {phase}: {r['total_ms']:.3f} ms")
         for k, v in list(r["kernels"].items())[:8]:

@@ -61,6 +61,8 @@ Kernel source: :mod:`scandsl.lowering.scan_source` (templates) and
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from scandsl.autotune._space import Param, SearchSpace
 from scandsl.lowering._chunks import chunk_map
@@ -94,10 +96,12 @@ def supports(sig: CoreSig) -> str | None:
     return None
 
 
+@functools.cache
 def kernels(sig: CoreSig):
     """The generated module for ``sig``: ``scan_fwd_kernel`` (the walk forward), the split
     forward's ``scan_chunk_totals_kernel``, ``scan_chunk_states_kernel`` and
-    ``scan_chunk_out_kernel``, and ``scan_bwd_kernel``."""
+    ``scan_chunk_out_kernel``, and ``scan_bwd_kernel``. Cached: generating the source costs
+    ~0.5 ms of host time a call, more than the kernel at the Mamba-1 shape."""
     return load_source(generate_source(sig), name=module_name(sig))
 
 
@@ -139,7 +143,10 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
         while cfg["BT"] > 2 and _per_thread(cfg) > _TILE_PER_THREAD[prefix]:
             cfg["BT"] //= 2
     split = {"fwd_mode": "walk", "split_L": _SPLIT_L}
-    return {**fwd, **split, **{f"bwd_{key}": value for key, value in bwd.items()}}
+    # short state rows (N <= 32): every thread holds most of K, so half-precision q and k would be
+    # converted once per (thread, row, key), the same values in every V-lane; read them as fp32
+    operands = {"kq_f32": kp <= 32}
+    return {**fwd, **split, **operands, **{f"bwd_{key}": value for key, value in bwd.items()}}
 
 
 def _per_thread(cfg: dict, prefix: str = "") -> float:
@@ -163,6 +170,8 @@ def _check_config(cfg: dict, shape: Shape) -> str | None:
                 f"a [{prefix}BT, {prefix}BK, {prefix}BV] tile is {per_thread:.0f} fp32 values "
                 f"a thread (> {_TILE_PER_THREAD[prefix]})"
             )
+    if not isinstance(cfg.get("kq_f32", False), bool):
+        return f"kq_f32={cfg['kq_f32']!r} must be True or False"
     mode, L = cfg.get("fwd_mode", "walk"), cfg.get("split_L", _SPLIT_L)
     if mode not in _FWD_MODES:
         return f"fwd_mode={mode!r}: expected one of {_FWD_MODES}"
@@ -185,6 +194,7 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
             Param(f"{prefix}num_stages", (1, 2)),
         ]
     params += [Param("fwd_mode", _FWD_MODES), Param("split_L", (_SPLIT_L, 64, 128, 512, 1024))]
+    params += [Param("kq_f32", (True, False))]
     return SearchSpace(strategy="scan", params=tuple(params), valid=lambda cfg: _check_config(cfg, shape))
 
 
@@ -264,6 +274,8 @@ class _ScanFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, sig, cfg, scale, cu_seqlens, out_dtype, output_final_state, save, *tensors):
         q, k, v, g, gk, gv, A, h0 = (_contig(t) for t in tensors)
+        if cfg["kq_f32"]:  # half-precision q, k read as fp32; gradients keep the callers' dtypes (ctx.meta)
+            q, k = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in (q, k))
         B, T, H, K, V, N, NK, NV, chunk_offsets, n_ckpt = _geometry(cfg, "", v, q, cu_seqlens)
         dev = v.device
         R = B * T

@@ -115,10 +115,16 @@ def row_loads(sig: CoreSig, kernel: str) -> list[RowLoad]:
             else [RowLoad("do1", "do", "V", "t+1"), RowLoad("do0", "do", "V", "t0")]
         )
     if not sig.query_static and kernel != "totals":
+        # the forward scales its outputs ([BT, BV]) instead of its queries ([BT, BK], each
+        # thread holding most of K): fewer multiplies a block
+        scaled = kernel == "bwd"
         if after:
-            loads.append(RowLoad("q", "q", "K", "t", scaled=True))
+            loads.append(RowLoad("q", "q", "K", "t", scaled=scaled))
         else:
-            loads += [RowLoad("q1", "q", "K", "t+1", scaled=True), RowLoad("q0", "q", "K", "t0", scaled=True)]
+            loads += [
+                RowLoad("q1", "q", "K", "t+1", scaled=scaled),
+                RowLoad("q0", "q", "K", "t0", scaled=scaled),
+            ]
     return loads
 
 
@@ -166,9 +172,11 @@ def step_input(sig: CoreSig) -> str:
 
 
 def _readout(sig: CoreSig, q: str) -> str:
-    """``o[v] = Σ_k S_t[v, k] q[k]`` over the ``[BT, BK, BV]`` state tile."""
-    q_tile = "b_qS[None, :, :]" if sig.query_static else f"{q}[:, :, None]"
-    return f"tl.sum(b_hs * {q_tile}, axis=1)"
+    """``o[v] = Σ_k S_t[v, k] q[k]`` over the ``[BT, BK, BV]`` state tile (a per-step query comes
+    unscaled into the forward: the sum takes the scale)."""
+    if sig.query_static:
+        return "tl.sum(b_hs * b_qS[None, :, :], axis=1)"
+    return f"tl.sum(b_hs * {q}[:, :, None], axis=1) * scale"
 
 
 def _rows(width: str, lane: str, rows: str = "r_t") -> str:
@@ -188,12 +196,12 @@ def fwd_readout(sig: CoreSig) -> str:
         )
     # BEFORE: o_(t+1) = S_t q_(t+1), so each row serves the next step and the block's first
     # step reads the carried state: no shifted state (and no second exp) is needed.
-    q0 = "b_qS" if sig.query_static else "b_q0[:, None]"
+    o0 = "tl.sum(b_h * b_qS, axis=0)" if sig.query_static else "tl.sum(b_h * b_q0[:, None], axis=0) * scale"
     return "\n".join(
         [
             f"b_o = {_readout(sig, 'b_q1')}  # [BT, BV], o_(t+1) = S_t q_(t+1)",
             store.format(p=_rows("V", "o_v", "(r_t + 1)"), m="m_t1"),
-            f"b_o0 = tl.sum(b_h * {q0}, axis=0)  # [BV], o_t0 = S_(t0-1) q_t0",
+            f"b_o0 = {o0}  # [BV], o_t0 = S_(t0-1) q_t0",
             "tl.store(o_base + ((bos + i_t * BT) * H + i_h) * V + o_v, b_o0.to(o.dtype.element_ty), mask=m_v)",
         ]
     )
