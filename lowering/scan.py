@@ -114,23 +114,22 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
 
     Tiles are ``[BT, BK, BV]`` with V fastest: lanes go to V and the rest of K stays in each
     thread, with the time axis. Per-channel states (K = N <= 16) keep all of K in one one-warp
-    program: the forward picks 16 V-lanes x 2 K-lanes (8 x 4 for a static gate), the backward,
-    whose sums run over V as well as over K, 8 x 4. These were the fastest measured at the
-    Mamba-1 shape on an H100 in the morning and afternoon of 2026-11-23 (``bench/gpu_check_scan.py``:
-    BV=16 0.436 ms; the afternoon autotune study: BV=16 0.388, BV=4 0.61). The evening study on
-    another lent H100 (same model, driver, Triton and torch) timed the same kernel text at BV=16
-    0.78-0.86 ms and at BV=4 0.561 (``bench/results/tune_study_mamba_scan.json``), while the
-    memory- and tensor-core-bound kernels repeated within 2 %: unexplained, so the default stays
-    and a tuned cache decides per machine. Other decays: untuned guesses. The forward walks
-    (``fwd_mode="walk"``): the split forward measured slower (1.03 vs 0.81 ms at split_L=64, same
-    tiles, same evening; ``bench/results/gpu_check_scan_split.json``).
+    program: the forward picks 8 V-lanes x 4 K-lanes and 32-step blocks (8 x 4 and 16 steps for a
+    static gate), the backward, whose sums run over V as well as over K, 8 x 4. Measured at the
+    Mamba-1 shape on an H100 (2026-11-24, ``bench/gpu_diagnose.py --only scan_place``, each
+    program's own start and end read from the global timer): BT=32 BV=8 0.314 ms, BT=16 BV=16
+    0.398, BT=8 BV=32 0.82; the 1024 one-warp programs of BV=8 hide more latency than 512.
+    (Earlier "2x machine dependence" of these timings was host time: the op regenerated the
+    kernel source on every call, ~0.5 ms, now cached.) Other decays: untuned guesses. The
+    forward walks (``fwd_mode="walk"``): the split forward measured slower (1.03 vs 0.81 ms at
+    split_L=64, same tiles; ``bench/results/gpu_check_scan_split.json``, host-bound timings).
     """
     kp, vp = _pow2(shape.K), _pow2(shape.V)
     if sig.decay is Decay.CHANNEL and kp <= 16:
         fwd = {
-            "BT": 16,
+            "BT": 16 if sig.decay_static else 32,
             "BK": kp,
-            "BV": min(vp, 8 if sig.decay_static else 16),
+            "BV": min(vp, 8),
             "num_warps": 1,
             "num_stages": 1,
         }
@@ -143,10 +142,7 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
         while cfg["BT"] > 2 and _per_thread(cfg) > _TILE_PER_THREAD[prefix]:
             cfg["BT"] //= 2
     split = {"fwd_mode": "walk", "split_L": _SPLIT_L}
-    # short state rows (N <= 32): every thread holds most of K, so half-precision q and k would be
-    # converted once per (thread, row, key), the same values in every V-lane; read them as fp32
-    operands = {"kq_f32": kp <= 32}
-    return {**fwd, **split, **operands, **{f"bwd_{key}": value for key, value in bwd.items()}}
+    return {**fwd, **split, **{f"bwd_{key}": value for key, value in bwd.items()}}
 
 
 def _per_thread(cfg: dict, prefix: str = "") -> float:
@@ -170,8 +166,6 @@ def _check_config(cfg: dict, shape: Shape) -> str | None:
                 f"a [{prefix}BT, {prefix}BK, {prefix}BV] tile is {per_thread:.0f} fp32 values "
                 f"a thread (> {_TILE_PER_THREAD[prefix]})"
             )
-    if not isinstance(cfg.get("kq_f32", False), bool):
-        return f"kq_f32={cfg['kq_f32']!r} must be True or False"
     mode, L = cfg.get("fwd_mode", "walk"), cfg.get("split_L", _SPLIT_L)
     if mode not in _FWD_MODES:
         return f"fwd_mode={mode!r}: expected one of {_FWD_MODES}"
@@ -194,7 +188,6 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
             Param(f"{prefix}num_stages", (1, 2)),
         ]
     params += [Param("fwd_mode", _FWD_MODES), Param("split_L", (_SPLIT_L, 64, 128, 512, 1024))]
-    params += [Param("kq_f32", (True, False))]
     return SearchSpace(strategy="scan", params=tuple(params), valid=lambda cfg: _check_config(cfg, shape))
 
 
@@ -274,8 +267,6 @@ class _ScanFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, sig, cfg, scale, cu_seqlens, out_dtype, output_final_state, save, *tensors):
         q, k, v, g, gk, gv, A, h0 = (_contig(t) for t in tensors)
-        if cfg["kq_f32"]:  # half-precision q, k read as fp32; gradients keep the callers' dtypes (ctx.meta)
-            q, k = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in (q, k))
         B, T, H, K, V, N, NK, NV, chunk_offsets, n_ckpt = _geometry(cfg, "", v, q, cu_seqlens)
         dev = v.device
         R = B * T

@@ -279,7 +279,9 @@ def test_fix_pins_parameters_for_grid_and_search(tmp_path):
     """``fix`` takes parameters out of the searched space (grid and Optuna alike) at the pinned
     value, so a study over a large space can walk a complete grid of the rest."""
     mods, loader, timer = _fakes()
-    full = grid_search("fake", SIG, TINY, torch.float32, ("chunk",), timer=timer, loader=loader, progress=False)
+    full = grid_search(
+        "fake", SIG, TINY, torch.float32, ("chunk",), timer=timer, loader=loader, progress=False
+    )
     pinned = grid_search("fake", SIG, TINY, torch.float32, ("chunk",), timer=timer, loader=loader, progress=False,
                          fix={"num_warps": 4, "BT": 32})  # fmt: skip
     assert pinned.meta["grid_size"] * 12 == full.meta["grid_size"]  # 4 BT x 3 warps pinned to one

@@ -239,7 +239,12 @@ def test_split_matches_reference(name):
 
 @pytest.mark.parametrize(
     "name, mode, seed",
-    [("key_before", "shared", 24), ("outer", "shared", 24), ("key", "split", 34), ("key_before", "split", 34)],
+    [
+        ("key_before", "shared", 24),
+        ("outer", "shared", 24),
+        ("key", "split", 34),
+        ("key_before", "split", 34),
+    ],
 )
 def test_dqk_modes_varlen(name, mode, seed):
     """The shared-scores and split dq/dk modes on packed sequences of lengths 0, 1, 5, 31."""

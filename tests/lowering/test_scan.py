@@ -239,14 +239,12 @@ def test_state_hand_off(name: str):
     assert_close(h2, h_full, 1e-5, "final state (two calls)")
 
 
-@pytest.mark.parametrize("kq_f32", [True, False])
 @pytest.mark.parametrize("name", ["channel", "key"])
-def test_bf16(name: str, kq_f32: bool):
-    """bf16 q, k, v (fp32 gates and state): bf16 outputs within the bf16 tolerances, with q and
-    k read as bf16 or cast to fp32 first (``kq_f32``); gradients come back in bf16 either way."""
+def test_bf16(name: str):
+    """bf16 q, k, v (fp32 gates and state): bf16 outputs within the bf16 tolerances."""
     sig = TAXONOMY_SIGS[name]
     x = _inputs(sig, B=1, T=37, H=2, dtype=torch.bfloat16, seed=11)
-    _compare(sig, x, {**_cfg(x.K), "kq_f32": kq_f32}, dtype=torch.bfloat16)
+    _compare(sig, x, _cfg(x.K), dtype=torch.bfloat16)
 
 
 def test_default_config_and_search_space():
@@ -262,8 +260,6 @@ def test_default_config_and_search_space():
                 assert {p.name for p in space.params} >= set(cfg)
                 assert space.valid(cfg) is None
                 assert "fp32 values a thread" in space.valid({**cfg, "bwd_BT": 64})
-                assert cfg["kq_f32"] is (shape.K <= 32)
-                assert "kq_f32" in space.valid({**cfg, "kq_f32": 1})
 
 
 def test_generated_source_is_readable():
