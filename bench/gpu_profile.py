@@ -85,7 +85,17 @@ def _walls(fwd, do, reps: int = 10) -> dict[str, list[float]]:
     """Per call, ms: host time to issue fwd+bwd (from an idle device), and device time between
     events around it. Kernel sums above minus ``device`` is time the device sat idle inside the
     call (host syncs, allocator growth)."""
-    host, device = [], []
+    host, device, fwd_host, fwd_device = [], [], [], []
+    for _ in range(reps):  # the forward alone: is the op's forward time the device's or the host's?
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t0 = time.perf_counter()
+        start.record()
+        fwd()
+        end.record()
+        fwd_host.append(round((time.perf_counter() - t0) * 1e3, 3))
+        end.synchronize()
+        fwd_device.append(round(start.elapsed_time(end), 3))
     for _ in range(reps):
         torch.cuda.synchronize()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -97,7 +107,7 @@ def _walls(fwd, do, reps: int = 10) -> dict[str, list[float]]:
         host.append(round((time.perf_counter() - t0) * 1e3, 3))
         end.synchronize()
         device.append(round(start.elapsed_time(end), 3))
-    return {"host_ms": host, "device_ms": device}
+    return {"host_ms": host, "device_ms": device, "fwd_host_ms": fwd_host, "fwd_device_ms": fwd_device}
 
 
 def main(argv=None) -> None:

@@ -22,6 +22,7 @@ Writes ``tune_study.json``, ``tune_history.png`` (the live search) and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -238,6 +239,8 @@ def replay_cmd(args: argparse.Namespace) -> int:
 
     payload = json.loads(Path(args.json).read_text())
     grid = result_from_json(payload["grid"])
+    if args.without_default:  # the sampler alone: the heuristic default is not handed to it first
+        grid = dataclasses.replace(grid, default=None)
     # a stopped (sampled) grid is the whole world of a replay: a quarter of *it* is the budget
     size = grid.meta["grid_size"] if grid.meta.get("complete") else len(grid.records)
     budget = max(2, size // 4 - 1)
@@ -292,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samplers", default="tpe,random,gp")
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--plot", default=None)
+    p.add_argument("--without-default", action="store_true",
+                   help="do not evaluate the heuristic default first (where it is the grid's best, a search that starts there is trivial)")  # fmt: skip
     p.set_defaults(func=replay_cmd)
     args = parser.parse_args(argv)
     return args.func(args)
