@@ -253,7 +253,9 @@ def _any_leaf(env: Mapping[Node, torch.Tensor]) -> torch.Tensor:
 
 def _eval_one(n: Node, ev, env, sizes) -> torch.Tensor:
     if isinstance(n, Const):
-        return torch.tensor(n.value, dtype=_any_leaf(env).dtype, device=_any_leaf(env).device)
+        # filled on the device: torch.tensor(value, device=cuda) copies from pageable host memory,
+        # which waits for the device's queue to drain (a host sync in every op call)
+        return torch.full((), n.value, dtype=_any_leaf(env).dtype, device=_any_leaf(env).device)
     if isinstance(n, Eye):
         ref = _any_leaf(env)
         return torch.eye(sizes[n.axis], dtype=ref.dtype, device=ref.device)
