@@ -51,9 +51,11 @@ space for the autotuner. Ahead-of-time sm_90 builds (no GPU) at the default Mamb
 needs fewer registers than the walk kernel (247 vs 255, no spill), pass 3 spills at most 16 bytes
 more than it (``channel`` without checkpoints: 16 vs 0 bytes of spill stack).
 
-Measured (H100, Mamba-1 shape B=4 T=4096 2048 channels N=16, bf16; ``bench/gpu_check_scan.py``):
-channel forward 0.44 ms (6.5x its 0.067 ms memory floor; mamba_ssm's CUDA scan 0.565 ms),
-forward+backward 3.9 ms (mamba_ssm 3.11); S4's static form 0.25 / 2.2 ms.
+Measured (H100, Mamba-1 shape B=4 T=4096 2048 channels N=16, bf16): the channel forward kernel
+0.314 ms at the default tiles (4.7x its 0.067 ms memory floor; each program's span from the
+global timer, ``bench/gpu_diagnose.py --only scan_place``, 2026-11-24; mamba_ssm's CUDA scan
+0.565 ms in design.md); the op (with its PyTorch pre- and post-passes) 0.83 / 4.60 ms forward /
+forward+backward, S4 0.57 / 2.80 (``bench/results/bench-scan.json``, host-bound forwards).
 
 Kernel source: :mod:`scandsl.lowering.scan_source` (templates) and
 :mod:`scandsl.lowering.scan_slots` (what each signature changes).
