@@ -53,7 +53,7 @@ more than it (``channel`` without checkpoints: 16 vs 0 bytes of spill stack).
 
 Measured (H100, Mamba-1 shape B=4 T=4096 2048 channels N=16, bf16): the channel forward kernel
 0.314 ms at the default tiles (4.7x its 0.067 ms memory floor; each program's span from the
-global timer, ``bench/gpu_diagnose.py --only scan_place``, 2026-11-24; mamba_ssm's CUDA scan
+global timer, ``bench/gpu_diagnose.py --only scan_place``, 2026-11-23; mamba_ssm's CUDA scan
 0.565 ms in design.md); the op (with its PyTorch pre- and post-passes) 0.83 / 4.60 ms forward /
 forward+backward, S4 0.57 / 2.80 (``bench/results/bench-scan.json``, host-bound forwards).
 
@@ -118,7 +118,7 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
     thread, with the time axis. Per-channel states (K = N <= 16) keep all of K in one one-warp
     program: the forward picks 8 V-lanes x 4 K-lanes and 32-step blocks (8 x 4 and 16 steps for a
     static gate), the backward, whose sums run over V as well as over K, 8 x 4. Measured at the
-    Mamba-1 shape on an H100 (2026-11-24, ``bench/gpu_diagnose.py --only scan_place``, each
+    Mamba-1 shape on an H100 (2026-11-23, ``bench/gpu_diagnose.py --only scan_place``, each
     program's own start and end read from the global timer): BT=32 BV=8 0.314 ms, BT=16 BV=16
     0.398, BT=8 BV=32 0.82; the 1024 one-warp programs of BV=8 hide more latency than 512.
     (Earlier "2x machine dependence" of these timings was host time: the op regenerated the
