@@ -110,6 +110,31 @@ def _walls(fwd, do, reps: int = 10) -> dict[str, list[float]]:
     return {"host_ms": host, "device_ms": device, "fwd_host_ms": fwd_host, "fwd_device_ms": fwd_device}
 
 
+def host_profile(fwd, calls: int = 300, top: int = 30) -> str:
+    """cProfile of ``calls`` forward calls (grad enabled, as the op is used in training): where the
+    host's time per call goes, Triton's launcher and PyTorch's dispatch included."""
+    import cProfile
+    import io
+    import pstats
+
+    for _ in range(20):
+        fwd()
+    torch.cuda.synchronize()
+    pr = cProfile.Profile()
+    t0 = time.perf_counter()
+    pr.enable()
+    for _ in range(calls):
+        fwd()
+    pr.disable()
+    per_call = (time.perf_counter() - t0) / calls * 1e3
+    torch.cuda.synchronize()
+    buf = io.StringIO()
+    stats = pstats.Stats(pr, stream=buf)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    return f"host ms per forward call under cProfile: {per_call:.3f}\n" + buf.getvalue()
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--op", required=True)
@@ -119,6 +144,11 @@ def main(argv=None) -> None:
         "--docs", type=int, default=None, help="packed batch of this many documents (B must be 1)"
     )
     ap.add_argument("--anchor", default=None, help="profile this anchor (e.g. fla.chunk_gla) instead of ours")
+    ap.add_argument(
+        "--host",
+        action="store_true",
+        help="also cProfile the forward's host path (host_profile.txt beside --out)",
+    )
     ap.add_argument("--label", default=None)
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
@@ -127,6 +157,14 @@ def main(argv=None) -> None:
         f".docs{a.docs}" if a.docs else ""
     )
     res = profile(a.op, shape, a.strategy, a.docs, anchor=a.anchor)
+    if a.host:
+        fn, _ = op_spec(a.op)
+        args = make_op_inputs(a.op, shape, torch.bfloat16, torch.device("cuda"), seed=0)
+        leaves = {k: v.detach().clone().requires_grad_(v.is_floating_point()) for k, v in args.items()}
+        text = host_profile(lambda: fn(**leaves, strategy=a.strategy))
+        with open(Path(a.out).with_name("host_profile.txt"), "a") as fh:
+            fh.write(f"=== {label}\n{text}\n")
+        print(text.splitlines()[0])
     path = Path(a.out)
     data = json.loads(path.read_text()) if path.exists() else {"device": torch.cuda.get_device_name()}
     data[label] = res
