@@ -12,12 +12,13 @@ from typing import Any
 
 import torch
 
+from scandsl import knobs
 from scandsl._classify import Stage
 from scandsl._core import CoreInputs, Shape
 from scandsl._expr import Input, Node, evaluate
 from scandsl._validate import check_inputs, check_strategy, initial_states
 from scandsl.autotune import choose, usable_strategies
-from scandsl.lowering import load_strategy
+from scandsl.lowering import epilogue, load_strategy
 
 __all__ = ["apply", "OPTIONS"]
 
@@ -45,7 +46,7 @@ def apply(spec, args: Mapping[str, Any]):
     if strategy == "reference":
         o, finals = _run_reference(spec, inputs, sizes, initial, scale, cu_seqlens)
     else:
-        o, finals = _run_kernels(spec, strategy, inputs, sizes, initial, scale, cu_seqlens)
+        o, finals = _run_kernels(spec, strategy, inputs, sizes, initial, scale, cu_seqlens, out_dtype)
     o = o.to(out_dtype)
     if not opts.get("output_final_state", False):
         return o, None
@@ -89,9 +90,10 @@ class _Env(dict):
     and then no pass over q is spent unless an epilogue term needs the scaled value too.
     """
 
-    def __init__(self, values, lazy):
+    def __init__(self, values, lazy, scaled_raw=None):
         super().__init__(values)
         self._lazy = dict(lazy)
+        self.scaled_raw = dict(scaled_raw or {})  # lazy leaf -> (raw tensor, scale)
 
     def __missing__(self, node):
         if node not in self._lazy:
@@ -104,16 +106,17 @@ class _Env(dict):
 
 
 def _leaf_env(spec, inputs: Mapping[str, torch.Tensor], scale: float) -> _Env:
-    values, lazy = {}, {}
+    values, lazy, raw = {}, {}, {}
     for name, decl in spec.inputs:
         x = inputs[name]
         leaf = Input(name, decl.axes, decl.time)
         x = x if decl.time else x[None, None]
         if name == spec.scaled and scale != 1.0:
             lazy[leaf] = lambda x=x: x * scale
+            raw[leaf] = (x, scale)
         else:
             values[leaf] = x
-    return _Env(values, lazy)
+    return _Env(values, lazy, raw)
 
 
 def _eval_operand(node: Node, env, sizes, lead: tuple[int, int, int], per_step: bool) -> torch.Tensor:
@@ -173,7 +176,7 @@ def _stage_inputs(
     )
 
 
-def _run_kernels(spec, strategy: str, inputs, sizes, initial, scale, cu_seqlens):
+def _run_kernels(spec, strategy: str, inputs, sizes, initial, scale, cu_seqlens, out_dtype):
     nf = spec.normal_form
     raw_q = Input(spec.scaled, spec.input_decls[spec.scaled].axes, True) if spec.scaled else None
     v_any = next(t for n, t in inputs.items() if spec.input_decls[n].time)
@@ -194,7 +197,27 @@ def _run_kernels(spec, strategy: str, inputs, sizes, initial, scale, cu_seqlens)
             fs = final[..., col : col + width].transpose(-1, -2)  # [N, H, V, K] math orientation
             finals[state] = fs if node.axes else fs.squeeze(-2)
             col += width
-    return evaluate(spec.output, env, sizes), finals
+    fused = _fused_epilogue(spec, env, sizes, out_dtype)
+    return (evaluate(spec.output, env, sizes) if fused is None else fused), finals
+
+
+def _fused_epilogue(spec, env: _Env, sizes, out_dtype) -> torch.Tensor | None:
+    """The output expression as one generated kernel (lowering/epilogue.py) when nothing needs
+    a gradient and kernels run here; ``None`` leaves it to PyTorch."""
+    leaves = epilogue.plan(spec.output)
+    if leaves is None:
+        return None
+    values, scaled = {}, {}
+    for lf in leaves:
+        if lf.node in env.scaled_raw and not dict.__contains__(env, lf.node):
+            values[lf.node], scaled[lf.node] = env.scaled_raw[lf.node]  # scaled in the kernel
+        else:
+            values[lf.node] = env[lf.node]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in values.values()):
+        return None
+    if next(iter(values.values())).device.type != "cuda" and not knobs.interpret():
+        return None
+    return epilogue.run(spec.output, values, scaled, sizes, out_dtype)
 
 
 def _contiguous(x: CoreInputs) -> CoreInputs:
