@@ -110,10 +110,10 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
         "diag_BK": min(kp, 32),
         "diag_BV": min(vp, 32),
         # "shared_scores": chunk_bwd_da builds the V-wide [C, C] scores once per (chunk, head) and
-        # chunk_bwd_dqk reads them (chunk_vector_shared). Timed on the H100 for KEY decay only
-        # (gla fwd+bwd 9.80 -> 8.62 ms, rwkv6 10.63 -> 9.45 ms; docs/performance.md), so the
-        # default there; VALUE / OUTER keep "fused" until timed
-        "dqk_mode": "shared_scores" if sig.decay == Decay.KEY else "fused",
+        # chunk_bwd_dqk reads them (chunk_vector_shared); timed on the H100 for KEY decay only
+        # (gla fwd+bwd 9.80 -> 8.62 ms, rwkv6 10.63 -> 9.45 ms; docs/performance.md). KEY decay
+        # now takes "split" with the tuned tiles below; VALUE / OUTER keep "fused" until timed
+        "dqk_mode": "fused",
         "da_BV": min(vp, 32),
         "da_warps": 4,
         # "split" (KEY decay): chunk_fwd_a + chunk_fwd_o_split (chunk_vector_split). Timed on the
@@ -127,9 +127,10 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
     }
     if sig.decay == Decay.KEY:
         # KEY decay, from the TPE search over this space with the fwd+bwd objective on the H100
-        # (2026-11-24, gla at the standard shape, 118 trials, every one checked with gradients;
-        # bench/results/tune_gla_fwd_bwd.json): 6.83 -> 4.95 ms. Chunks of 32, wider K-tiles for
-        # the forward scores and dq/dk, narrower V-tiles for the backward's products, dq/dk split
+        # (2026-11-24 00:15 UTC, gla at the standard shape, 118 trials, each timed config checked
+        # with gradients; bench/results/tune_gla_fwd_bwd.json): 6.83 -> 4.95 ms. Chunks of 32,
+        # wider K-tiles for the forward scores and dq/dk, narrower V-tiles for the backward's
+        # products, dq/dk split
         cfg.update(chunk=32, fwd_BK=min(kp, 64), state_BK=min(kp, 32), state_warps=4, dv_BV=min(vp, 64),
                    dqk_BK=min(kp, 64), dqk_BV=min(vp, 16), diag_BV=min(vp, 16), dqk_mode="split",
                    da_BV=min(vp, 16), num_stages=3)  # fmt: skip

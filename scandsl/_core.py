@@ -1,7 +1,8 @@
 """The kernel-level normal form: one linear recurrence with fixed tensor roles.
 
 Every spec is classified into a small DAG of *core recurrences* (usually one) plus
-elementwise prologue / epilogue expressions evaluated in PyTorch.  Each lowering
+elementwise prologue / epilogue expressions evaluated in PyTorch (the forward's epilogue
+fused into one generated kernel when no gradient is needed).  Each lowering
 strategy implements exactly this contract, forward and backward, and nothing
 model-specific.  Per (batch, head), with the state ``S`` in math orientation
 ``[V, K]`` (it crosses the API transposed, as ``[K, V]``)::

@@ -2,7 +2,8 @@
 
 Validation lives here once (not per model): shapes, dtypes, devices, gate signs,
 ``cu_seqlens``. Then either the reference interpreter runs the spec, or each core stage
-of its normal form runs on a kernel strategy between PyTorch prologue / epilogue.
+of its normal form runs on a kernel strategy between PyTorch prologue / epilogue (the
+epilogue as one generated kernel when nothing needs a gradient, ``lowering/epilogue.py``).
 """
 
 from __future__ import annotations

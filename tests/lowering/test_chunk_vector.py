@@ -211,8 +211,8 @@ def test_shared_scores_config():
         space = chunk_vector.search_space(sig, shape)
         assert "dqk_mode" in [p.name for p in space.params]
         assert space.valid({**chunk_vector.default_config(sig, shape), **SHARED}) is None
-        # GPU-timed default: shared scores for KEY decay, fused where only that was timed
-        want = "shared_scores" if sig.decay == Decay.KEY else "fused"
+        # GPU-timed default: split dq/dk for KEY decay (the tuned tiles), fused where only that was timed
+        want = "split" if sig.decay == Decay.KEY else "fused"
         assert chunk_vector.default_config(sig, shape)["dqk_mode"] == want
     assert "dqk_mode" in space.valid({**chunk_vector.default_config(sig, shape), "dqk_mode": "other"})
     src = chunk_vector.generate_source(SIGS["outer"])
