@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 from scandsl.lowering._source import load_source
-from scandsl.lowering._tiles import cdiv
+from scandsl.lowering._tiles import cdiv, pow2
 
 from scandsl._expr import BINARY, Const, Dot, Input, MatVec, Node, Op, Outer, Read
 
@@ -183,10 +183,6 @@ def _kernel(output: Node, scaled_leaves: frozenset):
     return load_source(src, name="epilogue").epilogue_kernel
 
 
-def _pow2(n: int) -> int:
-    return 1 << (max(int(n), 1) - 1).bit_length()
-
-
 def run(
     output: Node, values: dict[Node, torch.Tensor], scaled: dict[Node, float], sizes, out_dtype
 ) -> torch.Tensor | None:
@@ -199,7 +195,9 @@ def run(
     if any(sizes[lf.axis] > _MAX_FEATURE for lf in leaves if lf.axis) or sizes[output.axes[0]] > _MAX_FEATURE:
         return None
     tensors = [values[lf.node] for lf in leaves]
-    ref = next(t for t, lf in zip(tensors, leaves) if lf.per_step)
+    ref = next((t for t, lf in zip(tensors, leaves) if lf.per_step), None)
+    if ref is None:  # no per-step leaf gives [B, T, H]
+        return None
     B, T, H = ref.shape[:3]
     args: list = []
     for t, lf in zip(tensors, leaves):
@@ -209,7 +207,7 @@ def run(
     w = output.axes[0]
     out = torch.empty(B, T, H, sizes[w], dtype=out_dtype, device=ref.device)
     axes = sorted({lf.axis for lf in leaves if lf.axis is not None} | {w})
-    meta = {f"N{ax}": sizes[ax] for ax in axes} | {f"B{ax}": _pow2(sizes[ax]) for ax in axes}
+    meta = {f"N{ax}": sizes[ax] for ax in axes} | {f"B{ax}": pow2(sizes[ax]) for ax in axes}
     kernel = _kernel(output, frozenset(scaled))
     scale = next(iter(scaled.values()), 1.0)
     kernel[(cdiv(B * T, _BR), H)](out, *args, scale, B * T, T, H=H, BR=_BR, **meta)

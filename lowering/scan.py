@@ -70,6 +70,7 @@ from scandsl.autotune._space import Param, SearchSpace
 from scandsl.lowering._chunks import chunk_map
 from scandsl.lowering._source import load_source
 from scandsl.lowering._tiles import cdiv as _cdiv
+from scandsl.lowering._tiles import pow2
 from scandsl.lowering.scan_source import generate_source, module_name
 
 from scandsl._core import CoreInputs, CoreSig, Decay, Shape, Transition
@@ -107,10 +108,6 @@ def kernels(sig: CoreSig):
     return load_source(generate_source(sig), name=module_name(sig))
 
 
-def _pow2(n: int) -> int:
-    return 1 << (max(int(n), 1) - 1).bit_length()
-
-
 def default_config(sig: CoreSig, shape: Shape) -> dict:
     """Heuristic tiles; keys without prefix are the forward's, ``bwd_*`` the backward's.
 
@@ -126,7 +123,7 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
     forward walks (``fwd_mode="walk"``): the split forward measured slower (1.03 vs 0.81 ms at
     split_L=64, same tiles; ``bench/results/gpu_check_scan_split.json``, host-bound timings).
     """
-    kp, vp = _pow2(shape.K), _pow2(shape.V)
+    kp, vp = pow2(shape.K), pow2(shape.V)
     if sig.decay is Decay.CHANNEL and kp <= 16:
         fwd = {
             "BT": 16 if sig.decay_static else 32,
@@ -152,7 +149,7 @@ def _per_thread(cfg: dict, prefix: str = "") -> float:
 
 
 def _check_config(cfg: dict, shape: Shape) -> str | None:
-    kp, vp = _pow2(shape.K), _pow2(shape.V)
+    kp, vp = pow2(shape.K), pow2(shape.V)
     for prefix in ("", "bwd_"):
         for name in ("BT", "BK", "BV"):
             value = cfg[prefix + name]
@@ -179,7 +176,7 @@ def _check_config(cfg: dict, shape: Shape) -> str | None:
 
 
 def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
-    kp, vp = _pow2(shape.K), _pow2(shape.V)
+    kp, vp = pow2(shape.K), pow2(shape.V)
     params = []
     for prefix in ("", "bwd_"):
         params += [

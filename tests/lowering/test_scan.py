@@ -73,7 +73,7 @@ def _interpreter(monkeypatch):
 
 
 def _cfg(K: int, *, BT: int = 16, BK: int | None = None, BV: int = 64, bwd: dict | None = None) -> dict:
-    fwd = {"BT": BT, "BK": BK or min(32, scan._pow2(K)), "BV": BV, "num_warps": 1, "num_stages": 1}
+    fwd = {"BT": BT, "BK": BK or min(32, scan.pow2(K)), "BV": BV, "num_warps": 1, "num_stages": 1}
     return {**fwd, **{f"bwd_{k}": v for k, v in {**fwd, **(bwd or {})}.items()}}
 
 
