@@ -53,6 +53,18 @@ def supports(sig: CoreSig) -> str | None:
     return None
 
 
+def _sm90_fault(cfg: dict) -> str | None:
+    """Configs Triton 3.6 builds into an illegal memory access on sm_90: found by ``scandsl tune
+    deltanet --objective fwd_bwd`` on the H100 (2026-11-24 00:46 UTC), reproduced each in its own
+    process at the tuner's probe shape and at B=4 T=4096 H=16 K=V=128, forward + backward
+    (``bench/gpu_fault_repro.py --family delta``): it faults with 4 or 8 per-chunk and backward
+    warps and out_bv 32 or 64; it runs (finite) with num_stages=2, bv=64 or state_warps=8. bv=16
+    was not run and is rejected with bv=32."""
+    if cfg["chunk"] == 64 and cfg["bv"] <= 32 and cfg["state_warps"] == 4 and cfg["num_stages"] == 1:
+        return "chunk=64, bv<=32, state_warps=4, num_stages=1: an illegal memory access on sm_90 (Triton 3.6)"
+    return None
+
+
 def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
     """Tiles: ``chunk``; ``bv`` the V-block of the sequential passes (more programs walk the
     sequences as it shrinks); ``out_bv`` the V-block of the per-chunk kernels; ``bwd_bk`` the
@@ -61,6 +73,9 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
     bk_max, bv_max = _pow2(shape.K), _pow2(shape.V)
 
     def valid(cfg) -> str | None:
+        fault = _sm90_fault(cfg)
+        if fault is not None:
+            return fault
         c = cfg["chunk"]
         for key, top in (("bv", bv_max), ("out_bv", bv_max), ("bwd_bk", bk_max)):
             if cfg[key] > top:
@@ -266,6 +281,9 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
     if K > 256 or V > 256:
         raise ValueError(f"chunk_delta: K and V up to 256, got K={K}, V={V}")
     cfg = default_config(sig, Shape(B, T, H, K, V)) | dict(config or {})
+    fault = _sm90_fault(cfg)
+    if fault is not None:
+        raise ValueError(f"chunk_delta config {config}: {fault}")
     user_cu = cu = x.cu_seqlens
     if cu is not None:
         if B != 1:
