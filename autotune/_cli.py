@@ -145,7 +145,7 @@ def tune_main(argv: Sequence[str] | None = None, *, resolve: Resolver | None = N
 
 def run(args: argparse.Namespace, *, resolve: Resolver | None = None) -> int:
     from ._evaluate import DeviceFault
-    from ._json import result_to_json
+    from ._json import record_to_json, result_to_json
     from ._report import plot_history, print_table
     from ._tune import grid_search, tune
 
@@ -189,6 +189,14 @@ def run(args: argparse.Namespace, *, resolve: Resolver | None = None) -> int:
                 )  # fmt: skip
             except DeviceFault as fault:
                 print(f"scandsl tune: stopped: {fault}", file=sys.stderr)
+                if args.json is not None:  # what was measured before the fault is not lost with the process
+                    args.json.parent.mkdir(parents=True, exist_ok=True)
+                    partial = {
+                        "device_fault": str(fault),
+                        "stage": i,
+                        "records": [record_to_json(r) for r in fault.records],
+                    }
+                    args.json.write_text(json.dumps(dump + [partial], indent=1))
                 return 1
         print_table(result)
         if "device_fault" in result.meta:

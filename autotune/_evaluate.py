@@ -116,6 +116,7 @@ class DeviceFault(RuntimeError):
 
     def __init__(self, record: TrialRecord):
         self.record = record
+        self.records: list[TrialRecord] = []  # every trial of the study so far (tune() fills it)
         super().__init__(
             f"{record.strategy} config {record.config} faulted the GPU ({record.reason}); the CUDA "
             "context of this process is lost. Evaluations so far are kept; the faulting config is "

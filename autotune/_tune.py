@@ -228,11 +228,15 @@ def tune(
         sampler=make_sampler(sampler, seed=seed, n_startup=max(3, min(10, trials // 4))),
         load_if_exists=True,
     )
-    with Progress(total=trials + 1, title=f"tuning {spec_key} [{key.sig}]", enabled=progress) as bar:
-        default_rec = search(
-            study, prob.strategies, prob.spaces, prob.evaluate, trials, flat=flat, default=prob.default,
-            progress=bar, complete=prob.complete, deadline=None if budget_s is None else t0 + budget_s,
-        )  # fmt: skip
+    try:
+        with Progress(total=trials + 1, title=f"tuning {spec_key} [{key.sig}]", enabled=progress) as bar:
+            default_rec = search(
+                study, prob.strategies, prob.spaces, prob.evaluate, trials, flat=flat, default=prob.default,
+                progress=bar, complete=prob.complete, deadline=None if budget_s is None else t0 + budget_s,
+            )  # fmt: skip
+    except DeviceFault as fault:  # hand the caller what was measured before the fault, too
+        fault.records = [r for r in (record_from_trial(t) for t in study.get_trials(deepcopy=False)) if r]
+        raise
     records = [r for r in (record_from_trial(t) for t in study.get_trials(deepcopy=False)) if r is not None]
     result = TuneResult(
         key=key, records=records, default=default_rec, sampler=name, study_name=study.study_name,

@@ -265,6 +265,9 @@ def test_a_device_fault_stops_the_search_and_is_never_rerun(tmp_path):
             tune("fake", SIG, TINY, torch.float32, ("chunk",), trials=200, seed=seed, **kw)
         except DeviceFault as fault:
             assert fault.record.config == culprit and "new process" in str(fault)
+            # what was measured before the fault travels with it (the CLI writes it to --json)
+            assert any(r.config == culprit for r in fault.records)
+            assert all(r.state in ("ok", "invalid", "error", "wrong") for r in fault.records)
             break
     else:
         pytest.fail("the culprit was never proposed")
@@ -296,3 +299,26 @@ def test_fix_pins_parameters_for_grid_and_search(tmp_path):
     with pytest.raises(ValueError, match=r"no strategy of \['chunk'\] has the parameter\(s\) \['num_warp'\]"):
         grid_search("fake", SIG, TINY, torch.float32, ("chunk",), timer=timer, loader=loader, progress=False,
                     fix={"num_warp": 4})  # fmt: skip
+
+
+def test_cli_writes_what_was_measured_before_a_device_fault(tmp_path, monkeypatch, capsys):
+    """``scandsl tune --json`` after a device fault: the records measured before it are written
+    (the journal may live on a machine that is about to be handed back), and the exit code is 1."""
+    from scandsl.autotune import DeviceFault, _cli, _tune
+    from scandsl.autotune._evaluate import TrialRecord
+
+    measured = TrialRecord("chunk", {"BT": 16}, "ok", ms=1.5)
+    culprit = TrialRecord("chunk", {"BT": 32}, "error", reason="illegal memory access")
+
+    def faulting_tune(*args, **kwargs):
+        fault = DeviceFault(culprit)
+        fault.records = [measured, culprit]
+        raise fault
+
+    monkeypatch.setattr(_tune, "tune", faulting_tune)
+    out = tmp_path / "trials.json"
+    status = _cli.tune_main(["core:channel", "--shape", "1,8,1,4,4", "--no-progress", "--json", str(out)])
+    assert status == 1 and "faulted the GPU" in capsys.readouterr().err
+    (stage,) = json.loads(out.read_text())
+    assert stage["stage"] == 0 and "faulted the GPU" in stage["device_fault"]
+    assert [r["state"] for r in stage["records"]] == ["ok", "error"] and stage["records"][0]["ms"] == 1.5
