@@ -22,13 +22,14 @@ dimension, the leaf's feature axis (padded to a power of two) on its second.
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
 
 import torch
 from scandsl.lowering._source import load_source
 from scandsl.lowering._tiles import cdiv, pow2
 
-from scandsl._expr import BINARY, Const, Dot, Input, MatVec, Node, Op, Outer, Read
+from scandsl._expr import BINARY, Const, Dot, Input, MatVec, Node, Op, Outer, Read, walk
 
 __all__ = ["plan", "run", "generate_source"]
 
@@ -180,7 +181,12 @@ def _kernel(output: Node, scaled_leaves: frozenset):
     leaves = plan(output)
     assert leaves is not None
     src = generate_source(output, leaves, {n: True for n in scaled_leaves})
-    return load_source(src, name="epilogue").epilogue_kernel
+    # a readable stem per expression (what SCANDSL_DUMP writes): its read-out states and ops
+    parts = sorted({n.state for n in walk(output) if isinstance(n, Read)}) + sorted(
+        {n.fn for n in walk(output) if isinstance(n, Op)}
+    )
+    tag = hashlib.sha256(repr(output).encode()).hexdigest()[:6]  # mamba's and s4's differ in the read's query
+    return load_source(src, name="epilogue_" + "_".join(parts) + "_" + tag).epilogue_kernel
 
 
 def run(
