@@ -235,9 +235,9 @@ def tune(
                 progress=bar, complete=prob.complete, deadline=None if budget_s is None else t0 + budget_s,
             )  # fmt: skip
     except DeviceFault as fault:  # hand the caller what was measured before the fault, too
-        fault.records = [r for r in (record_from_trial(t) for t in study.get_trials(deepcopy=False)) if r]
+        fault.records = _study_records(study)
         raise
-    records = [r for r in (record_from_trial(t) for t in study.get_trials(deepcopy=False)) if r is not None]
+    records = _study_records(study)
     result = TuneResult(
         key=key, records=records, default=default_rec, sampler=name, study_name=study.study_name,
         storage=None if storage is None else str(storage), seconds=time.perf_counter() - t0,
@@ -245,6 +245,11 @@ def tune(
     if write_cache:
         _write_winner(result, cache_dir)
     return result
+
+
+def _study_records(study) -> list[TrialRecord]:
+    """Every trial of ``study`` that carries a record (pruned or running trials do not)."""
+    return [r for r in (record_from_trial(t) for t in study.get_trials(deepcopy=False)) if r is not None]
 
 
 def grid_search(
@@ -365,7 +370,7 @@ def replay(grid: TuneResult, *, sampler: Any = "tpe", trials: int, seed: int | N
         default=default,
         progress=Progress(enabled=False),
     )
-    records = [r for r in (record_from_trial(t) for t in study.get_trials(deepcopy=False)) if r is not None]
+    records = _study_records(study)
     name = isinstance(sampler, str) and sampler or type(sampler).__name__
     return TuneResult(key=grid.key, records=records, default=default_rec or grid.default, sampler=name)
 

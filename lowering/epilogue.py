@@ -75,7 +75,8 @@ def _leaves(node: Node, out: dict[Node, _Leaf]) -> bool:
         out.setdefault(node, _Leaf(node, per_step, node.axes[0] if node.axes else None))
         return True
     if isinstance(node, Op):
-        ok = node.fn in (_UNARY if len(node.args) == 1 else _BINARY) and node.fn != "pow"
+        # pow (and the other unary ops without a line below) keeps the PyTorch path
+        ok = node.fn in (_UNARY if len(node.args) == 1 else _BINARY)
         return ok and all(_leaves(a, out) for a in node.args)
     if isinstance(node, Dot):
         return (
@@ -108,8 +109,8 @@ def plan(output: Node) -> tuple[_Leaf, ...] | None:
     return tuple(found.values())
 
 
-def generate_source(output: Node, leaves: tuple[_Leaf, ...], scaled: dict[Node, bool]) -> str:
-    """Triton source of the epilogue kernel for ``output``; ``scaled[leaf]`` multiplies that leaf
+def generate_source(output: Node, leaves: tuple[_Leaf, ...], scaled: frozenset = frozenset()) -> str:
+    """Triton source of the epilogue kernel for ``output``; the leaves in ``scaled`` are multiplied
     by the kernel's ``scale`` argument (the op's query scale, folded into the load)."""
     axes = sorted({lf.axis for lf in leaves if lf.axis is not None} | {output.axes[0]})
     args, body = ["out"], []
@@ -130,7 +131,7 @@ def generate_source(output: Node, leaves: tuple[_Leaf, ...], scaled: dict[Node, 
             else:
                 ptr, mask, shape = f"{a} + i_h * {a}_sh + o_{lf.axis} * {a}_sd", f"m_{lf.axis}", "[None, :]"
         load = f"tl.load({ptr}" + (f", mask={mask}, other=0.0)" if mask else ")")
-        factor = " * scale" if scaled.get(lf.node) else ""
+        factor = " * scale" if lf.node in scaled else ""
         what = f"{type(lf.node).__name__} {getattr(lf.node, 'name', None) or lf.node.state}"
         body.append(f"x{i} = {load}.to(tl.float32){shape}{factor}  # {what}")
     names = {lf.node: f"x{i}" for i, lf in enumerate(leaves)}
@@ -180,7 +181,7 @@ def epilogue_kernel({", ".join(args)}, scale, R, T, H: tl.constexpr, {", ".join(
 def _kernel(output: Node, scaled_leaves: frozenset):
     leaves = plan(output)
     assert leaves is not None
-    src = generate_source(output, leaves, {n: True for n in scaled_leaves})
+    src = generate_source(output, leaves, scaled_leaves)
     # a readable stem per expression (what SCANDSL_DUMP writes): its read-out states and ops
     parts = sorted({n.state for n in walk(output) if isinstance(n, Read)}) + sorted(
         {n.fn for n in walk(output) if isinstance(n, Op)}

@@ -85,39 +85,39 @@ def _run_reference(spec, inputs, sizes, initial, scale, cu_seqlens):
 
 
 class _Env(dict):
-    """Leaf values for ``evaluate``; a lazy leaf is computed on its first use only.
+    """Leaf values for ``evaluate``; the scaled query is computed on its first use only.
 
-    The scaled query is lazy: a core that reads the raw query folds ``scale`` into the kernel,
-    and then no pass over q is spent unless an epilogue term needs the scaled value too.
+    A core that reads the raw query folds ``scale`` into the kernel, and then no pass over q is
+    spent unless an epilogue term needs the scaled value too (the fused epilogue scales it in
+    its own load, from ``scaled``).
     """
 
-    def __init__(self, values, lazy, scaled_raw=None):
+    def __init__(self, values, scaled):
         super().__init__(values)
-        self._lazy = dict(lazy)
-        self.scaled_raw = dict(scaled_raw or {})  # lazy leaf -> (raw tensor, scale)
+        self.scaled = dict(scaled)  # leaf -> (raw tensor, scale): its value is raw * scale
 
     def __missing__(self, node):
-        if node not in self._lazy:
+        if node not in self.scaled:
             raise KeyError(node)
-        value = self[node] = self._lazy.pop(node)()
+        raw, scale = self.scaled[node]
+        value = self[node] = raw * scale
         return value
 
     def __contains__(self, node) -> bool:
-        return dict.__contains__(self, node) or node in self._lazy
+        return dict.__contains__(self, node) or node in self.scaled
 
 
 def _leaf_env(spec, inputs: Mapping[str, torch.Tensor], scale: float) -> _Env:
-    values, lazy, raw = {}, {}, {}
+    values, scaled = {}, {}
     for name, decl in spec.inputs:
         x = inputs[name]
         leaf = Input(name, decl.axes, decl.time)
         x = x if decl.time else x[None, None]
         if name == spec.scaled and scale != 1.0:
-            lazy[leaf] = lambda x=x: x * scale
-            raw[leaf] = (x, scale)
+            scaled[leaf] = (x, scale)
         else:
             values[leaf] = x
-    return _Env(values, lazy, raw)
+    return _Env(values, scaled)
 
 
 def _eval_operand(node: Node, env, sizes, lead: tuple[int, int, int], per_step: bool) -> torch.Tensor:
@@ -210,8 +210,8 @@ def _fused_epilogue(spec, env: _Env, sizes, out_dtype) -> torch.Tensor | None:
         return None
     values, scaled = {}, {}
     for lf in leaves:
-        if lf.node in env.scaled_raw and not dict.__contains__(env, lf.node):
-            values[lf.node], scaled[lf.node] = env.scaled_raw[lf.node]  # scaled in the kernel
+        if lf.node in env.scaled and not dict.__contains__(env, lf.node):
+            values[lf.node], scaled[lf.node] = env.scaled[lf.node]  # scaled in the kernel
         else:
             values[lf.node] = env[lf.node]
     if torch.is_grad_enabled() and any(t.requires_grad for t in values.values()):

@@ -74,7 +74,7 @@ def test_generated_source_is_readable():
     )
     leaves = epilogue.plan(out)
     assert [type(lf.node).__name__ for lf in leaves] == ["Read", "Input", "Input"]
-    src = epilogue.generate_source(out, leaves, {})
+    src = epilogue.generate_source(out, leaves)
     assert "def epilogue_kernel(" in src and "x1 = tl.load(p1 + i_h" in src and "# Input D" in src
     assert "e0 = x1 * x2" in src and "e1 = x0 + e0" in src
     compile(src, "epilogue", "exec")
