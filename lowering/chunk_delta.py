@@ -115,13 +115,35 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
         "state_warps": 8,
         "num_stages": 2,
         "bwd_warps": 8,
+        "operand_dtype": "v",
+        "prepare_wu": "blocks",
     }
 
 
+def _operand_dtype(cfg: dict, x: CoreInputs) -> torch.dtype:
+    """dtype of the tensor-core operands: ``"v"`` takes the values' dtype (q and k are cast to it),
+    ``"qk"`` the features' (``promote(q, k)``). They differ when ``beta`` (or another fp32 factor)
+    is folded into ``v`` upstream: bf16 q, k, v with an fp32 ``beta`` reach the core with an fp32
+    ``v``, and ``"v"`` then runs every product in fp32 (tf32x3), ``"qk"`` in bf16 as the inputs
+    were (v is rounded to bf16 as it is loaded; the output keeps its dtype)."""
+    choice = cfg.get("operand_dtype", "v")
+    if choice == "v":
+        return x.v.dtype
+    if choice == "qk":
+        return torch.promote_types(x.q.dtype, x.k.dtype)
+    raise ValueError(f"chunk_delta config 'operand_dtype': 'v' or 'qk', got {choice!r}")
+
+
+def _module(cfg: dict, sig: CoreSig, dtype: torch.dtype):
+    return _module_of(
+        sig, cfg["chunk"], cfg.get("fp32_precision", "tf32x3"), cfg.get("prepare_wu", "blocks"), dtype
+    )
+
+
 @functools.lru_cache(maxsize=64)
-def _module(sig: CoreSig, chunk: int, precision: str, dtype: torch.dtype):
-    src = generate_source(sig, {"chunk": chunk, "fp32_precision": precision}, dtype=dtype)
-    return load_source(src, name=f"chunk_delta_{sig.decay.value}_c{chunk}_{str(dtype)[6:]}")
+def _module_of(sig: CoreSig, chunk: int, precision: str, wu: str, dtype: torch.dtype):
+    src = generate_source(sig, {"chunk": chunk, "fp32_precision": precision, "prepare_wu": wu}, dtype=dtype)
+    return load_source(src, name=f"chunk_delta_{sig.decay.value}_c{chunk}_{wu}_{str(dtype)[6:]}")
 
 
 def _empty(*shape: int, dtype: torch.dtype, device, zero: bool = False) -> torch.Tensor:
@@ -183,7 +205,7 @@ class _ChunkDelta(torch.autograd.Function):
         V = v.shape[-1]
         cfg, C = plan.config, plan.config["chunk"]
         dev = q.device
-        mod = _module(plan.sig, C, cfg.get("fp32_precision", "tf32x3"), q.dtype)
+        mod = _module(cfg, plan.sig, q.dtype)
         q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
         g = g.contiguous() if g is not None else beta
         offsets, cseq, cstart = tables
@@ -193,9 +215,11 @@ class _ChunkDelta(torch.autograd.Function):
         shapes = dict(H=H, K=K, V=V, C=C, BK=_pow2(K), IS_VARLEN=plan.varlen)
         seq_bv, par_bv = min(cfg["bv"], _pow2(V)), min(cfg["out_bv"], _pow2(V))
         w = _empty(B, Tn, H, K, dtype=k.dtype, device=dev)
-        u = _empty(B, Tn, H, V, dtype=v.dtype, device=dev)
-        # T only feeds tensor-core products in the input dtype, so it is kept in that dtype
-        tmat = _empty(B, Tn, H, C, dtype=k.dtype, device=dev) if plan.need_grad else w
+        u = _empty(B, Tn, H, V, dtype=k.dtype, device=dev)  # the new values, operands of later products
+        # T only feeds tensor-core products in the input dtype, so it is kept in that dtype;
+        # prepare_wu="full" passes it through memory in the forward too
+        keep_t = plan.need_grad or cfg.get("prepare_wu", "blocks") == "full"
+        tmat = _empty(B, Tn, H, C, dtype=k.dtype, device=dev) if keep_t else w
         hs = _empty(max(plan.NC, 1), H, K, V, dtype=k.dtype, device=dev)
         ht = _empty(plan.N, H, K, V, dtype=torch.float32, device=dev)
         o = _empty(B, Tn, H, V, dtype=plan.out_dtype, device=dev, zero=not plan.covers_all)
@@ -228,7 +252,7 @@ class _ChunkDelta(torch.autograd.Function):
         B, Tn, H, K = q.shape
         V = u.shape[-1]
         dev = q.device
-        mod = _module(plan.sig, C, cfg.get("fp32_precision", "tf32x3"), q.dtype)
+        mod = _module(cfg, plan.sig, q.dtype)
         cu_arg = cu if cu is not None else offsets
         walk = dict(num_warps=cfg["state_warps"], num_stages=cfg["num_stages"])
         shapes = dict(H=H, K=K, V=V, C=C, IS_VARLEN=plan.varlen)
@@ -297,7 +321,7 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
     offsets, cseq, cstart, nc = _tables(user_cu, B, T, cfg["chunk"], x.v.device)
     tensors = [x.q, x.k, x.v, x.beta, x.g, h0]
     need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    dtype = x.v.dtype
+    dtype = _operand_dtype(cfg, x)
     plan = _Plan(
         sig=sig,
         cfg=tuple(sorted(cfg.items())),
@@ -308,7 +332,7 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
         NC=nc,
         varlen=cu is not None,
         covers_all=user_cu is None or host_bounds(user_cu)[-1] == T,
-        out_dtype=x.out_dtype or dtype,
+        out_dtype=x.out_dtype or x.v.dtype,
         output_final_state=x.output_final_state,
         need_grad=need_grad,
     )

@@ -81,11 +81,14 @@ def generate_source(sig: CoreSig, config: dict, *, dtype: torch.dtype = torch.bf
         "dtype": str(dtype).removeprefix("torch."),
         "precision": precision,
     }
-    parts = [header, _prepare(sig, chunk // SUB), FWD_STATE, FWD_OUT, BWD_STATE, BWD_CHUNK]
+    wu = str(config.get("prepare_wu", "blocks"))
+    if wu not in ("blocks", "full"):
+        raise ValueError(f"chunk_delta config 'prepare_wu': 'blocks' or 'full', got {wu!r}")
+    parts = [header, _prepare(sig, chunk // SUB, wu), FWD_STATE, FWD_OUT, BWD_STATE, BWD_CHUNK]
     return fill("".join(parts), values)
 
 
-def _prepare(sig: CoreSig, nb: int) -> str:
+def _prepare(sig: CoreSig, nb: int, wu: str = "blocks") -> str:
     """``delta_prepare`` for ``nb`` sub-blocks, unrolled: register tiles cannot be sliced, so each
     16x16 block of ``A`` and ``T`` is its own variable (``b_A{i}{j}``, ``b_T{i}{j}``, ``i >= j``)."""
     body: list[str] = []
@@ -127,6 +130,36 @@ def _prepare(sig: CoreSig, nb: int) -> str:
             i = j + d
             terms = " + ".join(f"_dot32(b_A{i}{m}, b_T{m}{j})" for m in range(j, i))
             add(f"b_T{i}{j} = -_dot32(b_T{i}{i}, {terms})")
+    if wu == "full":
+        body.extend(_wu_full(sig, nb))
+    else:
+        body.extend(_wu_blocks(sig, nb))
+    head = '''
+
+@triton.jit
+def delta_prepare(
+    k, v, beta, g, w, u, tmat, cu_seqlens, chunk_seq, chunk_start, T, NT,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    IS_VARLEN: tl.constexpr, STORE_T: tl.constexpr,
+):
+    """UT transform of one (chunk, head): T = (I + A)^-1, w = T diag(beta gamma) k, u' = T v."""
+    i_c = tl.program_id(0)
+    i_h = tl.program_id(1)
+    t0, eos = _chunk_rows(i_c, cu_seqlens, chunk_seq, chunk_start, T, NT, C, IS_VARLEN)
+    o_s = tl.arange(0, 16)  # steps of one sub-block
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    strict = o_s[:, None] > o_s[None, :]  # [16, 16] step t (row) strictly after step s (column)
+    eye = tl.where(o_s[:, None] == o_s[None, :], 1.0, 0.0)  # [16, 16]
+'''
+    return head + "\n".join("    " + line for line in body) + "\n"
+
+
+def _wu_blocks(sig: CoreSig, nb: int) -> list[str]:
+    """w and u' from the 16x16 blocks of T held in registers: sums of [16, 16] x [16, *] products."""
+    body: list[str] = []
+    add = body.append
     add("# w = T diag(beta gamma) k")
     for j in range(nb):
         add(f"b_kb{j} = b_k{j} * ({block_beta_gamma(sig, j)})[:, None]  # [16, BK]")
@@ -161,23 +194,52 @@ def _prepare(sig: CoreSig, nb: int) -> str:
             f"    tl.store(u + (r{i}[:, None] * H + i_h) * V + o_v[None, :], b_u{i}.to(u.dtype.element_ty), "
             f"mask=m{i}[:, None] & m_v[None, :])"
         )
-    head = '''
+    return body
 
-@triton.jit
-def delta_prepare(
-    k, v, beta, g, w, u, tmat, cu_seqlens, chunk_seq, chunk_start, T, NT,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    IS_VARLEN: tl.constexpr, STORE_T: tl.constexpr,
-):
-    """UT transform of one (chunk, head): T = (I + A)^-1, w = T diag(beta gamma) k, u' = T v."""
-    i_c = tl.program_id(0)
-    i_h = tl.program_id(1)
-    t0, eos = _chunk_rows(i_c, cu_seqlens, chunk_seq, chunk_start, T, NT, C, IS_VARLEN)
-    o_s = tl.arange(0, 16)  # steps of one sub-block
-    o_k = tl.arange(0, BK)
-    m_k = o_k < K
-    strict = o_s[:, None] > o_s[None, :]  # [16, 16] step t (row) strictly after step s (column)
-    eye = tl.where(o_s[:, None] == o_s[None, :], 1.0, 0.0)  # [16, 16]
-'''
-    return head + "\n".join("    " + line for line in body) + "\n"
+
+def _wu_full(sig: CoreSig, nb: int) -> list[str]:
+    """w and u' as [C, C] x [C, *] products: T goes out through ``tmat`` (kept for the backward
+    anyway) and comes back as one [C, C] tile after a block barrier, so each product is one
+    wgmma-sized dot instead of ``nb (nb + 1) / 2`` [16, 16] ones. Same rounding as the blocks:
+    T is cast to the operand dtype either way."""
+    s = slots(sig)
+    body: list[str] = []
+    add = body.append
+    add("# T out to tmat ([C] per step, zeros above the diagonal), then back as one [C, C] tile")
+    for i in range(nb):
+        for j in range(nb):
+            block = f"b_T{i}{j}" if j <= i else "tl.zeros([16, 16], dtype=tl.float32)"
+            add(
+                f"tl.store(tmat + (r{i}[:, None] * H + i_h) * C + {f'{SUB * j} + ' if j else ''}o_s[None, :], "
+                f"{block}.to(tmat.dtype.element_ty), mask=m{i}[:, None])"
+            )
+    add("tl.debug_barrier()  # every thread's T stores are visible to the loads below")
+    add("o_c = tl.arange(0, C)")
+    add("r = t0 + o_c  # [C] rows of this chunk")
+    add("m_t = r < eos")
+    add(
+        "b_T = tl.load(tmat + (r[:, None] * H + i_h) * C + o_c[None, :], mask=m_t[:, None], other=0.0)  # [C, C]"
+    )
+    add("b_b = tl.load(beta + r * H + i_h, mask=m_t, other=0.0).to(tl.float32)  # [C]")
+    for key in ("gates", "gamma"):
+        body.extend(line for line in s[key].splitlines() if line)
+    add("# w = T diag(beta gamma) k")
+    add(
+        "b_kc = tl.load(k + (r[:, None] * H + i_h) * K + o_k[None, :], "
+        "mask=m_t[:, None] & m_k[None, :], other=0.0)  # [C, BK]"
+    )
+    add(f"b_w = _dot(b_T, b_kc * {s['beta_gamma']}[:, None])  # [C, BK]")
+    add(
+        "tl.store(w + (r[:, None] * H + i_h) * K + o_k[None, :], b_w.to(w.dtype.element_ty), "
+        "mask=m_t[:, None] & m_k[None, :])"
+    )
+    add("# u' = T v, one V-block at a time")
+    add("for i_v in range(0, tl.cdiv(V, BV)):")
+    add("    o_v = i_v * BV + tl.arange(0, BV)")
+    add("    m_tv = m_t[:, None] & (o_v < V)[None, :]")
+    add("    b_v = tl.load(v + (r[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.0)  # [C, BV]")
+    add(
+        "    tl.store(u + (r[:, None] * H + i_h) * V + o_v[None, :], _dot(b_T, b_v).to(u.dtype.element_ty), "
+        "mask=m_tv)"
+    )
+    return body

@@ -23,7 +23,7 @@ import pytest  # noqa: E402
 from scandsl.lowering import chunk_delta  # noqa: E402
 
 from scandsl._core import CoreInputs, CoreSig, Shape, core_reference  # noqa: E402
-from scandsl.testing import TAXONOMY_SIGS, TOLERANCES, assert_close, random_core_inputs  # noqa: E402
+from scandsl.testing import TAXONOMY_SIGS, TOLERANCES, assert_close, random_core_inputs, rel_err  # noqa: E402
 
 # V-blocks of 16 split V=40 three ways; bwd_bk=16 splits K=24 in two (partial dbeta / dg sums)
 CFG = {
@@ -79,10 +79,29 @@ def test_small_heads(name):
     )
 
 
-def test_chunk_64_block_solve():
+@pytest.mark.parametrize("wu", ["blocks", "full"])
+def test_chunk_64_block_solve(wu):
     sig = TAXONOMY_SIGS["scalar_delta"]
     x = random_core_inputs(sig, B=1, T=67, H=1, K=24, V=40, seed=5, requires_grad=True, device=DEVICE)
-    _compare(sig, x, CFG | {"chunk": 64, "bv": 32, "out_bv": 64, "bwd_bk": 32})
+    _compare(sig, x, CFG | {"chunk": 64, "bv": 32, "out_bv": 64, "bwd_bk": 32, "prepare_wu": wu})
+
+
+@pytest.mark.parametrize("name", SIGS)
+def test_prepare_wu_full(name):
+    """w and u' as one [C, C] product through tmat, varlen (a sequence shorter than a chunk, an
+    empty one) and with no gradient wanted (T then lives only as the forward's scratch)."""
+    sig = TAXONOMY_SIGS[name]
+    cu = torch.tensor([0, 0, 1, 6, 37], device=DEVICE)
+    x = random_core_inputs(
+        sig, T=37, H=2, K=24, V=40, seed=29, cu_seqlens=cu, requires_grad=True, device=DEVICE
+    )
+    cfg = CFG | {"prepare_wu": "full", "chunk": 32}
+    _compare(sig, x, cfg)
+    with torch.no_grad():
+        o, ht = chunk_delta.run(sig, x, cfg)
+    ro, rht = core_reference(sig, x)
+    assert_close(o, ro, TOLERANCES[torch.float32][0], "o without grad")
+    assert_close(ht, rht, TOLERANCES[torch.float32][0], "final state without grad")
 
 
 @pytest.mark.parametrize("name", SIGS)
@@ -178,3 +197,21 @@ def test_supports_and_space():
     default = chunk_delta.default_config(TAXONOMY_SIGS["delta"], shape)
     assert space.valid(default) is None
     assert space.valid(default | {"bwd_bk": 128, "chunk": 64, "bwd_warps": 4}) is not None
+
+
+@pytest.mark.parametrize("name", SIGS)
+def test_operand_dtype_of_the_features(name):
+    """fp16 q, k, v with an fp32 beta folded into v upstream reach the core with an fp32 v:
+    ``operand_dtype="qk"`` runs the products in fp16 (within fp16's tolerance of the reference,
+    gradients included), ``"v"`` in fp32 (within fp32's); the output keeps v's dtype."""
+    sig = TAXONOMY_SIGS[name]
+    x = random_core_inputs(sig, B=2, T=37, H=2, K=24, V=40, seed=23, requires_grad=True, device=DEVICE,
+                           dtype=torch.float16)  # fmt: skip
+    x.v = x.v.detach().float().requires_grad_()
+    _compare(sig, x, CFG | {"operand_dtype": "qk"}, dtype=torch.float16)
+    o16, _ = chunk_delta.run(sig, x, CFG | {"operand_dtype": "qk"})
+    o32, _ = chunk_delta.run(sig, x, CFG | {"operand_dtype": "v"})
+    ro, _ = core_reference(sig, x)
+    assert o16.dtype == o32.dtype == torch.float32
+    assert_close(o32, ro, TOLERANCES[torch.float32][0], "o, fp32 operands")
+    assert rel_err(o16, ro) > TOLERANCES[torch.float32][0] / 100, "fp16 operands should round"
