@@ -67,7 +67,8 @@ _TILES = (
     "da_BV",
 )
 DQK_MODES = ("fused", "shared_scores", "split")
-FWD_MODES = ("fused", "split")
+FWD_MODES = ("fused", "split", "pairs")
+FWD_DIAGS = ("exp", "steps")  # fwd_mode="pairs": how the pair decays inside a sub-chunk are formed
 
 
 def supports(sig: CoreSig) -> str | None:
@@ -122,6 +123,9 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
         # dv; so the default for KEY decay. Its dq/dk counterpart (dqk_mode="split") was not faster
         # than shared_scores (5.43 vs 5.24 ms) and stays an option
         "fwd_mode": "split" if sig.decay == Decay.KEY else "fused",
+        # fwd_mode="pairs" (KEY decay): chunk_fwd_a_pairs, one program per (chunk, head), the
+        # sub-chunks' own blocks by SC steps over all of K (chunk_vector_pairs); untimed as yet
+        "fwd_diag": "exp",
         "num_stages": 2,
         "fp32_dot": "ieee",
     }
@@ -152,8 +156,10 @@ def _check_config(sig: CoreSig, cfg: dict, shape: Shape) -> str | None:
         return f"dqk_mode='split' is built for KEY decay only, not {sig.decay.name}"
     if cfg["fwd_mode"] not in FWD_MODES:
         return f"fwd_mode={cfg['fwd_mode']!r} must be one of {FWD_MODES}"
-    if cfg["fwd_mode"] == "split" and sig.decay is not Decay.KEY:
-        return f"fwd_mode='split' is built for KEY decay only, not {sig.decay.name}"
+    if cfg["fwd_mode"] in ("split", "pairs") and sig.decay is not Decay.KEY:
+        return f"fwd_mode={cfg['fwd_mode']!r} is built for KEY decay only, not {sig.decay.name}"
+    if cfg["fwd_diag"] not in FWD_DIAGS:
+        return f"fwd_diag={cfg['fwd_diag']!r} must be one of {FWD_DIAGS}"
     value = sig.decay in (Decay.VALUE, Decay.OUTER)
     key = sig.decay in (Decay.KEY, Decay.OUTER)
     # fp32 elements a thread holds for the [SC, SC, tile] sub-chunk products: past 128 they spill badly
@@ -170,6 +176,8 @@ def _check_config(sig: CoreSig, cfg: dict, shape: Shape) -> str | None:
     for where, (tile, warps) in cubes.items():
         if sc * sc * tile / (32 * warps) > 128:
             return f"{where}: [{sc}, {sc}, {tile}] fp32 product needs > 128 registers a thread"
+    if cfg["fwd_mode"] == "pairs" and sc * kp / (32 * cfg["fwd_warps"]) > 64:  # a few [SC, K] fp32 tiles live
+        return f"fwd_mode='pairs': [{sc}, {kp}] fp32 tiles need > 64 registers a thread each"
     # 16-bit dot operands staged in shared memory per pipeline stage ([C, BK], [BK, BV], [C, BV]);
     # calibrated on sm_90 compiles, where the default tiles take 12-38 KiB
     for kernel, (bk, bv) in {"fwd": ("fwd_BK", "fwd_BV"), "state": ("state_BK", "state_BV"),
@@ -206,6 +214,7 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
             Param("da_BV", blocks),
             Param("da_warps", (4, 8)),
             Param("fwd_mode", FWD_MODES),
+            Param("fwd_diag", FWD_DIAGS),
             Param("num_stages", (2, 1, 3)),
             Param("fp32_dot", ("ieee",)),
         ),
@@ -223,7 +232,7 @@ class _ChunkVector(torch.autograd.Function):
         h0c = h0.float().contiguous() if h0 is not None else None
         hs, ht = launch.fwd_state(P, k, v, gk_cum, gv_cum, h0c, output_final_state)
         ox = a = None  # o without its zero-step pairs (value decay); the split forward's scores
-        if P.cfg["fwd_mode"] == "split":
+        if P.cfg["fwd_mode"] in ("split", "pairs"):
             o, a = launch.fwd_o_split(P, q, k, v, gk_cum, hs, out_dtype)
         else:
             o, ox = launch.fwd_o(P, q, k, v, gk_cum, gv_cum, hs, out_dtype)

@@ -133,19 +133,26 @@ def fwd_o(P: Plan, q, k, v, gk_cum, gv_cum, hs, out_dtype: torch.dtype):
 
 
 def fwd_o_split(P: Plan, q, k, v, gk_cum, hs, out_dtype: torch.dtype):
-    """(o, A) (``fwd_mode="split"``, KEY decay only): the chunks' score matrices A to fp32 scratch
-    per sub-chunk, then the outputs per chunk; A is kept for :func:`bwd_dv_split`
-    (:mod:`scandsl.lowering.chunk_vector_split`)."""
+    """(o, A) (``fwd_mode="split"`` or ``"pairs"``, KEY decay only): the chunks' score matrices A to
+    fp32 scratch, per sub-chunk (split) or per chunk (pairs), then the outputs per chunk; A is kept
+    for :func:`bwd_dv_split` (:mod:`scandsl.lowering.chunk_vector_split`, ``chunk_vector_pairs``)."""
     cfg, dev = P.cfg, v.device
     C, SC = cfg["chunk"], cfg["sub"]
     o = empty(P.B, P.T, P.H, P.V, dtype=out_dtype, device=dev)
     if P.TC:
         a = empty(P.TC, P.H, C, C, dtype=torch.float32, device=dev)
-        P.kernels.chunk_fwd_a[(P.TC * (C // SC), P.H)](
-            q, k, gk_cum, a, P.cu, P.chunk_seq, P.chunk_loc, P.scale,
-            H=P.H, K=P.K, C=C, SC=SC, BK=cfg["fwd_BK"], BKD=cfg["diag_BK"], PREC=cfg["fp32_dot"],
-            num_warps=cfg["fwd_warps"], num_stages=cfg["num_stages"],
-        )  # fmt: skip
+        if cfg["fwd_mode"] == "pairs":
+            P.kernels.chunk_fwd_a_pairs[(P.TC, P.H)](
+                q, k, gk_cum, a, P.cu, P.chunk_seq, P.chunk_loc, P.scale,
+                H=P.H, K=P.K, C=C, SC=SC, BK=cfg["fwd_BK"], KD=pow2(P.K), STEPS=cfg["fwd_diag"] == "steps",
+                PREC=cfg["fp32_dot"], num_warps=cfg["fwd_warps"], num_stages=cfg["num_stages"],
+            )  # fmt: skip
+        else:
+            P.kernels.chunk_fwd_a[(P.TC * (C // SC), P.H)](
+                q, k, gk_cum, a, P.cu, P.chunk_seq, P.chunk_loc, P.scale,
+                H=P.H, K=P.K, C=C, SC=SC, BK=cfg["fwd_BK"], BKD=cfg["diag_BK"], PREC=cfg["fp32_dot"],
+                num_warps=cfg["fwd_warps"], num_stages=cfg["num_stages"],
+            )  # fmt: skip
         P.kernels.chunk_fwd_o_split[(cdiv(P.V, cfg["fwd_BV"]), P.TC, P.H)](
             q, k, v, gk_cum, hs, a, o, P.cu, P.chunk_seq, P.chunk_loc, P.scale,
             SC=SC, BK=cfg["fwd_BK"], BV=cfg["fwd_BV"],

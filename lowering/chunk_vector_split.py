@@ -39,12 +39,16 @@ The forward keeps ``A`` for the backward (``[chunks, H, C, C]`` fp32, 67 MB at B
 whose dv is then ``chunk_bwd_dv_split``, one program per (V-block, chunk, head):
 ``dv = (k exp(bk_last - bk)) dh + A^T do``, two tensor-core products, instead of ``chunk_bwd_dv``
 rebuilding the scores sub-chunk by sub-chunk.
+
+``fwd_mode="pairs"`` keeps ``chunk_fwd_o_split`` and A, and builds A with ``chunk_fwd_a_pairs``, one
+program per (chunk, head) and no ``[SC, SC, BK]`` cube: :mod:`scandsl.lowering.chunk_vector_pairs`.
 """
 
 from __future__ import annotations
 
 import textwrap
 
+from scandsl.lowering.chunk_vector_pairs import FWD_A_PAIRS
 from scandsl.lowering.chunk_vector_shared import SCRATCH_SCORES
 from scandsl.lowering.chunk_vector_templates import (
     KEY_DIAG,
@@ -224,6 +228,7 @@ def chunk_fwd_o_split(q, k, v, gk_cum, hs, a, o, cu, chunk_seq, chunk_loc, scale
 {at_depth(4, chunk_program("v"))}
 {at_depth(4, _OUT_BODY)}
 '''
+FWD_SPLIT += FWD_A_PAIRS  # fwd_mode="pairs": chunk_fwd_a_pairs in place of chunk_fwd_a, same module
 
 _DV_BODY = """
 b_dv = tl.full([C, BV], 0.0, dtype=tl.float32)
