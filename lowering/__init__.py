@@ -15,6 +15,7 @@ Strategies are imported lazily so a missing optional module never breaks the oth
 
 from __future__ import annotations
 
+import functools
 import importlib
 from types import ModuleType
 
@@ -28,8 +29,10 @@ KERNEL_STRATEGIES: dict[str, str] = {
 }
 
 
+@functools.cache
 def load_strategy(name: str) -> ModuleType | None:
-    """The strategy module, or None when it is not built (yet) in this install."""
+    """The strategy module, or None when it is not built (yet) in this install (memoised: every
+    op call asks)."""
     try:
         return importlib.import_module(KERNEL_STRATEGIES[name])
     except ModuleNotFoundError as err:

@@ -68,6 +68,7 @@ import functools
 import torch
 from scandsl.autotune._space import Param, SearchSpace
 from scandsl.lowering._chunks import chunk_map
+from scandsl.lowering._config import config_memo
 from scandsl.lowering._source import load_source
 from scandsl.lowering._tiles import cdiv as _cdiv
 from scandsl.lowering._tiles import pow2
@@ -198,9 +199,7 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
         raise ValueError(f"scan strategy: K={x.K}, V={x.V}; both must be <= {_MAX_FEATURE}")
     if x.cu_seqlens is not None and x.B != 1:
         raise ValueError(f"scan strategy: cu_seqlens needs batch size 1, got B={x.B}")
-    shape = Shape(x.B, x.T, x.H, x.K, x.V)
-    cfg = {**default_config(sig, shape), **(config or {})}
-    bad = _check_config(cfg, shape)
+    cfg, bad = _resolve(sig, Shape(x.B, x.T, x.H, x.K, x.V), config=config)
     if bad is not None:
         raise ValueError(f"scan strategy: invalid config {cfg}: {bad}")
     tensors = (x.q, x.k, x.v, x.g, x.gk, x.gv, x.A, x.initial_state)
@@ -209,6 +208,12 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
         sig, cfg, x.scale, x.cu_seqlens, x.out_dtype or x.v.dtype, x.output_final_state, save, *tensors
     )
     return o, (ht if x.output_final_state else None)
+
+
+@config_memo
+def _resolve(sig: CoreSig, shape: Shape, config: dict | None) -> tuple[dict, str | None]:
+    cfg = {**default_config(sig, shape), **(config or {})}
+    return cfg, _check_config(cfg, shape)
 
 
 def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

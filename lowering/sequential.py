@@ -37,6 +37,7 @@ import torch
 import triton
 from scandsl.autotune._space import Param, SearchSpace
 from scandsl.lowering import sequential_launch as _launch
+from scandsl.lowering._config import config_memo
 
 from scandsl._core import CoreInputs, CoreSig, Decay, Shape, Transition
 
@@ -188,10 +189,15 @@ class _SequentialFn(torch.autograd.Function):
         return (None, None, None, *out)
 
 
+@config_memo
+def _resolve(sig: CoreSig, shape: Shape, config: dict | None) -> dict:
+    return {**default_config(sig, shape), **(config or {})}
+
+
 def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
     """(o, final_state or None); differentiable for every tensor in ``x``."""
     _check(sig, x)
-    cfg = {**default_config(sig, Shape(x.B, x.T, x.H, x.K, x.V)), **(config or {})}
+    cfg = _resolve(sig, Shape(x.B, x.T, x.H, x.K, x.V), config=config)
     res = _SequentialFn.apply(sig, cfg, _meta(x), *(getattr(x, n) for n in _NAMES))
     if x.output_final_state:
         return res[0], res[1]

@@ -17,7 +17,7 @@ from scandsl import knobs
 from scandsl._classify import Stage
 from scandsl._core import CoreInputs, Shape
 from scandsl._expr import Input, Node, evaluate
-from scandsl._validate import check_inputs, check_strategy, initial_states
+from scandsl._validate import check_call, initial_states
 from scandsl.autotune import choose, usable_strategies
 from scandsl.lowering import epilogue, load_strategy
 
@@ -31,9 +31,9 @@ def apply(spec, args: Mapping[str, Any]):
     args = dict(args)
     opts = {k: args.pop(k) for k in OPTIONS if k in args}
     spec = spec.with_feature_map(opts.get("feature_map"))
-    strategy = opts.get("strategy", "auto")
     cu_seqlens = opts.get("cu_seqlens")
-    inputs, sizes, n_seq = check_inputs(spec, args, cu_seqlens=cu_seqlens, strategy=strategy)
+    checked = check_call(spec, args, cu_seqlens=cu_seqlens, strategy=opts.get("strategy", "auto"))
+    inputs, sizes, n_seq, strategy = checked.tensors(args), checked.sizes, checked.n_seq, checked.strategy
     if spec.scaled is not None:
         scale = opts.get("scale")
         scale = sizes[spec.input_decls[spec.scaled].axes[0]] ** -0.5 if scale is None else float(scale)
@@ -42,7 +42,6 @@ def apply(spec, args: Mapping[str, Any]):
     else:
         scale = 1.0
     initial = initial_states(spec, opts.get("initial_state"), sizes, n_seq, inputs)
-    strategy = check_strategy(spec, strategy)
     out_dtype = _out_dtype(spec, inputs)
     if strategy == "reference":
         o, finals = _run_reference(spec, inputs, sizes, initial, scale, cu_seqlens)
@@ -122,7 +121,7 @@ def _leaf_env(spec, inputs: Mapping[str, torch.Tensor], scale: float) -> _Env:
 
 def _eval_operand(node: Node, env, sizes, lead: tuple[int, int, int], per_step: bool) -> torch.Tensor:
     """Evaluate an operand node as ``[B,T,H,*]`` (or ``[H,*]`` when the core takes it static)."""
-    t = evaluate(node, env, sizes)
+    t = env[node] if node in env else evaluate(node, env, sizes)
     B, T, H = lead
     shape = tuple(sizes[a] for a in node.axes)
     if not per_step:

@@ -231,6 +231,30 @@ def align(t: torch.Tensor, axes: Axes, target: Axes) -> torch.Tensor:
     return t
 
 
+def _hash_once(cls: type) -> type:
+    """Cache the structural hash a frozen node dataclass generates: every op call looks nodes up
+    in dicts (the leaf environment, memo tables), and the generated hash walks the subtree.
+
+    The cache lives in the instance ``__dict__`` (``Node`` has no ``__slots__``), which the
+    dataclass pickling of slotted classes leaves out: a node unpickled in another process, where
+    strings hash differently, computes its own."""
+    structural = cls.__hash__
+
+    def __hash__(self) -> int:
+        try:
+            return self.__dict__["_hash"]
+        except KeyError:
+            h = self.__dict__["_hash"] = structural(self)
+            return h
+
+    cls.__hash__ = __hash__  # type: ignore[method-assign]
+    return cls
+
+
+for _cls in (Input, Const, Eye, Placeholder, Op, Outer, Dot, MatVec, Softmax, Read):
+    _hash_once(_cls)
+
+
 def evaluate(node: Node, env: Mapping[Node, torch.Tensor], sizes: Mapping[str, int]) -> torch.Tensor:
     """Value of ``node``; ``env`` maps leaves (Input, Read, Placeholder) to tensors."""
     cache: dict[Node, torch.Tensor] = {}

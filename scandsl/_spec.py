@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from scandsl._dsl import Affine, In, SpecError, StateDecl, trace, trace_feature_map
@@ -59,13 +60,25 @@ class Spec:
         for r in roots:
             yield from walk(r)
 
-    @property
-    def input_decls(self) -> dict[str, In]:
-        return dict(self.inputs)
+    def __hash__(self) -> int:
+        # every op call looks its spec up in memo tables; the structural hash walks the whole
+        # expression tree, so it is computed once (specs are not pickled: a str hash is per process)
+        try:
+            return self.__dict__["_hash"]
+        except KeyError:
+            h = self.__dict__["_hash"] = hash(
+                (self.name, self.states, self.inputs, self.output, self.updates, self.formula, self.doc,
+                 self.scaled, self.feature_map)
+            )  # fmt: skip
+            return h
 
-    @property
-    def state_decls(self) -> dict[str, StateDecl]:
-        return dict(self.states)
+    @cached_property
+    def input_decls(self) -> Mapping[str, In]:
+        return MappingProxyType(dict(self.inputs))
+
+    @cached_property
+    def state_decls(self) -> Mapping[str, StateDecl]:
+        return MappingProxyType(dict(self.states))
 
     @cached_property
     def uses_feature_map(self) -> bool:

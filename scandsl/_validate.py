@@ -4,6 +4,7 @@ what arrived, and how to fix it."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -13,7 +14,15 @@ from scandsl._seqlens import host_bounds
 from scandsl.autotune import usable_strategies
 from scandsl.lowering import load_strategy
 
-__all__ = ["check_inputs", "check_strategy", "initial_states", "STRATEGIES", "MAX_KERNEL_DIM"]
+__all__ = [
+    "check_call",
+    "Checked",
+    "check_inputs",
+    "check_strategy",
+    "initial_states",
+    "STRATEGIES",
+    "MAX_KERNEL_DIM",
+]
 
 STRATEGIES = ("auto", "reference", "sequential", "scan", "chunk")
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -23,6 +32,74 @@ MAX_KERNEL_DIM = 256
 def _fail(arg: str, expected: str, got: str, fix: str = "") -> ValueError:
     msg = f"{arg}: expected {expected}, got {got}"
     return ValueError(msg + (f"; {fix}" if fix else ""))
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """What validating one call signature established; shared between calls (read-only)."""
+
+    sizes: Mapping[str, int]  # axis name -> size
+    n_seq: int  # sequences (B, or len(cu_seqlens) - 1 of the call that made it)
+    strategy: str  # the strategy option, checked: "auto", "reference" or a legal, built strategy
+    filled: Mapping[str, torch.Tensor]  # zeros for the optional inputs the call left out
+    constrained: tuple[tuple[str, Any], ...]  # (name, decl) of inputs with value constraints
+
+    def tensors(self, args: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The call's inputs in declaration order (given ones, then zeros for omitted ones), after
+        the value checks the SCANDSL_CHECK_VALUES knob asks for."""
+        for name, decl in self.constrained:
+            _check_values(name, decl, args[name])
+        given = {n: t for n, t in args.items() if t is not None}
+        return {**given, **self.filled} if self.filled else given
+
+
+_CHECKED: dict[tuple, Checked] = {}
+_CHECKED_MAX = 512
+
+
+def _arg_key(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return (x.shape, x.dtype, x.device)
+    return None if x is None else (type(x), id(x))  # refused below, never cached as valid
+
+
+def check_call(spec, args: Mapping[str, Any], *, cu_seqlens, strategy: Any) -> Checked:
+    """``check_inputs`` and ``check_strategy`` once per call signature (spec, strategy, and each
+    input's shape, dtype and device), the way the op meets it again in a training loop: what
+    they establish does not depend on values. What does is checked on every call: the value
+    constraints (``Checked.tensors``) and ``cu_seqlens`` (memoised per tensor and version)."""
+    key = (
+        spec,
+        strategy,
+        cu_seqlens is None,
+        torch.is_inference_mode_enabled(),  # the zeros in ``filled`` are inference tensors under it
+        tuple((n, _arg_key(x)) for n, x in args.items()),
+    )
+    try:
+        hit = _CHECKED.get(key)
+    except TypeError:  # an unhashable strategy: the checks below say what is wrong with it
+        hit, key = None, None
+    if hit is not None:
+        if cu_seqlens is None:
+            return hit
+        v_any = next(t for n, t in args.items() if t is not None and spec.input_decls[n].time)
+        n_seq = check_cu_seqlens(cu_seqlens, *v_any.shape[:2], v_any.device)
+        return hit if n_seq == hit.n_seq else replace(hit, n_seq=n_seq)
+    tensors, sizes, n_seq = check_inputs(spec, args, cu_seqlens=cu_seqlens, strategy=strategy)
+    checked = Checked(
+        sizes=sizes,
+        n_seq=n_seq,
+        strategy=check_strategy(spec, strategy),
+        filled={n: t for n, t in tensors.items() if args.get(n) is None},
+        constrained=tuple(
+            (n, d) for n, d in spec.inputs if n in args and (d.is_log_gate or d.is_positive or d.is_nonneg)
+        ),
+    )
+    if key is not None:
+        if len(_CHECKED) >= _CHECKED_MAX:  # shapes that change every call must not grow it without end
+            _CHECKED.clear()
+        _CHECKED[key] = checked
+    return checked
 
 
 def check_inputs(spec, args: Mapping[str, Any], *, cu_seqlens, strategy: str):
