@@ -33,6 +33,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument(
         "--check-T", type=int, default=4096, help="reference check on the first N steps (default 4096)"
     )
+    r.add_argument("--timing", choices=("graph", "eager"), default="graph",
+                   help="graph (default): CUDA-graph replays, with the eager do_bench time beside them; "
+                        "eager: do_bench only")  # fmt: skip
     c = sub.add_parser("compare", help="two runs of one part: do the ratios repeat within the reported noise?")
     c.add_argument("first", type=Path)
     c.add_argument("second", type=Path)
@@ -77,6 +80,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from ._floor import measure_ceilings
+    from ._harness import do_bench_ms, graph_and_eager_ms
     from ._run import environment, print_failures, run_part, wrong_kernels
     from ._suite import part_cases
 
@@ -90,6 +94,7 @@ def _run(args: argparse.Namespace) -> int:
     env = environment(device)
     ceilings = measure_ceilings(device)
     status = 0
+    timer = graph_and_eager_ms if args.timing == "graph" else do_bench_ms
     for part in [p.strip() for p in args.part.split(",") if p.strip()]:
         out = args.out / f"bench-{part}.json"
         left = args.budget_s - (time.perf_counter() - start)
@@ -97,8 +102,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.only:
             keys = [k.strip() for k in args.only.split(",") if k.strip()]
             cases = [c for c in cases if any(k in c.name for k in keys)]
-        payload = run_part(part, cases, out, device=device, budget_s=max(left, 0.0),
-                           check_T=args.check_T, ceilings=ceilings, env=env)  # fmt: skip
+        payload = run_part(part, cases, out, device=device, budget_s=max(left, 0.0), check_T=args.check_T,
+                           ceilings=ceilings, env=env, timer=timer)  # fmt: skip
         print(f"wrote {out}")
         if wrong_kernels(payload):
             print_failures(payload)

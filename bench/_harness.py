@@ -11,8 +11,14 @@ zero-argument function on given inputs. :func:`run_case` then, per implementatio
    timing (and the run's exit status says so); a disagreeing anchor is ``mismatch``;
 2. for ``fwd_bwd``, checks the gradients of ours on a short prefix against the
    reference's autograd;
-3. times ``fwd`` and ``fwd_bwd`` with ``triton.testing.do_bench`` medians (CUDA events;
-   gradients reset between repetitions), on fresh random inputs (never zeros).
+3. times ``fwd`` and ``fwd_bwd`` on fresh random inputs (never zeros), twice
+   (:func:`graph_and_eager_ms`): as a CUDA graph of the call, replayed after an L2 flush each
+   time — the device's time, which is what a model whose host runs ahead of its GPU waits for,
+   and what repeats from run to run — and eagerly, as ``triton.testing.do_bench`` medians
+   (CUDA events, gradients reset between repetitions), which also reads the host's time per
+   call wherever that is longer than the device's (small forwards: both ours and the anchors'
+   Python). ``ms`` is the graph time, ``eager_ms`` the other; an implementation whose call
+   cannot be captured (a host sync inside) is timed eagerly only and says why.
 
 Every record carries the case's floor (bytes and FLOPs over the ceilings measured in the
 same run, see ``_floor``), so ratios to the floor and to the anchors come out of the JSON.
@@ -33,12 +39,13 @@ from scandsl.testing import TOLERANCES, rel_err
 from ._anchors import AnchorAbsent
 from ._floor import Ceilings, Work, floor_ms, tensor_bytes
 
-__all__ = ["Impl", "Case", "run_case", "Timer", "do_bench_ms", "compare"]
+__all__ = ["Impl", "Case", "run_case", "Timer", "do_bench_ms", "graph_ms", "graph_and_eager_ms", "compare"]
 
 # prepare(inputs, requires_grad) -> (fn() -> (o, final_state | None), {name: grad leaf})
 PrepareFn = Callable[[Any, bool], tuple[Callable[[], tuple], dict[str, torch.Tensor]]]
-# (fn, grad_to_none) -> median ms, or (median ms, relative noise) as do_bench_ms returns
-Timer = Callable[[Callable[[], Any], list], "float | tuple[float, float]"]
+# (fn, grad_to_none) -> median ms, (median ms, relative noise) as do_bench_ms returns, or the
+# record fields as graph_and_eager_ms returns them
+Timer = Callable[[Callable[[], Any], list], "float | tuple[float, float] | dict[str, Any]"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,73 @@ def do_bench_ms(fn: Callable[[], Any], grad_to_none: list) -> tuple[float, float
     return float(q50), float(q80 - q20) / (2 * float(q50))
 
 
-def _timing(result: float | tuple[float, float]) -> dict[str, float]:
+def _quantiles(times: list[float]) -> tuple[float, float]:
+    """(median, noise) as do_bench_ms reports them: half the 20–80 % range over the median."""
+    q20, q50, q80 = torch.quantile(torch.tensor(times), torch.tensor([0.2, 0.5, 0.8])).tolist()
+    return q50, (q80 - q20) / (2 * q50)
+
+
+def graph_ms(fn: Callable[[], Any], grad_to_none: list, budget_ms: float = 200.0) -> tuple[float, float]:
+    """(median ms, relative noise) of ``fn`` captured once as a CUDA graph and replayed, each
+    replay after the same L2 flush do_bench uses (a 256 MB write), timed by CUDA events.
+
+    Warm-up runs on a side stream first, as capture needs (and every kernel compiles and every
+    anchor autotunes there); gradients are reset before the capture, so the captured backward
+    writes fresh ``.grad`` tensors, which each replay overwrites. Raises what the capture
+    raises (a host sync inside ``fn``)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            for t in grad_to_none:
+                t.grad = None
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    for t in grad_to_none:
+        t.grad = None
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            fn()
+        flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device="cuda")
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        graph.replay()
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        reps = int(min(max(budget_ms / max(start.elapsed_time(end), 1e-3), 20), 400))
+        events = [
+            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)
+        ]
+        for a, b in events:
+            flush.zero_()
+            a.record()
+            graph.replay()
+            b.record()
+        torch.cuda.synchronize()
+        return _quantiles([a.elapsed_time(b) for a, b in events])
+    finally:
+        del graph
+        for t in grad_to_none:
+            t.grad = None
+
+
+def graph_and_eager_ms(fn: Callable[[], Any], grad_to_none: list) -> dict[str, Any]:
+    """Record fields: ``ms`` / ``noise`` from the CUDA graph (``timing="graph"``), ``eager_ms`` /
+    ``eager_noise`` from do_bench; eager only (``timing="eager"``) when the capture fails."""
+    eager, eager_noise = do_bench_ms(fn, grad_to_none)
+    try:
+        ms, noise = graph_ms(fn, grad_to_none)
+    except Exception as err:  # a call that cannot be captured is still timed, eagerly
+        torch.cuda.synchronize()
+        return {"ms": eager, "noise": eager_noise, "timing": "eager", "graph_error": _short(err)}
+    return {"ms": ms, "noise": noise, "timing": "graph", "eager_ms": eager, "eager_noise": eager_noise}
+
+
+def _timing(result: float | tuple[float, float] | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(result, dict):
+        return result
     if isinstance(result, tuple):
         ms, noise = result
         return {"ms": float(ms), "noise": float(noise)}
@@ -139,7 +212,7 @@ def run_case(
 ) -> list[dict[str, Any]]:
     """All records of one case (see the module docstring)."""
     device = torch.device(device)
-    timer = timer or do_bench_ms
+    timer = timer or graph_and_eager_ms
     T = case.shape.T
     Tc = min(T, check_T)
     inputs = case.make_inputs(seed, device)

@@ -87,6 +87,14 @@ def _cell(r: dict | None) -> str:
     return {"absent": "absent", "mismatch": "mismatch", "skipped": "skipped"}.get(status, "error")
 
 
+def _eager(r: dict | None) -> str:
+    if r is None or r.get("status") != "ok":
+        return "–"
+    if r.get("timing") == "eager":  # the capture failed: the time shown is already the eager one
+        return "(eager only)"
+    return f"{r['eager_ms']:.3f}" if r.get("eager_ms") is not None else "–"
+
+
 def _ratio(r: dict | None, other: float | None) -> str:
     if r is None or r.get("status") != "ok" or not other:
         return "–"
@@ -100,6 +108,8 @@ def _note(r_modes: dict[str, dict]) -> str:
         if r and r.get("status") not in ("ok", None) and r.get("reason"):
             reason = r["reason"].replace("|", "/")
             notes.append(f"{mode}: {reason[:140]}")
+        elif r and r.get("graph_error"):
+            notes.append(f"{mode}: timed eagerly, the graph capture failed ({r['graph_error'][:100]})")
     return "; ".join(dict.fromkeys(notes))
 
 
@@ -124,9 +134,22 @@ def part_markdown(payload: dict[str, Any]) -> str:
         f"bf16 matmul {ceil['matmul_tflops']:.0f} TFLOP/s.",
         "",
         *_merged_note(payload),
-        "| case | impl | fwd ms | fwd+bwd ms | fwd ÷ best anchor | fwd+bwd ÷ best anchor | floor fwd ms | fwd ÷ floor | notes |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
+    graphs = any("timing" in r for r in payload["records"])
+    if graphs:
+        lines += [
+            "Times are CUDA-graph replays (the device's time, each after an L2 flush); the eager column is "
+            "`do_bench` of the plain call, which reads the host's time per call where that is the longer.",
+            "",
+            "| case | impl | fwd ms | fwd+bwd ms | fwd ÷ best anchor | fwd+bwd ÷ best anchor | floor fwd ms | fwd ÷ floor "
+            "| eager fwd / fwd+bwd ms | notes |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+    else:
+        lines += [
+            "| case | impl | fwd ms | fwd+bwd ms | fwd ÷ best anchor | fwd+bwd ÷ best anchor | floor fwd ms | fwd ÷ floor | notes |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
     for case, impls in _cases(payload["records"]).items():
         anchors = {m: best_anchor(impls, m) for m in _MODES}
         for impl, modes in impls.items():
@@ -139,9 +162,10 @@ def part_markdown(payload: dict[str, Any]) -> str:
             if impl.startswith("ours") and anchors["fwd"]:
                 note = (note + "; " if note else "") + f"anchor: {anchors['fwd'][0]}"
             floor_s = f"{floor:.3f}" if floor is not None else "–"
+            eager = f" {_eager(fwd)} / {_eager(fb)} |" if graphs else ""
             lines.append(
                 f"| {case} | {impl} | {_cell(fwd)} | {_cell(fb)} | {_ratio(fwd, a_fwd)} | {_ratio(fb, a_fb)} | "
-                f"{floor_s} | {_ratio(fwd, floor)} | {note} |"
+                f"{floor_s} | {_ratio(fwd, floor)} |{eager} {note} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -155,7 +179,9 @@ def render_markdown(
     out = [
         "## Measured (generated)",
         "",
-        "Times are medians of `triton.testing.do_bench` on fresh random inputs, after each kernel's output "
+        "Times are medians on fresh random inputs — of CUDA-graph replays where a part says so (from "
+        "2026-11-24 03:00 on, with the eager `do_bench` time beside them), of `triton.testing.do_bench` "
+        "before — after each kernel's output "
         "(and, for fwd+bwd, our gradients) matched the float32 reference on the same inputs. Ratios are "
         "time ratios: below 1 is faster than the fastest anchor that computes the same function; "
         "`fwd ÷ floor` compares with max(bytes / copy bandwidth, minimal FLOPs / matmul rate), both "

@@ -238,16 +238,16 @@ def _hash_once(cls: type) -> type:
     The cache lives in the instance ``__dict__`` (``Node`` has no ``__slots__``), which the
     dataclass pickling of slotted classes leaves out: a node unpickled in another process, where
     strings hash differently, computes its own."""
-    structural = cls.__hash__
+    structural: Callable[[Node], int] = cls.__hash__  # type: ignore[assignment]
 
-    def __hash__(self) -> int:
+    def __hash__(self: Node) -> int:
         try:
             return self.__dict__["_hash"]
         except KeyError:
             h = self.__dict__["_hash"] = structural(self)
             return h
 
-    cls.__hash__ = __hash__  # type: ignore[method-assign]
+    cls.__hash__ = __hash__  # type: ignore[method-assign,assignment]
     return cls
 
 

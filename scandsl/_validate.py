@@ -77,13 +77,15 @@ def check_call(spec, args: Mapping[str, Any], *, cu_seqlens, strategy: Any) -> C
     )
     try:
         hit = _CHECKED.get(key)
+        cacheable = True
     except TypeError:  # an unhashable strategy: the checks below say what is wrong with it
-        hit, key = None, None
+        hit, cacheable = None, False
     if hit is not None:
         if cu_seqlens is None:
             return hit
         v_any = next(t for n, t in args.items() if t is not None and spec.input_decls[n].time)
-        n_seq = check_cu_seqlens(cu_seqlens, *v_any.shape[:2], v_any.device)
+        B, T = v_any.shape[:2]
+        n_seq = check_cu_seqlens(cu_seqlens, B, T, v_any.device)
         return hit if n_seq == hit.n_seq else replace(hit, n_seq=n_seq)
     tensors, sizes, n_seq = check_inputs(spec, args, cu_seqlens=cu_seqlens, strategy=strategy)
     checked = Checked(
@@ -95,7 +97,7 @@ def check_call(spec, args: Mapping[str, Any], *, cu_seqlens, strategy: Any) -> C
             (n, d) for n, d in spec.inputs if n in args and (d.is_log_gate or d.is_positive or d.is_nonneg)
         ),
     )
-    if key is not None:
+    if cacheable:
         if len(_CHECKED) >= _CHECKED_MAX:  # shapes that change every call must not grow it without end
             _CHECKED.clear()
         _CHECKED[key] = checked

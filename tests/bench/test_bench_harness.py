@@ -379,3 +379,29 @@ def test_a_device_fault_skips_the_rest_of_the_part(tmp_path):
     after = [r for r in payload["records"] if r["case"] == "after"]
     assert [r["status"] for r in after] == ["skipped"] and "CUDA context is lost" in after[0]["reason"]
     assert json.loads((tmp_path / "f.json").read_text())["device_fault"] == payload["device_fault"]
+
+
+def test_graph_timing_falls_back_to_eager_and_both_render(tmp_path, monkeypatch):
+    """Graph replays give ``ms``, do_bench ``eager_ms``; a call that cannot be captured is timed
+    eagerly and the table says why."""
+    import scandsl.bench._harness as harness
+
+    monkeypatch.setattr(harness, "do_bench_ms", lambda fn, g: (fn(), (0.9, 0.3))[1])
+    monkeypatch.setattr(harness, "graph_ms", lambda fn, g: (fn(), (0.4, 0.01))[1])
+    assert harness.graph_and_eager_ms(lambda: None, []) == {
+        "ms": 0.4, "noise": 0.01, "timing": "graph", "eager_ms": 0.9, "eager_noise": 0.3
+    }  # fmt: skip
+
+    def no_capture(fn, g):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(harness, "graph_ms", no_capture)
+    monkeypatch.setattr(harness.torch.cuda, "synchronize", lambda *a: None)
+    got = harness.graph_and_eager_ms(lambda: None, [])
+    assert got["ms"] == 0.9 and got["timing"] == "eager" and "capturing" in got["graph_error"]
+
+    case = op_case("mamba2", TINY, torch.float32, strategies=("reference",), anchor_kind=None, modes=("fwd",))
+    payload = run_part("unit", [case], tmp_path / "g.json", device="cpu", ceilings=CEIL,
+                       timer=harness.graph_and_eager_ms, env=_env(), log=lambda s: None)  # fmt: skip
+    md = render_markdown([payload])
+    assert "eager fwd / fwd+bwd ms" in md and "(eager only)" in md and "graph capture failed" in md
