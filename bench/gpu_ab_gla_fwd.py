@@ -52,6 +52,7 @@ VARIANTS = {
     "pairs_steps_w8": {"fwd_mode": "pairs", "fwd_diag": "steps", "fwd_warps": 8},
     "pairs_steps_bk128": {"fwd_mode": "pairs", "fwd_diag": "steps", "fwd_BK": 128},
     "pairs_steps_c64": {"fwd_mode": "pairs", "fwd_diag": "steps", "chunk": 64},  # fewer states to store
+    "pairs_steps_s1": {"fwd_mode": "pairs", "fwd_diag": "steps", "num_stages": 1},
 }
 ANCHOR = {"gla": "fla.chunk_gla", "rwkv6": "fla.chunk_rwkv6"}
 _DEFAULT_CONFIG = chunk_vector.default_config

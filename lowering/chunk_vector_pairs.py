@@ -55,21 +55,23 @@ if I > 0:
 
 # the sub-chunk's own keys, SC steps of [SC, KD] fp32 work (module docstring)
 _OWN = """
-a_dg = tl.full([SC, SC], 0.0, dtype=tl.float32)  # scores inside the sub-chunk (rows i, columns j)
 if STEPS:  # one query row at a time, the pair decays as running products
     b_ki = load_rows(k, bos, rows_i, L, offs_d, i_h, H, K)  # [SC, KD]
     w = tl.full([SC, KD], 0.0, dtype=tl.float32)  # k_j exp(bkq_i - bk_j); 0 for keys not yet reached
+    a_t = tl.full([SC, SC], 0.0, dtype=tl.float32)  # scores inside the sub-chunk, transposed (rows j)
     prev = load_row(gk_cum, bos, I * SC - 1 - QSHIFT, L, offs_d, i_h, H, K)  # [KD]
     for ii in range(0, SC):
         cur = load_row(gk_cum, bos, I * SC + ii - QSHIFT, L, offs_d, i_h, H, K)  # [KD] decay row ii sees
         w = tl.where(o_s[:, None] == ii - QSHIFT, b_ki, w * tl.exp(tl.minimum(cur - prev, 0.0))[None, :])
         b_qi = load_row(q, bos, I * SC + ii, L, offs_d, i_h, H, K) * scale  # [KD]
-        s = tl.sum(w * b_qi[None, :], axis=1)  # [SC] row ii against the sub-chunk's keys
-        a_dg += tl.where(o_s[:, None] == ii, s[None, :], 0.0)
+        s = tl.sum(w * b_qi[None, :], axis=1)  # [SC] the sub-chunk's keys against row ii
+        a_t += tl.where(o_s[None, :] == ii, s[:, None], 0.0)  # a column: s stays in its layout
         prev = cur
+    a_dg = tl.trans(a_t)  # [SC, SC] rows i, columns j
 else:  # one key column at a time, the pair decays as exponentials
     b_q = load_rows(q, bos, rows_i, L, offs_d, i_h, H, K) * scale  # [SC, KD]
     bkq = load_rows(gk_cum, bos, rows_i - QSHIFT, L, offs_d, i_h, H, K)  # [SC, KD]
+    a_dg = tl.full([SC, SC], 0.0, dtype=tl.float32)  # scores inside the sub-chunk (rows i, columns j)
     for jj in range(0, SC):
         b_kj = load_row(k, bos, I * SC + jj, L, offs_d, i_h, H, K)  # [KD]
         bkj = load_row(gk_cum, bos, I * SC + jj, L, offs_d, i_h, H, K)  # [KD]
