@@ -27,17 +27,24 @@ from scandsl.lowering import chunk_delta
 
 from scandsl._core import Shape
 
-QK = {"operand_dtype": "qk"}
-VARIANTS: dict[str, dict] = {
+# run 1 (2026-11-24 02:00 UTC) timed operand_dtype "qk", prepare_wu "full", bwd_bk 128, bv 64,
+# out_bv 128, num_warps 8, num_stages 3, state_warps 4 one at a time (bench/results/gpu_ab_delta_run1.json)
+STATE = {"state_warps": 4, "bv": 64, "state_stages": 3}  # bv 64: outside the sm_90 fault (bv <= 32)
+COMBO_A = STATE | {"out_bk": 64, "prepare_warps": 2}
+VARIANTS: dict[str, dict] = {  # most wanted first: the budget may stop the list
     "default": {},
-    "qk": QK,
-    "qk_full": QK | {"prepare_wu": "full"},
-    "qk_bk128": QK | {"bwd_bk": 128},
-    "qk_bv64": QK | {"bv": 64},
-    "qk_obv128": QK | {"out_bv": 128},
-    "qk_w8": QK | {"num_warps": 8},
-    "qk_st3": QK | {"num_stages": 3},
-    "qk_sw4": QK | {"state_warps": 4},  # num_stages 2: outside the sm_90 fault (see _sm90_fault)
+    "comboA": COMBO_A,
+    "comboB": STATE | {"out_bk": 64, "prepare_wu": "split", "prepare_warps": 1},
+    "pw2": {"prepare_warps": 2},
+    "split1": {"prepare_wu": "split", "prepare_warps": 1},
+    "state": STATE,
+    "out64": {"out_bk": 64},
+    "pw1": {"prepare_warps": 1},
+    "split2": {"prepare_wu": "split", "prepare_warps": 2},
+    "out64s3": {"out_bk": 64, "num_stages": 3},
+    "out128": {"out_bv": 128, "num_warps": 8, "prepare_warps": 4},
+    "comboA_b4": COMBO_A | {"bwd_warps": 4},
+    "comboA_bk32": COMBO_A | {"bwd_bk": 32},
 }
 ANCHOR = {"deltanet": "fla.chunk_delta_rule", "gated_deltanet": "fla.chunk_gated_delta_rule"}
 _DEFAULT = chunk_delta.default_config
@@ -53,7 +60,7 @@ def _kernel_ms(fn, reps: int = 3) -> dict[str, float]:
     out: dict[str, float] = {}
     for ev in prof.events():
         if ev.device_type == torch.autograd.DeviceType.CUDA:
-            name = ev.name if len(ev.name) < 60 else ev.name[:60] + "..."
+            name = ev.name if len(ev.name) < 120 else ev.name[:120] + "..."
             out[name] = out.get(name, 0.0) + ev.device_time_total / 1e3 / reps
     return {k: round(v, 4) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
@@ -74,9 +81,13 @@ def main(argv=None) -> None:
     ap.add_argument("--shape", default="4,4096,16,128,128")
     ap.add_argument("--ops", default="deltanet,gated_deltanet")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--bwd", default="default,qk,qk_full,qk_bk128", help="variants also timed forward+backward")
+    ap.add_argument(
+        "--bwd", default="default,state,comboA,comboB", help="variants also timed forward+backward"
+    )
     ap.add_argument("--extra", default="{}", help='JSON {"name": {overrides}} added to the variants')
-    ap.add_argument("--budget-s", type=float, default=200.0, help="start no new variant after this (split over ops)")
+    ap.add_argument(
+        "--budget-s", type=float, default=200.0, help="start no new variant after this (split over ops)"
+    )
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     shape = Shape(*map(int, a.shape.split(",")))

@@ -60,16 +60,29 @@ def _sm90_fault(cfg: dict) -> str | None:
     (``bench/gpu_fault_repro.py --family delta``): it faults with 4 or 8 per-chunk and backward
     warps and out_bv 32 or 64; it runs (finite) with num_stages=2, bv=64 or state_warps=8. bv=16
     was not run and is rejected with bv=32."""
-    if cfg["chunk"] == 64 and cfg["bv"] <= 32 and cfg["state_warps"] == 4 and cfg["num_stages"] == 1:
+    stages = {cfg["num_stages"], _state_stages(cfg)}  # which kernel faulted is not known: either counts
+    if cfg["chunk"] == 64 and cfg["bv"] <= 32 and cfg["state_warps"] == 4 and 1 in stages:
         return "chunk=64, bv<=32, state_warps=4, num_stages=1: an illegal memory access on sm_90 (Triton 3.6)"
     return None
+
+
+def _state_stages(cfg: dict) -> int:
+    """Pipeline stages of the sequential passes (``state_stages``, else ``num_stages``)."""
+    return cfg.get("state_stages") or cfg["num_stages"]
 
 
 def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
     """Tiles: ``chunk``; ``bv`` the V-block of the sequential passes (more programs walk the
     sequences as it shrinks); ``out_bv`` the V-block of the per-chunk kernels; ``bwd_bk`` the
     K-block of ``delta_bwd_chunk``; warps of the per-chunk kernels (``num_warps``), of the
-    sequential passes (``state_warps``) and of ``delta_bwd_chunk`` (``bwd_warps``); stages."""
+    sequential passes (``state_warps``) and of ``delta_bwd_chunk`` (``bwd_warps``); stages.
+
+    Outside the grid (config keys with defaults, see :func:`default_config`): ``prepare_warps``
+    and ``state_stages`` (``delta_prepare``'s warps, the sequential passes' stages, else
+    ``num_warps`` / ``num_stages``), ``out_bk`` (the K-slice ``delta_fwd_out`` walks, else all
+    of K), ``prepare_wu`` (``"blocks"``: w and u' from T's 16x16 blocks
+    in registers; ``"full"``: as [C, C] products, T through memory in the same kernel;
+    ``"split"``: the same products in their own kernel ``delta_wu``) and ``operand_dtype``."""
     bk_max, bv_max = _pow2(shape.K), _pow2(shape.V)
 
     def valid(cfg) -> str | None:
@@ -84,7 +97,7 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
         if 3 * c * cfg["bwd_bk"] > 96 * 32 * cfg["bwd_warps"]:
             return f"chunk={c}, bwd_bk={cfg['bwd_bk']} spill delta_bwd_chunk at {cfg['bwd_warps']} warps"
         # delta_bwd_state: [C, K] q, k, w tiles per stage plus the [K, bv] state
-        smem = (3 * c * bk_max + c * cfg["bv"]) * 2 * cfg["num_stages"] + bk_max * cfg["bv"] * 2
+        smem = (3 * c * bk_max + c * cfg["bv"]) * 2 * _state_stages(cfg) + bk_max * cfg["bv"] * 2
         if smem > _SMEM_BYTES:
             return f"delta_bwd_state needs ~{smem // 1024} KiB of shared memory"
         return None
@@ -117,6 +130,9 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
         "bwd_warps": 8,
         "operand_dtype": "v",
         "prepare_wu": "blocks",
+        "prepare_warps": None,  # None: num_warps
+        "state_stages": None,  # None: num_stages
+        "out_bk": None,  # None: all of K at once
     }
 
 
@@ -211,23 +227,29 @@ class _ChunkDelta(torch.autograd.Function):
         offsets, cseq, cstart = tables
         cu_arg = cu if cu is not None else offsets
         launch = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-        walk = dict(num_warps=cfg["state_warps"], num_stages=cfg["num_stages"])
+        walk = dict(num_warps=cfg["state_warps"], num_stages=_state_stages(cfg))
         shapes = dict(H=H, K=K, V=V, C=C, BK=_pow2(K), IS_VARLEN=plan.varlen)
+        wu = cfg.get("prepare_wu", "blocks")
         seq_bv, par_bv = min(cfg["bv"], _pow2(V)), min(cfg["out_bv"], _pow2(V))
         w = _empty(B, Tn, H, K, dtype=k.dtype, device=dev)
         u = _empty(B, Tn, H, V, dtype=k.dtype, device=dev)  # the new values, operands of later products
         # T only feeds tensor-core products in the input dtype, so it is kept in that dtype;
-        # prepare_wu="full" passes it through memory in the forward too
-        keep_t = plan.need_grad or cfg.get("prepare_wu", "blocks") == "full"
+        # prepare_wu "full" and "split" pass it through memory in the forward too
+        keep_t = plan.need_grad or wu != "blocks"
         tmat = _empty(B, Tn, H, C, dtype=k.dtype, device=dev) if keep_t else w
         hs = _empty(max(plan.NC, 1), H, K, V, dtype=k.dtype, device=dev)
         ht = _empty(plan.N, H, K, V, dtype=torch.float32, device=dev)
         o = _empty(B, Tn, H, V, dtype=plan.out_dtype, device=dev, zero=not plan.covers_all)
         if plan.NC:
+            prep_warps = cfg.get("prepare_warps") or cfg["num_warps"]
             mod.delta_prepare[(plan.NC, H)](
                 k, v, beta, g, w, u, tmat, cu_arg, cseq, cstart, plan.T, plan.NT,
-                STORE_T=plan.need_grad, BV=par_bv, **shapes, **launch,
+                STORE_T=plan.need_grad, BV=par_bv, **shapes, num_warps=prep_warps, num_stages=cfg["num_stages"],
             )  # fmt: skip
+            if wu == "split":
+                mod.delta_wu[(plan.NC, H)](
+                    k, v, beta, g, w, u, tmat, cu_arg, cseq, cstart, plan.T, plan.NT, BV=par_bv, **shapes, **launch,
+                )  # fmt: skip
         mod.delta_fwd_state[(triton_cdiv(V, seq_bv), plan.N * H)](
             k, w, u, g, h0 if h0 is not None else ht, hs, ht, cu_arg, offsets, plan.T, plan.NT,
             USE_H0=h0 is not None, STORE_HT=plan.output_final_state, BV=seq_bv, **shapes, **walk,
@@ -236,7 +258,7 @@ class _ChunkDelta(torch.autograd.Function):
             nv = triton_cdiv(V, par_bv)
             mod.delta_fwd_out[(plan.NC * nv, H)](
                 q, k, u, g, hs, o, cu_arg, cseq, cstart, plan.scale, plan.T, plan.NT,
-                BV=par_bv, NV=nv, **shapes, **launch,
+                BV=par_bv, NV=nv, BKO=min(cfg.get("out_bk") or _pow2(K), _pow2(K)), **shapes, **launch,
             )  # fmt: skip
         ctx.save_for_backward(q, k, beta, g, h0, w, u, tmat, hs, cu, *tables)
         ctx.plan = plan
@@ -254,7 +276,7 @@ class _ChunkDelta(torch.autograd.Function):
         dev = q.device
         mod = _module(cfg, plan.sig, q.dtype)
         cu_arg = cu if cu is not None else offsets
-        walk = dict(num_warps=cfg["state_warps"], num_stages=cfg["num_stages"])
+        walk = dict(num_warps=cfg["state_warps"], num_stages=_state_stages(cfg))
         shapes = dict(H=H, K=K, V=V, C=C, IS_VARLEN=plan.varlen)
         seq_bv, par_bv = min(cfg["bv"], _pow2(V)), min(cfg["out_bv"], _pow2(V))
         do = do.contiguous()

@@ -82,9 +82,11 @@ def generate_source(sig: CoreSig, config: dict, *, dtype: torch.dtype = torch.bf
         "precision": precision,
     }
     wu = str(config.get("prepare_wu", "blocks"))
-    if wu not in ("blocks", "full"):
-        raise ValueError(f"chunk_delta config 'prepare_wu': 'blocks' or 'full', got {wu!r}")
+    if wu not in ("blocks", "full", "split"):
+        raise ValueError(f"chunk_delta config 'prepare_wu': 'blocks', 'full' or 'split', got {wu!r}")
     parts = [header, _prepare(sig, chunk // SUB, wu), FWD_STATE, FWD_OUT, BWD_STATE, BWD_CHUNK]
+    if wu == "split":
+        parts.insert(2, _wu_kernel(sig))
     return fill("".join(parts), values)
 
 
@@ -132,6 +134,8 @@ def _prepare(sig: CoreSig, nb: int, wu: str = "blocks") -> str:
             add(f"b_T{i}{j} = -_dot32(b_T{i}{i}, {terms})")
     if wu == "full":
         body.extend(_wu_full(sig, nb))
+    elif wu == "split":
+        body.extend(_store_t(nb))
     else:
         body.extend(_wu_blocks(sig, nb))
     head = '''
@@ -202,18 +206,28 @@ def _wu_full(sig: CoreSig, nb: int) -> list[str]:
     anyway) and comes back as one [C, C] tile after a block barrier, so each product is one
     wgmma-sized dot instead of ``nb (nb + 1) / 2`` [16, 16] ones. Same rounding as the blocks:
     T is cast to the operand dtype either way."""
-    s = slots(sig)
-    body: list[str] = []
-    add = body.append
-    add("# T out to tmat ([C] per step, zeros above the diagonal), then back as one [C, C] tile")
+    body = _store_t(nb)
+    body.append("tl.debug_barrier()  # every thread's T stores are visible to the loads below")
+    return body + _wu_products(sig)
+
+
+def _store_t(nb: int) -> list[str]:
+    body = ["# T out to tmat ([C] per step, zeros above the diagonal)"]
     for i in range(nb):
         for j in range(nb):
             block = f"b_T{i}{j}" if j <= i else "tl.zeros([16, 16], dtype=tl.float32)"
-            add(
+            body.append(
                 f"tl.store(tmat + (r{i}[:, None] * H + i_h) * C + {f'{SUB * j} + ' if j else ''}o_s[None, :], "
                 f"{block}.to(tmat.dtype.element_ty), mask=m{i}[:, None])"
             )
-    add("tl.debug_barrier()  # every thread's T stores are visible to the loads below")
+    return body
+
+
+def _wu_products(sig: CoreSig) -> list[str]:
+    """w = T diag(beta gamma) k and u' = T v from T read back from ``tmat`` as one [C, C] tile."""
+    s = slots(sig)
+    body: list[str] = []
+    add = body.append
     add("o_c = tl.arange(0, C)")
     add("r = t0 + o_c  # [C] rows of this chunk")
     add("m_t = r < eos")
@@ -243,3 +257,24 @@ def _wu_full(sig: CoreSig, nb: int) -> list[str]:
         "mask=m_tv)"
     )
     return body
+
+
+def _wu_kernel(sig: CoreSig) -> str:
+    """``delta_wu`` (prepare_wu="split"): the products of :func:`_wu_products` as their own kernel,
+    so the solve and the products each run at their own warp count."""
+    head = '''
+
+@triton.jit
+def delta_wu(
+    k, v, beta, g, w, u, tmat, cu_seqlens, chunk_seq, chunk_start, T, NT,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """w = T diag(beta gamma) k and u' = T v of one (chunk, head), T from delta_prepare."""
+    i_c = tl.program_id(0)
+    i_h = tl.program_id(1)
+    t0, eos = _chunk_rows(i_c, cu_seqlens, chunk_seq, chunk_start, T, NT, C, IS_VARLEN)
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+'''
+    return head + "\n".join("    " + line for line in _wu_products(sig)) + "\n"

@@ -181,35 +181,45 @@ def delta_fwd_out(
     q, k, u, g, hs, o, cu_seqlens, chunk_seq, chunk_start, scale, T, NT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    BKO: tl.constexpr,
 ):
-    """One (chunk, V-block, head): o = scale * (gamma (q h0) + ((q k^T) (.) E, s <= t) u)."""
+    """One (chunk, V-block, head): o = scale * (gamma (q h0) + ((q k^T) (.) E, s <= t) u).
+
+    K is walked in BKO-wide slices (one slice when BKO = BK), so the loads of the next slice can
+    be pipelined behind the products of this one.
+    """
     # the V-blocks of one chunk are neighbours in the launch order, so q and k come from L2
     i_c = tl.program_id(0) // NV
     i_v = tl.program_id(0) % NV
     i_h = tl.program_id(1)
     t0, eos = _chunk_rows(i_c, cu_seqlens, chunk_seq, chunk_start, T, NT, C, IS_VARLEN)
     o_c = tl.arange(0, C)
-    o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     r = t0 + o_c  # [C] rows of this chunk
     m_t = r < eos
-    m_k = o_k < K
     m_v = o_v < V
-    m_tk = m_t[:, None] & m_k[None, :]
     m_tv = m_t[:, None] & m_v[None, :]
     causal = o_c[:, None] >= o_c[None, :]  # [C, C] step t (row) reads step s (column)
     p_hs = (i_c.to(tl.int64) * H + i_h) * K * V
-    b_q = tl.load(q + (r[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)  # [C, BK]
-    b_k = tl.load(k + (r[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)  # [C, BK]
-    b_h = tl.load(hs + p_hs + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
+    b_qk = tl.zeros([C, C], dtype=tl.float32)  # q k^T
+    b_qh = tl.zeros([C, BV], dtype=tl.float32)  # q h0
+    for i_k in range(0, BK // BKO):
+        o_k = i_k * BKO + tl.arange(0, BKO)
+        m_k = o_k < K
+        m_tk = m_t[:, None] & m_k[None, :]
+        b_q = tl.load(q + (r[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)  # [C, BKO]
+        b_k = tl.load(k + (r[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)  # [C, BKO]
+        b_h = tl.load(hs + p_hs + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
+        b_qk += _dot(b_q, tl.trans(b_k))
+        b_qh += _dot(b_q, b_h)
     b_u = tl.load(u + (r[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.0)  # [C, BV]
     b_g = tl.load(g + r * H + i_h, mask=m_t, other=0.0).to(tl.float32)  # [C] log-decay per step
     b_G = tl.cumsum(b_g, axis=0)  # [C] log-decay from the chunk start, inclusive
     b_Gl = tl.sum(b_g, axis=0)  # log-decay of the whole chunk
     b_gam = tl.exp(b_G)  # [C] decay since the chunk start
     b_E = tl.exp(tl.where(causal, b_G[:, None] - b_G[None, :], 0.0))  # [C, C] exp(G_t - G_s), s <= t
-    b_s = tl.where(causal, _dot(b_q, tl.trans(b_k)) * b_E, 0.0)  # [C, C]
-    b_o = _dot(b_q, b_h) * b_gam[:, None] + _dot(b_s, b_u)  # [C, BV]
+    b_s = tl.where(causal, b_qk * b_E, 0.0)  # [C, C]
+    b_o = b_qh * b_gam[:, None] + _dot(b_s, b_u)  # [C, BV]
     tl.store(o + (r[:, None] * H + i_h) * V + o_v[None, :], (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
 
 

@@ -79,23 +79,25 @@ def test_small_heads(name):
     )
 
 
-@pytest.mark.parametrize("wu", ["blocks", "full"])
+@pytest.mark.parametrize("wu", ["blocks", "full", "split"])
 def test_chunk_64_block_solve(wu):
     sig = TAXONOMY_SIGS["scalar_delta"]
     x = random_core_inputs(sig, B=1, T=67, H=1, K=24, V=40, seed=5, requires_grad=True, device=DEVICE)
     _compare(sig, x, CFG | {"chunk": 64, "bv": 32, "out_bv": 64, "bwd_bk": 32, "prepare_wu": wu})
 
 
+@pytest.mark.parametrize("wu", ["full", "split"])
 @pytest.mark.parametrize("name", SIGS)
-def test_prepare_wu_full(name):
-    """w and u' as one [C, C] product through tmat, varlen (a sequence shorter than a chunk, an
+def test_prepare_wu_products(name, wu):
+    """w and u' as one [C, C] product through tmat (in delta_prepare or in delta_wu), the read-out
+    walking K=24 in two slices of 16 (out_bk), varlen (a sequence shorter than a chunk, an
     empty one) and with no gradient wanted (T then lives only as the forward's scratch)."""
     sig = TAXONOMY_SIGS[name]
     cu = torch.tensor([0, 0, 1, 6, 37], device=DEVICE)
     x = random_core_inputs(
         sig, T=37, H=2, K=24, V=40, seed=29, cu_seqlens=cu, requires_grad=True, device=DEVICE
     )
-    cfg = CFG | {"prepare_wu": "full", "chunk": 32}
+    cfg = CFG | {"prepare_wu": wu, "chunk": 32, "prepare_warps": 2, "state_stages": 2, "out_bk": 16}
     _compare(sig, x, cfg)
     with torch.no_grad():
         o, ht = chunk_delta.run(sig, x, cfg)
