@@ -26,6 +26,7 @@ same run, see ``_floor``), so ratios to the floor and to the anchors come out of
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -111,7 +112,8 @@ def graph_ms(fn: Callable[[], Any], grad_to_none: list, budget_ms: float = 200.0
     anchor autotunes there); gradients are reset before the capture, so the captured backward
     writes fresh ``.grad`` tensors, which each replay overwrites. Raises what the capture
     raises (a host sync inside ``fn``)."""
-    side = torch.cuda.Stream()
+    gc.collect()  # an earlier call's autograd graph kept alive by a cycle ties its leaves' AccumulateGrad
+    side = torch.cuda.Stream()  # nodes to the default stream, which a captured backward must not touch
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(3):
@@ -123,7 +125,7 @@ def graph_ms(fn: Callable[[], Any], grad_to_none: list, budget_ms: float = 200.0
         t.grad = None
     graph = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=side):  # the stream the warm-up initialised
             fn()
         flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device="cuda")
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -153,11 +155,14 @@ def graph_and_eager_ms(fn: Callable[[], Any], grad_to_none: list) -> dict[str, A
     """Record fields: ``ms`` / ``noise`` from the CUDA graph (``timing="graph"``), ``eager_ms`` /
     ``eager_noise`` from do_bench; eager only (``timing="eager"``) when the capture fails."""
     eager, eager_noise = do_bench_ms(fn, grad_to_none)
-    try:
-        ms, noise = graph_ms(fn, grad_to_none)
-    except Exception as err:  # a call that cannot be captured is still timed, eagerly
-        torch.cuda.synchronize()
-        return {"ms": eager, "noise": eager_noise, "timing": "eager", "graph_error": _short(err)}
+    for attempt in (1, 2):  # a first capture in a process has failed where a second one passed
+        try:
+            ms, noise = graph_ms(fn, grad_to_none)
+            break
+        except Exception as err:  # a call that cannot be captured is still timed, eagerly
+            torch.cuda.synchronize()
+            if attempt == 2:
+                return {"ms": eager, "noise": eager_noise, "timing": "eager", "graph_error": _short(err)}
     return {"ms": ms, "noise": noise, "timing": "graph", "eager_ms": eager, "eager_noise": eager_noise}
 
 
