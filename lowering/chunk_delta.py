@@ -60,7 +60,7 @@ def _sm90_fault(cfg: dict) -> str | None:
     (``bench/gpu_fault_repro.py --family delta``): it faults with 4 or 8 per-chunk and backward
     warps and out_bv 32 or 64; it runs (finite) with num_stages=2, bv=64 or state_warps=8. bv=16
     was not run and is rejected with bv=32."""
-    stages = {cfg["num_stages"], _state_stages(cfg)}  # which kernel faulted is not known: either counts
+    stages = {cfg["num_stages"], _state_stages(cfg)}  # which kernel faulted is not known: both count
     if cfg["chunk"] == 64 and cfg["bv"] <= 32 and cfg["state_warps"] == 4 and 1 in stages:
         return "chunk=64, bv<=32, state_warps=4, num_stages=1: an illegal memory access on sm_90 (Triton 3.6)"
     return None
@@ -77,11 +77,13 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
     K-block of ``delta_bwd_chunk``; warps of the per-chunk kernels (``num_warps``), of the
     sequential passes (``state_warps``) and of ``delta_bwd_chunk`` (``bwd_warps``); stages.
 
-    Outside the grid (config keys with defaults, see :func:`default_config`): ``prepare_warps``
-    and ``state_stages`` (``delta_prepare``'s warps, the sequential passes' stages, else
-    ``num_warps`` / ``num_stages``), ``out_bk`` (the K-slice ``delta_fwd_out`` walks, else all
-    of K), ``prepare_wu`` (``"blocks"``: w and u' from T's 16x16 blocks
-    in registers; ``"full"``: as [C, C] products, T through memory in the same kernel;
+    ``prepare_warps`` and ``state_stages``: ``delta_prepare``'s warps and the sequential passes'
+    stages (``None`` in a config: ``num_warps`` / ``num_stages``).
+
+    Outside the grid (config keys with defaults, see :func:`default_config`), none of them
+    faster on the H100 at K = V = 128 (docs/performance.md): ``out_bk`` (the K-slice
+    ``delta_fwd_out`` walks, else all of K), ``prepare_wu`` (``"blocks"``: w and u' from T's 16x16
+    blocks in registers; ``"full"``: as [C, C] products, T through memory in the same kernel;
     ``"split"``: the same products in their own kernel ``delta_wu``) and ``operand_dtype``."""
     bk_max, bv_max = _pow2(shape.K), _pow2(shape.V)
 
@@ -113,25 +115,32 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
             Param("state_warps", (8, 4)),
             Param("num_stages", (2, 1, 3)),
             Param("bwd_warps", (8, 4)),
+            Param("prepare_warps", (2, 4, 1)),
+            Param("state_stages", (3, 2)),
         ),
         valid=valid,
     )
 
 
 def default_config(sig: CoreSig, shape: Shape) -> dict:
+    """Tiles timed on the H100 (Triton 3.6) at K = V = 128 for K in (64, 128] and V >= 64
+    (bench/results/gpu_ab_delta_run2_*.json, 2026-11-24): the sequential passes at 4 warps, bv 64,
+    3 stages, ``delta_prepare`` at 2 warps. Other shapes keep the earlier tiles, which were never
+    beaten there on a GPU (and bv 32 at 4 warps is next to the sm_90 fault)."""
+    timed = _pow2(shape.K) == 128 and shape.V >= 64
     return {
         "chunk": 64 if shape.K <= 128 else 32,
-        "bv": min(32, _pow2(shape.V)),
+        "bv": min(64 if timed else 32, _pow2(shape.V)),
         "out_bv": min(64, _pow2(shape.V)),
         "bwd_bk": min(64, _pow2(shape.K)),
         "num_warps": 4,
-        "state_warps": 8,
+        "state_warps": 4 if timed else 8,
         "num_stages": 2,
         "bwd_warps": 8,
         "operand_dtype": "v",
         "prepare_wu": "blocks",
-        "prepare_warps": None,  # None: num_warps
-        "state_stages": None,  # None: num_stages
+        "prepare_warps": 2 if timed else None,  # None: num_warps
+        "state_stages": 3 if timed else None,  # None: num_stages
         "out_bk": None,  # None: all of K at once
     }
 

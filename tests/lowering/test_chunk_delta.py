@@ -217,3 +217,14 @@ def test_operand_dtype_of_the_features(name):
     assert o16.dtype == o32.dtype == torch.float32
     assert_close(o32, ro, TOLERANCES[torch.float32][0], "o, fp32 operands")
     assert rel_err(o16, ro) > TOLERANCES[torch.float32][0] / 100, "fp16 operands should round"
+
+
+def test_default_tiles_k128():
+    """The defaults timed on the H100 (K = 128, V >= 64: bv 64, prepare_warps 2, state_stages 3)
+    at an awkward T, gradients included; the interpreter ignores warps and stages, the tiles not."""
+    sig = TAXONOMY_SIGS["scalar_delta"]
+    shape = Shape(B=1, T=67, H=1, K=128, V=72)
+    cfg = chunk_delta.default_config(sig, shape)
+    assert (cfg["bv"], cfg["prepare_warps"], cfg["state_stages"]) == (64, 2, 3)
+    x = random_core_inputs(sig, B=1, T=67, H=1, K=128, V=72, seed=31, requires_grad=True, device=DEVICE)
+    _compare(sig, x, cfg)

@@ -49,6 +49,9 @@ def test_chunk_delta_rejects_the_sm90_illegal_access():
         assert "sm_90" in space.valid({**bad, **over})
     for ok in ({"num_stages": 2}, {"bv": 64}, {"state_warps": 8}):
         assert space.valid({**bad, **ok}) is None
+    # the sequential passes' own stages count as well as the per-chunk kernels'
+    assert "sm_90" in space.valid({**bad, "num_stages": 2, "state_stages": 1})
+    assert "sm_90" in space.valid({**bad, "num_stages": 1, "state_stages": 2})
     assert space.valid(chunk_delta.default_config(sig, SHAPE)) is None
     x = random_core_inputs(sig, B=1, T=8, H=1, K=16, V=16)
     with pytest.raises(ValueError, match="sm_90"):  # a user's config is refused too, before any launch
