@@ -6,9 +6,10 @@ variants and flash-linear-attention's ``chunk_gla`` / ``chunk_rwkv6``, in one pr
 For each op, on the same bf16 inputs (``make_op_inputs``, seed 0) with gradients enabled (as in
 training):
 
-1. correctness: every variant's output against the default's and FLA's (relative L2 error), and
-   its gradients against the default's (the backward's dv reads the forward's scores A); a
-   variant whose output or gradients are off is not timed;
+1. correctness: every variant's output against the reference (``strategy="reference"``), the
+   default's and FLA's (relative L2 error), its gradients against the default's (the backward's
+   dv reads the forward's scores A), and its output under strong decays (log-decays in [-8, -5])
+   against the reference; a variant that is off is not timed;
 2. forward time with ``triton.testing.do_bench`` in ``--rounds`` interleaved rounds (FLA, then
    every variant, then again), the median and the minimum over rounds; fwd+bwd for ours;
 3. per-kernel forward times from the torch profiler (3 calls), FLA's too.
@@ -46,13 +47,12 @@ DEVICE, HALF = ("cpu", torch.float16) if SMOKE else ("cuda", torch.bfloat16)
 
 VARIANTS = {
     "default": {},
-    "pairs_exp": {"fwd_mode": "pairs", "fwd_diag": "exp"},
-    "pairs_steps": {"fwd_mode": "pairs", "fwd_diag": "steps"},
-    "pairs_exp_w8": {"fwd_mode": "pairs", "fwd_diag": "exp", "fwd_warps": 8},
-    "pairs_steps_w8": {"fwd_mode": "pairs", "fwd_diag": "steps", "fwd_warps": 8},
-    "pairs_steps_bk128": {"fwd_mode": "pairs", "fwd_diag": "steps", "fwd_BK": 128},
-    "pairs_steps_c64": {"fwd_mode": "pairs", "fwd_diag": "steps", "chunk": 64},  # fewer states to store
-    "pairs_steps_s1": {"fwd_mode": "pairs", "fwd_diag": "steps", "num_stages": 1},
+    "pairs_fold": {"fwd_mode": "pairs", "fwd_diag": "fold"},
+    "pairs_fold_w8": {"fwd_mode": "pairs", "fwd_diag": "fold", "fwd_warps": 8},
+    "pairs_fold_w8_s1": {"fwd_mode": "pairs", "fwd_diag": "fold", "fwd_warps": 8, "fwd_a_stages": 1},
+    "pairs_cols": {"fwd_mode": "pairs", "fwd_diag": "cols"},
+    "pairs_cols_w8": {"fwd_mode": "pairs", "fwd_diag": "cols", "fwd_warps": 8},
+    "pairs_fold_w8_c64": {"fwd_mode": "pairs", "fwd_diag": "fold", "fwd_warps": 8, "chunk": 64},
 }
 ANCHOR = {"gla": "fla.chunk_gla", "rwkv6": "fla.chunk_rwkv6"}
 _DEFAULT_CONFIG = chunk_vector.default_config
@@ -132,6 +132,17 @@ def ab(op: str, shape: Shape, rounds: int, res: dict, save) -> None:
         save()
     if o_fla is not None:
         r["check"]["fla"] = {"o_vs_reference": rel(o_fla, o_ref)}
+    strong = {**args, "gk": -5.0 - 3.0 * torch.rand_like(args["gk"])}  # log-decays in [-8, -5] a step
+    with torch.no_grad():
+        o_strong = first(fn(**strong, strategy="reference")).float()
+        for name, over in VARIANTS.items():
+            use(over)
+            o = first(fn(**strong, strategy="chunk"))
+            r["check"][name]["strong_o_vs_reference"] = rel(o, o_strong)
+            ok[name] = ok[name] and bool(torch.isfinite(o).all()) and rel(o, o_strong) < 2e-2
+            r["check"][name]["ok"] = ok[name]
+    use({})
+    save()
     if SMOKE:
         return
     timed = {"fla": fla_fwd, **{n: ours(VARIANTS[n]) for n in VARIANTS if ok[n]}}

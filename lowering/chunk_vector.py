@@ -68,7 +68,7 @@ _TILES = (
 )
 DQK_MODES = ("fused", "shared_scores", "split")
 FWD_MODES = ("fused", "split", "pairs")
-FWD_DIAGS = ("exp", "steps")  # fwd_mode="pairs": how the pair decays inside a sub-chunk are formed
+FWD_DIAGS = ("fold", "cols")  # fwd_mode="pairs": the walk over the pairs inside a sub-chunk
 
 
 def supports(sig: CoreSig) -> str | None:
@@ -124,8 +124,10 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
         # than shared_scores (5.43 vs 5.24 ms) and stays an option
         "fwd_mode": "split" if sig.decay == Decay.KEY else "fused",
         # fwd_mode="pairs" (KEY decay): chunk_fwd_a_pairs, one program per (chunk, head), the
-        # sub-chunks' own blocks by SC steps over all of K (chunk_vector_pairs); untimed as yet
-        "fwd_diag": "exp",
+        # sub-chunks' own blocks by SC or SC / 2 steps over all of K (chunk_vector_pairs), with
+        # its own pipeline depth; untimed as yet
+        "fwd_diag": "fold",
+        "fwd_a_stages": 3,
         "num_stages": 2,
         "fp32_dot": "ieee",
     }
@@ -176,8 +178,8 @@ def _check_config(sig: CoreSig, cfg: dict, shape: Shape) -> str | None:
     for where, (tile, warps) in cubes.items():
         if sc * sc * tile / (32 * warps) > 128:
             return f"{where}: [{sc}, {sc}, {tile}] fp32 product needs > 128 registers a thread"
-    if cfg["fwd_mode"] == "pairs" and sc * kp / (32 * cfg["fwd_warps"]) > 64:  # a few [SC, K] fp32 tiles live
-        return f"fwd_mode='pairs': [{sc}, {kp}] fp32 tiles need > 64 registers a thread each"
+    if cfg["fwd_mode"] == "pairs" and c * kp / (32 * cfg["fwd_warps"]) > 64:  # a few [C, K] fp32 tiles live
+        return f"fwd_mode='pairs': [{c}, {kp}] fp32 tiles need > 64 registers a thread each"
     # 16-bit dot operands staged in shared memory per pipeline stage ([C, BK], [BK, BV], [C, BV]);
     # calibrated on sm_90 compiles, where the default tiles take 12-38 KiB
     for kernel, (bk, bv) in {"fwd": ("fwd_BK", "fwd_BV"), "state": ("state_BK", "state_BV"),
@@ -215,6 +217,7 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
             Param("da_warps", (4, 8)),
             Param("fwd_mode", FWD_MODES),
             Param("fwd_diag", FWD_DIAGS),
+            Param("fwd_a_stages", (3, 2, 1)),
             Param("num_stages", (2, 1, 3)),
             Param("fp32_dot", ("ieee",)),
         ),

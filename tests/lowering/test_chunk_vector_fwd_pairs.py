@@ -22,7 +22,7 @@ from scandsl.testing import random_core_inputs  # noqa: E402
 from tests.lowering.test_chunk_vector import COARSE, SIGS, _compare  # noqa: E402
 
 KEYS = {"key": SIGS["key"], "key_before": SIGS["key_before"]}
-DIAGS = ("exp", "steps")
+DIAGS = ("fold", "cols")
 
 
 @pytest.fixture(autouse=True)
@@ -68,8 +68,8 @@ def test_pairs_varlen(name, diag):
 @pytest.mark.parametrize("diag", DIAGS)
 @pytest.mark.parametrize("name", list(KEYS))
 def test_pairs_strong_decay(name, diag):
-    """Log-decays in [-8, -5] a step: exp(cumsum) would reach e^{+-160} inside a chunk, and the
-    running products of fwd_diag="steps" underflow to 0 within a sub-chunk; nothing may overflow."""
+    """Log-decays in [-8, -5] a step: exp(cumsum) would reach e^{+-160} inside a chunk, so any
+    exponent rebased the wrong way overflows."""
     sig = KEYS[name]
     x = random_core_inputs(sig, B=1, T=67, H=2, K=24, V=40, seed=55)
     gen = torch.Generator().manual_seed(56)
@@ -83,7 +83,7 @@ def test_pairs_half_inputs():
     """16-bit tensor-core operands (fp16: the interpreter's bf16 tl.dot is wrong, Triton 3.9)."""
     sig = KEYS["key"]
     x = random_core_inputs(sig, B=1, T=37, H=2, K=24, V=40, seed=57, dtype=torch.float16, requires_grad=True)
-    _compare(sig, x, _pairs("steps"), dtype=torch.float16)
+    _compare(sig, x, _pairs("fold"), dtype=torch.float16)
 
 
 @pytest.mark.parametrize("diag", DIAGS)
@@ -112,14 +112,14 @@ def test_pairs_config():
     space = chunk_vector.search_space(key, shape)
     assert space.valid({**chunk_vector.default_config(key, shape), "fwd_mode": "pairs"}) is None
     assert (
-        space.valid({**chunk_vector.default_config(key, shape), "fwd_mode": "pairs", "fwd_diag": "steps"})
+        space.valid({**chunk_vector.default_config(key, shape), "fwd_mode": "pairs", "fwd_diag": "cols"})
         is None
     )
     for sig in (SIGS["value"], SIGS["outer"]):
         reason = chunk_vector.search_space(sig, shape).valid({**chunk_vector.default_config(sig, shape),
                                                               "fwd_mode": "pairs"})  # fmt: skip
         assert "KEY decay only" in reason
-    bad = {**chunk_vector.default_config(key, shape), "fwd_mode": "pairs", "fwd_diag": "cube"}
+    bad = {**chunk_vector.default_config(key, shape), "fwd_mode": "pairs", "fwd_diag": "steps"}
     assert "fwd_diag" in space.valid(bad)
     assert "def chunk_fwd_a_pairs(" in chunk_vector.generate_source(key)
     assert "def chunk_fwd_a_pairs(" not in chunk_vector.generate_source(CoreSig(decay=Decay.VALUE))
