@@ -3,7 +3,9 @@
 1. ``mlstm``: the chunk strategy's gradients in bfloat16 failed the harness (dq 6.7e-2 > 2e-2 at
    T=128) while its float16 and CPU checks pass. Per-gradient errors against the float32
    reference on the same inputs, for chunk and sequential, bf16 and fp16 features (gates fp32),
-   at the standard shape cut to T=128 — which strategy and dtype carries the error.
+   at the standard shape cut to T=128 — which strategy and dtype carries the error; for chunk,
+   per treatment of the mixed operand dtypes (``_operands``). ``mixed_cost`` times those
+   treatments on mlstm and gated_rfa at the standard shape.
 2. ``scan`` default tiles: the complete grid timed BT=32 BV=8 at 0.40 ms and the default BT=16
    BV=16 at 0.77 ms, where earlier runs timed the default at 0.39–0.44. The two (and BV=4,
    the evening's best) alternated over several rounds in one process: noise or a real gap.
@@ -18,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import statistics
@@ -32,6 +35,22 @@ from scandsl._core import CoreSig, Decay, Shape
 from scandsl.testing import rel_err
 
 
+@contextlib.contextmanager
+def _operands(mode: str):
+    """chunk_scalar's treatment of q, k, v of mixed dtypes: ``"wide"`` (the default since
+    2026-11-24: float32, forward products tf32x3, backward tf32), ``"wide_tf32"`` (tf32 in both),
+    or ``"narrow"`` (the earlier rule: all three rounded to the features' 16-bit dtype)."""
+    from scandsl.lowering import chunk_scalar
+
+    saved = chunk_scalar.WIDENS_MIXED_OPERANDS, chunk_scalar.MIXED_DOT
+    chunk_scalar.WIDENS_MIXED_OPERANDS = mode != "narrow"
+    chunk_scalar.MIXED_DOT = ("tf32", "tf32") if mode == "wide_tf32" else saved[1]
+    try:
+        yield
+    finally:
+        chunk_scalar.WIDENS_MIXED_OPERANDS, chunk_scalar.MIXED_DOT = saved
+
+
 def mlstm_grads(report: dict) -> None:
     shape = Shape(B=4, T=128, H=16, K=128, V=128)
     for dtype in (torch.bfloat16, torch.float16):
@@ -40,13 +59,51 @@ def mlstm_grads(report: dict) -> None:
         o_ref, _ = ops.mlstm(**ref, strategy="reference")
         do = torch.randn(o_ref.shape, generator=torch.Generator().manual_seed(11)).cuda()
         o_ref.backward(do)
-        for strategy in ("chunk", "sequential"):
+        for strategy, mode in (
+            ("chunk", "wide"),
+            ("chunk", "narrow"),
+            ("chunk", "wide_tf32"),
+            ("sequential", "wide"),
+        ):
             got = {k: v.detach().clone().requires_grad_() for k, v in x.items()}
-            o, _ = ops.mlstm(**got, strategy=strategy)
-            o.float().backward(do)
+            with _operands(mode):
+                o, _ = ops.mlstm(**got, strategy=strategy)
+                o.float().backward(do)
             row = {"o": rel_err(o, o_ref)} | {f"d{k}": rel_err(got[k].grad, ref[k].grad) for k in got}
-            report[f"mlstm/{strategy}/{str(dtype)[6:]}"] = {k: round(v, 6) for k, v in row.items()}
-            print(strategy, dtype, report[f"mlstm/{strategy}/{str(dtype)[6:]}"], flush=True)
+            name = f"mlstm/{strategy}/{str(dtype)[6:]}" + ("" if mode == "wide" else f"/{mode}")
+            report[name] = {k: round(v, 6) for k, v in row.items()}
+            print(name, report[name], flush=True)
+
+
+def mixed_cost(report: dict) -> None:
+    """fwd and fwd+bwd of the chunk rows with mixed operand dtypes (bf16 features, fp32 gates) at
+    the standard shape, per treatment of the operands (``_operands``), alternated over rounds."""
+    shape = Shape(B=4, T=4096, H=16, K=128, V=128)
+    times: dict[str, list[float]] = {}
+    for op in ("mlstm", "gated_rfa"):
+        fn = getattr(ops, op)
+        x = make_op_inputs(op, shape, torch.bfloat16, "cuda", seed=0)
+        xg = {k: v.detach().clone().requires_grad_() for k, v in x.items()}
+        do = None
+        for _, mode in itertools.product(range(2), ("wide", "narrow", "wide_tf32")):
+            with _operands(mode):
+
+                def fwd(fn=fn, x=x):
+                    with torch.no_grad():
+                        return fn(**x, strategy="chunk")
+
+                o = fn(**xg, strategy="chunk")[0]
+                do = torch.randn_like(o) if do is None else do
+
+                def fwd_bwd(fn=fn, xg=xg, do=do):
+                    fn(**xg, strategy="chunk")[0].backward(do)
+
+                for mode_name, f in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
+                    ms = float(do_bench(f, warmup=10, rep=100, return_mode="median"))
+                    times.setdefault(f"{op}/{mode}/{mode_name}", []).append(round(ms, 4))
+        print(op, {k: v for k, v in times.items() if k.startswith(op)}, flush=True)
+    report["mixed_cost"] = {"shape": list(shape), "rounds_ms": times,
+                            "median_ms": {k: statistics.median(v) for k, v in times.items()}}  # fmt: skip
 
 
 def scan_ab(report: dict, rounds: int = 5) -> None:
@@ -240,11 +297,13 @@ def _clocks() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--only", choices=("mlstm_grads", "scan_ab", "seq_ab", "scan_place"), default=None)
+    ap.add_argument(
+        "--only", choices=("mlstm_grads", "mixed_cost", "scan_ab", "seq_ab", "scan_place"), default=None
+    )
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    parts = {"mlstm_grads": mlstm_grads, "scan_ab": lambda r: scan_ab(r, args.rounds),
+    parts = {"mlstm_grads": mlstm_grads, "mixed_cost": mixed_cost, "scan_ab": lambda r: scan_ab(r, args.rounds),
              "seq_ab": lambda r: seq_ab(r, args.rounds),
              "scan_place": lambda r: scan_place(r, min(args.rounds, 3))}  # fmt: skip
     for name, part in parts.items():

@@ -61,6 +61,8 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
     fam = _family(sig)
     if fam is None:
         raise NotImplementedError(supports(sig))
+    if getattr(fam, "WIDENS_MIXED_OPERANDS", False):
+        return fam.run(sig, x, config)  # the family unifies q, k, v itself
     return fam.run(sig, _same_operand_dtype(x), config)
 
 
@@ -71,7 +73,9 @@ def _same_operand_dtype(x: CoreInputs) -> CoreInputs:
     mLSTM's ``e^i k`` are float32 when the gate is, while q stays bfloat16. The products run in
     the narrowest of the three (what the user's features are in), accumulating in float32 as
     always; the output keeps the dtype it would have had, and gradients flow back through the
-    cast in each operand's own dtype.
+    cast in each operand's own dtype. A family with ``WIDENS_MIXED_OPERANDS`` (chunk_scalar)
+    gets them unconverted: narrowing mLSTM's ``e^i`` to bfloat16 put its gradients 6x outside
+    the bf16 band (``chunk_scalar._widen_mixed``).
     """
     dtypes = {t.dtype for t in (x.q, x.k, x.v)}
     if len(dtypes) == 1:
@@ -96,3 +100,10 @@ def generate_source(sig: CoreSig, config: dict | None = None) -> str:
         raise NotImplementedError(supports(sig))
     cfg = config if config is not None else fam.default_config(sig, Shape(1, 4096, 1, 128, 128))
     return fam.generate_source(sig, cfg)
+
+
+def value_gates(sig: CoreSig) -> tuple[str, ...]:
+    """The kinds of value gate (``CoreInputs.vg``, scandsl._core) the family for ``sig`` multiplies
+    in its kernels; the entry hands the others the product."""
+    fam = _family(sig)
+    return fam.value_gates(sig) if fam is not None and hasattr(fam, "value_gates") else ()

@@ -22,6 +22,8 @@ sequences (T = 65536 and beyond) cannot overflow.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from scandsl.autotune._space import Param, SearchSpace
 from scandsl.lowering._tiles import dot_pad as _pow2
@@ -32,6 +34,10 @@ from scandsl.lowering.chunk_scalar_split import launch_fwd_split
 from scandsl._core import CoreInputs, CoreSig, Decay, Shape, Transition
 
 __all__ = ["supports", "run", "search_space", "default_config", "generate_source"]
+
+# chunk.run hands q, k, v over as they come: run() widens mixed dtypes (_widen_mixed), where the
+# other chunk families narrow them
+WIDENS_MIXED_OPERANDS = True
 
 
 def supports(sig: CoreSig) -> str | None:
@@ -44,21 +50,31 @@ def supports(sig: CoreSig) -> str | None:
     return None
 
 
-def default_config(sig: CoreSig, shape: Shape, *, dtype: torch.dtype | None = None) -> dict:
+def default_config(
+    sig: CoreSig, shape: Shape, *, dtype: torch.dtype | None = None, mixed: bool = False
+) -> dict:
     """Heuristic tiles, chosen from sm_90 builds (``bench/gpu_check_chunk_scalar.py --aot``): no
     register spills, chunks of 64 so that every ``[C, *]`` product runs on wgmma.
 
     fp32 inputs (``dtype=torch.float32``) take small tiles instead: their exact (``ieee``) products
-    run on FMA units, whose operand layouts spill at the 16-bit tile sizes.
+    run on FMA units, whose operand layouts spill at the 16-bit tile sizes. Operands of mixed
+    dtypes widened to fp32 (``mixed``, :func:`_widen_mixed`) take ``MIXED_DOT``'s products on the
+    same chunks of 16. sm_90 builds of mLSTM's kernels (K=128, V=129 padded to 256; local Triton
+    3.9): the tf32 backward spills none with K-blocks of 16 over 8 warps (254 registers); the
+    tf32x3 forward spills at every tile size tried, least with 8 warps (200 B).
     """
     kp, vp = _pow2(shape.K), _pow2(shape.V)
     if dtype == torch.float32:
-        return {
+        cfg = {
             "chunk": 16, "block_v": min(vp, 32), "num_warps": 4, "num_stages": 1,
             "bwd_chunk": 16, "bwd_block_k": min(kp, 32), "bwd_block_v": min(vp, 32),
             "bwd_num_warps": 4, "bwd_num_stages": 1, "bwd_fused": True, "fp32_dot": "ieee",
             "fwd_mode": "fused",
         }  # fmt: skip
+        if mixed:
+            fwd, bwd = MIXED_DOT
+            cfg.update(fp32_dot=fwd, bwd_fp32_dot=bwd, num_warps=8, bwd_block_k=min(kp, 16), bwd_num_warps=8)
+        return cfg
     wide = max(kp, vp) > 128
     return {
         "chunk": 64,
@@ -215,11 +231,43 @@ def _validate(sig: CoreSig, x: CoreInputs) -> None:
         raise ValueError(f"CoreInputs.cu_seqlens: varlen needs B == 1, got B={x.B}")
 
 
+# Products of operands of mixed dtypes widened to fp32, (forward, backward): the forward decides
+# the branch of a read-out's max / abs, so it runs at fp32 accuracy (tf32x3: three tf32 products);
+# the backward's rounding errors pass through smoothly, and tf32 (10-bit mantissa, 8x finer than
+# bfloat16's) keeps them inside the band (docs/performance.md, "mlstm's chunk gradients")
+MIXED_DOT = ("tf32x3", "tf32")
+
+
+def _widen_mixed(x: CoreInputs) -> tuple[CoreInputs, bool]:
+    """q, k, v in one dtype for the tensor cores: the widest of the three when they differ.
+
+    A spec's derived operand is float32 when its gate is, while q and k stay in the features'
+    16-bit dtype: mLSTM's value ``e^i [v, 1]`` (its normaliser ``z`` rides as a value column),
+    gated_rfa's ``(1 - e^g) [v, 1]``. Rounding it to bfloat16 rounds what the model computes in
+    float32, and mLSTM's read-out ``/ max(1, |z . q|)`` amplifies that rounding: ``z . q`` of signed
+    features is a sum with cancellation, and where it sits near 1 the rounding flips the branch
+    of ``max`` and with it the gradient (7 of 8192 steps held 99% of dq's error at B=4 T=128 H=16,
+    docs/performance.md). So the three run in float32 with ``MIXED_DOT`` products; gradients
+    flow back through the cast in each operand's own dtype, the output keeps the dtype it would
+    have had.
+    """
+    dtypes = {t.dtype for t in (x.q, x.k, x.v)}
+    if len(dtypes) == 1:
+        return x, False
+    wide = max(dtypes, key=lambda d: d.itemsize)
+    out_dtype = x.out_dtype or x.v.dtype
+    x = dataclasses.replace(x, q=x.q.to(wide), k=x.k.to(wide), v=x.v.to(wide), out_dtype=out_dtype)
+    return x, True
+
+
 def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
-    """``(o, final_state)`` for one core recurrence; differentiable in q, k, v, g, initial_state."""
+    """``(o, final_state)`` for one core recurrence; differentiable in q, k, v, g, initial_state.
+
+    q, k and v of mixed dtypes run in the widest of them (:func:`_widen_mixed`)."""
     _validate(sig, x)
     shape = Shape(x.B, x.T, x.H, x.K, x.V)
-    cfg = {**default_config(sig, shape, dtype=x.v.dtype), **(config or {})}
+    x, mixed = _widen_mixed(x)
+    cfg = {**default_config(sig, shape, dtype=x.v.dtype, mixed=mixed), **(config or {})}
     kp, vp = _pow2(x.K), _pow2(x.V)
     # a block wider than the padded feature size is the same launch as the full width
     cfg.update(block_v=min(cfg["block_v"], vp), bwd_block_k=min(cfg["bwd_block_k"], kp))

@@ -72,7 +72,13 @@ class Plan:
 
     @property
     def kernels(self) -> ModuleType:
+        """The module whose forward runs: fp32 products at ``cfg["fp32_dot"]``."""
         return kernels(self.sig, self.cfg.get("fp32_dot", "ieee"))
+
+    @property
+    def bwd_kernels(self) -> ModuleType:
+        """The module whose backward runs: ``cfg["bwd_fp32_dot"]``, else as the forward."""
+        return kernels(self.sig, self.cfg.get("bwd_fp32_dot", self.cfg.get("fp32_dot", "ieee")))
 
 
 def fwd_meta(P: Plan, *, has_h0: bool, store_ht: bool) -> tuple[tuple[int, int], dict]:
@@ -141,6 +147,6 @@ def launch_bwd(P: Plan, q, k, v, g, o, h0, ht, cu_seqlens, do, dht, roles: tuple
     args = [q if a is None else a for a in args] + [P.scale, P.T, nth, P.H]
     for launch in bwd_launches(P) if roles is None else [roles]:
         grid, meta = bwd_meta(P, launch, has_h0=h0 is not None, has_dht=dht is not None)
-        P.kernels.chunk_scalar_bwd[grid](*args, **meta)
+        P.bwd_kernels.chunk_scalar_bwd[grid](*args, **meta)
     dg = None if dgp is None else dgp.sum(0).view(P.B, P.T, P.H)
     return dq, dk, dv, dg, dh0
