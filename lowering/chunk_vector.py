@@ -18,9 +18,11 @@ span all of V (``do . v^T`` and kin) once to fp32 scratch, and ``chunk_bwd_dqk_s
 (K-block, chunk, head), which reads them: :mod:`scandsl.lowering.chunk_vector_shared`. With
 ``dqk_mode="split"`` (KEY decay only; timed no faster than shared scores) the scores are followed
 by an intra-chunk kernel per sub-chunk and an inter-chunk kernel per chunk; ``fwd_mode="split"``
-(the default for KEY decay since it was timed faster) likewise cuts ``chunk_fwd_o`` into a score
-kernel per sub-chunk and an output kernel per chunk, and the backward's dv reuses the kept scores:
-:mod:`scandsl.lowering.chunk_vector_split`.
+(timed faster than the fused one) likewise cuts ``chunk_fwd_o`` into a score kernel per sub-chunk
+and an output kernel per chunk, and the backward's dv reuses the kept scores:
+:mod:`scandsl.lowering.chunk_vector_split`; ``fwd_mode="pairs"`` (the default for KEY decay, timed
+faster again) builds the same scores one (chunk, head) a program:
+:mod:`scandsl.lowering.chunk_vector_pairs`.
 
 Algorithm: Yang et al., "Gated Linear Attention Transformers with Hardware-Efficient Training"
 (2024): secondary chunking — between sub-chunks the per-key gates are rebased on a reference row
@@ -35,7 +37,9 @@ key decay fwd 1.57 ms, fwd+bwd 9.80 ms with the fused dq/dk kernel, 8.62 ms with
 forward 1.21 ms (key) and 1.23 ms (key/before); against
 flash-linear-attention's chunk_gla 0.85 / 3.70 and chunk_rwkv6 1.07 / 4.31. Not yet at target:
 the dq/dk kernel is still ~5.5 ms of the backward (its per-sub-chunk products are fp32
-elementwise tiles, not tensor-core products), ``chunk_fwd_o`` ~1.3 ms.
+elementwise tiles, not tensor-core products), ``chunk_fwd_o`` ~1.3 ms. On 2026-11-24, with the
+tuned KEY tiles and ``fwd_mode="pairs"``, the ops: gla fwd 0.99 ms, fwd+bwd 4.73 (FLA's fwd
+0.85); rwkv6 fwd 1.71 (FLA 1.07), ``bench/results/gpu_ab_gla_fwd_run2.json``.
 """
 
 from __future__ import annotations
@@ -120,14 +124,18 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
         # "split" (KEY decay): chunk_fwd_a + chunk_fwd_o_split (chunk_vector_split). Timed on the
         # H100 on 2026-11-23 (bench/results/gpu_check_chunk_vector_split.json): gla fwd 1.56 ->
         # 1.21 ms, rwkv6-style 1.59 -> 1.23 ms, and the kept scores take 1.6 ms off the backward's
-        # dv; so the default for KEY decay. Its dq/dk counterpart (dqk_mode="split") was not faster
-        # than shared_scores (5.43 vs 5.24 ms) and stays an option
-        "fwd_mode": "split" if sig.decay == Decay.KEY else "fused",
-        # fwd_mode="pairs" (KEY decay): chunk_fwd_a_pairs, one program per (chunk, head), the
-        # sub-chunks' own blocks by SC or SC / 2 steps over all of K (chunk_vector_pairs), with
-        # its own pipeline depth; untimed as yet
+        # dv. Its dq/dk counterpart (dqk_mode="split") was not faster than shared_scores (5.43 vs
+        # 5.24 ms) and stays an option.
+        # "pairs" (KEY decay, the default since 2026-11-24): chunk_fwd_a_pairs in place of
+        # chunk_fwd_a, one program per (chunk, head), the sub-chunks' own blocks all at once by
+        # SC / 2 steps over the folded triangle (chunk_vector_pairs). Timed against "split" and
+        # flash-linear-attention in one run on the H100 (bench/gpu_ab_gla_fwd.py,
+        # bench/results/gpu_ab_gla_fwd_run2.json, with the KEY tiles below): score kernel 0.69 ->
+        # 0.41 ms; gla fwd 1.265 -> 0.986 ms (FLA 0.849), fwd+bwd 5.01 -> 4.73; rwkv6 fwd 2.03 ->
+        # 1.71 (FLA 1.07), fwd+bwd 7.35 -> 7.04. "cols" (SC steps) and 8 warps were slower
+        "fwd_mode": "pairs" if sig.decay == Decay.KEY else "fused",
         "fwd_diag": "fold",
-        "fwd_a_stages": 3,
+        "fwd_a_stages": 3,  # chunk_fwd_a_pairs' pipeline depth (1: 0.45 ms against 0.43 at 8 warps)
         "num_stages": 2,
         "fp32_dot": "ieee",
     }

@@ -31,8 +31,18 @@ sub-chunks ``I`` (row blocks of A) and stores each ``[SC, C]`` row block once:
 Both are exact for any decay strength, like the cube they replace: every exponent is a pair's own
 decay, clamped at 0, never rebased on a row that makes it positive. The zero-step pair
 ``(i, i - QSHIFT)`` needs no path of its own: its decay is ``exp(0)`` (in the rebased product too,
-when ``i - QSHIFT`` is the previous sub-chunk's last key). ``chunk_fwd_o_split`` and the backward's ``chunk_bwd_dv_split``
-read A as they read ``chunk_fwd_a``'s.
+when ``i - QSHIFT`` is the previous sub-chunk's last key). ``chunk_fwd_o_split`` and the
+backward's ``chunk_bwd_dv_split`` read A as they read ``chunk_fwd_a``'s.
+
+Measured (H100, Triton 3.6, gla at the shape above, C=32 SC=16, bf16, ``bench/gpu_ab_gla_fwd.py``,
+``bench/results/gpu_ab_gla_fwd_run2.json``): 0.41 ms with ``"fold"`` at 4 warps, against 0.69 ms
+for ``chunk_fwd_a`` and 0.39 ms for flash-linear-attention's two score kernels (at C=64); ``"cols"``
+0.46 ms, 8 warps slower for both. So still ~3x its floor: the fold walk holds ~220 registers a
+thread at 4 warps (an sm_90 build with Triton 3.9), two programs an SM, and each step's gathered
+loads wait on the cache. A first try, one program walking its sub-chunks one after another with
+``[SC, K]`` steps (exponentials, or running products of the step decays), was no faster than
+``chunk_fwd_a`` (0.49-0.70 ms, ``bench/results/gpu_ab_gla_fwd_run1.json``): too little work per
+step to hide a step's latency.
 """
 
 from __future__ import annotations

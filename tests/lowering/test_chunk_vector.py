@@ -294,7 +294,7 @@ def test_split_forward_is_for_key_decay_only():
         cfg = {**chunk_vector.default_config(sig, shape), "fwd_mode": "split"}
         assert "KEY decay only" in chunk_vector.search_space(sig, shape).valid(cfg)
     key = SIGS["key"]
-    assert chunk_vector.default_config(key, shape)["fwd_mode"] == "split"  # timed faster on the H100
+    assert chunk_vector.default_config(key, shape)["fwd_mode"] == "pairs"  # timed fastest on the H100
     assert chunk_vector.default_config(SIGS["value"], shape)["fwd_mode"] == "fused"
     assert (
         chunk_vector.search_space(key, shape).valid(
