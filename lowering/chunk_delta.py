@@ -225,13 +225,15 @@ def _varlen_tables(cu: torch.Tensor, C: int, device):
 
 class _ChunkDelta(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, beta, g, h0, cu, tables, plan: _Plan):
+    def forward(ctx, q, k, v, beta, g, h0, cu, tables, plan: _Plan, vg=None):
         B, Tn, H, K = q.shape
         V = v.shape[-1]
         cfg, C = plan.config, plan.config["chunk"]
         dev = q.device
         mod = _module(cfg, plan.sig, q.dtype)
         q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
+        gate = dict(VALUE_GATE=vg is not None)
+        vg = vg.contiguous() if vg is not None else beta  # a placeholder pointer when ungated
         g = g.contiguous() if g is not None else beta
         offsets, cseq, cstart = tables
         cu_arg = cu if cu is not None else offsets
@@ -252,12 +254,14 @@ class _ChunkDelta(torch.autograd.Function):
         if plan.NC:
             prep_warps = cfg.get("prepare_warps") or cfg["num_warps"]
             mod.delta_prepare[(plan.NC, H)](
-                k, v, beta, g, w, u, tmat, cu_arg, cseq, cstart, plan.T, plan.NT,
-                STORE_T=plan.need_grad, BV=par_bv, **shapes, num_warps=prep_warps, num_stages=cfg["num_stages"],
+                k, v, vg, beta, g, w, u, tmat, cu_arg, cseq, cstart, plan.T, plan.NT,
+                STORE_T=plan.need_grad, BV=par_bv, **shapes, **gate, num_warps=prep_warps,
+                num_stages=cfg["num_stages"],
             )  # fmt: skip
             if wu == "split":
                 mod.delta_wu[(plan.NC, H)](
-                    k, v, beta, g, w, u, tmat, cu_arg, cseq, cstart, plan.T, plan.NT, BV=par_bv, **shapes, **launch,
+                    k, v, vg, beta, g, w, u, tmat, cu_arg, cseq, cstart, plan.T, plan.NT, BV=par_bv, **shapes,
+                    **gate, **launch,
                 )  # fmt: skip
         mod.delta_fwd_state[(triton_cdiv(V, seq_bv), plan.N * H)](
             k, w, u, g, h0 if h0 is not None else ht, hs, ht, cu_arg, offsets, plan.T, plan.NT,
@@ -269,7 +273,10 @@ class _ChunkDelta(torch.autograd.Function):
                 q, k, u, g, hs, o, cu_arg, cseq, cstart, plan.scale, plan.T, plan.NT,
                 BV=par_bv, NV=nv, BKO=min(cfg.get("out_bk") or _pow2(K), _pow2(K)), **shapes, **launch,
             )  # fmt: skip
-        ctx.save_for_backward(q, k, beta, g, h0, w, u, tmat, hs, cu, *tables)
+        gated = gate["VALUE_GATE"]
+        ctx.save_for_backward(
+            q, k, beta, g, h0, w, u, tmat, hs, cu, v if gated else None, vg if gated else None, *tables
+        )
         ctx.plan = plan
         ctx.has_g = plan.sig.decay is Decay.SCALAR
         ctx.v_dtype = v.dtype
@@ -277,7 +284,7 @@ class _ChunkDelta(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, beta, g, h0, w, u, tmat, hs, cu, offsets, cseq, cstart = ctx.saved_tensors
+        q, k, beta, g, h0, w, u, tmat, hs, cu, v, vg, offsets, cseq, cstart = ctx.saved_tensors
         plan = ctx.plan
         cfg, C = plan.config, plan.config["chunk"]
         B, Tn, H, K = q.shape
@@ -303,6 +310,8 @@ class _ChunkDelta(torch.autograd.Function):
         dq = _empty(B, Tn, H, K, dtype=q.dtype, device=dev, zero=zero)
         dk = _empty(B, Tn, H, K, dtype=k.dtype, device=dev, zero=zero)
         dv = _empty(B, Tn, H, V, dtype=ctx.v_dtype, device=dev, zero=zero)
+        gated = vg is not None
+        dvg = _empty(B, Tn, H, dtype=torch.float32, device=dev, zero=zero) if gated else None
         bwd_bk = min(cfg["bwd_bk"], _pow2(K))
         nk = triton_cdiv(K, bwd_bk)
         # per-K-block partial sums of dbeta and dg, added up below
@@ -310,13 +319,15 @@ class _ChunkDelta(torch.autograd.Function):
         dg = _empty(nk, B, Tn, H, dtype=torch.float32, device=dev, zero=zero) if ctx.has_g else dbeta
         if plan.NC:
             mod.delta_bwd_chunk[(plan.NC * nk, H)](
-                q, k, beta, g, tmat, hs, dhs, u, du, do, dq, dk, dv, dbeta, dg,
-                cu_arg, cseq, cstart, plan.scale, plan.T, plan.NT, B * Tn * H,
-                BK=bwd_bk, BV=par_bv, NK=nk, **shapes, num_warps=cfg["bwd_warps"], num_stages=cfg["num_stages"],
+                q, k, v if gated else u, vg if gated else beta, beta, g, tmat, hs, dhs, u, du, do, dq, dk, dv,
+                dvg if gated else dbeta, dbeta, dg, cu_arg, cseq, cstart, plan.scale, plan.T, plan.NT, B * Tn * H,
+                BK=bwd_bk, BV=par_bv, NK=nk, VALUE_GATE=gated, **shapes, num_warps=cfg["bwd_warps"],
+                num_stages=cfg["num_stages"],
             )  # fmt: skip
         dbeta = dbeta.sum(0).to(beta.dtype)
         dg = dg.sum(0).to(g.dtype) if ctx.has_g else None
-        return dq, dk, dv, dbeta, dg, dh0, None, None, None
+        dvg = dvg.to(vg.dtype) if gated and ctx.needs_input_grad[9] else None
+        return dq, dk, dv, dbeta, dg, dh0, None, None, None, dvg
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -350,7 +361,11 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
         raise ValueError(f"CoreInputs.initial_state: expected {(N, H, K, V)}, got {tuple(h0.shape)}")
     # host-side tables from the caller's tensor (memoised per tensor), not from the int32 copy
     offsets, cseq, cstart, nc = _tables(user_cu, B, T, cfg["chunk"], x.v.device)
-    tensors = [x.q, x.k, x.v, x.beta, x.g, h0]
+    if x.vg is not None and x.vg.shape != x.v.shape[:3]:
+        raise ValueError(
+            f"CoreInputs.vg: chunk_delta takes a per-step scalar [B, T, H], got {tuple(x.vg.shape)}"
+        )
+    tensors = [x.q, x.k, x.v, x.beta, x.g, h0, x.vg]
     need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     dtype = _operand_dtype(cfg, x)
     plan = _Plan(
@@ -370,7 +385,13 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
     q, k = x.q.to(dtype), x.k.to(dtype)
     g = x.g if sig.decay is Decay.SCALAR else None
     h0 = h0.float() if h0 is not None else None
-    return _ChunkDelta.apply(q, k, x.v, x.beta, g, h0, cu, (offsets, cseq, cstart), plan)
+    return _ChunkDelta.apply(q, k, x.v, x.beta, g, h0, cu, (offsets, cseq, cstart), plan, x.vg)
+
+
+def value_gates(sig: CoreSig) -> tuple[str, ...]:
+    """The value as ``v ⊙ vg`` with ``vg [B,T,H]`` (DeltaNet's ``β v``, scandsl._core): the UT
+    transform multiplies it as it loads ``v``, and the backward returns both factors' gradients."""
+    return ("scalar",)
 
 
 # Checked-in copies of generated kernels (lowering/golden/): a codegen change shows in the diff.

@@ -1,7 +1,8 @@
 """Triton source of the chunked delta-rule kernels (DeltaNet, Gated DeltaNet).
 
 Math, per (sequence, head), with ``h = S^T`` (``[K, V]``), ``q~ = scale q``, ``v`` already
-carrying ``beta`` (the prologue folds it in) and the recurrence
+carrying ``beta`` (the prologue folds it in, or with ``VALUE_GATE`` the kernels multiply it by
+its per-step factor ``vg`` as they load it: DeltaNet's ``β v``) and the recurrence
 ``h_t = e^{g_t} (I - beta_t k_t k_t^T) h_{t-1} + k_t v_t^T``. Write it as
 ``h_t = e^{g_t} h_{t-1} + k_t u_t^T`` with the *new value* ``u_t = v_t - beta_t e^{g_t} h_{t-1}^T k_t``.
 Inside a chunk starting from ``h0``, with ``G`` the cumulative log-decay, ``gamma = e^G``,
@@ -142,10 +143,10 @@ def _prepare(sig: CoreSig, nb: int, wu: str = "blocks") -> str:
 
 @triton.jit
 def delta_prepare(
-    k, v, beta, g, w, u, tmat, cu_seqlens, chunk_seq, chunk_start, T, NT,
+    k, v, vg, beta, g, w, u, tmat, cu_seqlens, chunk_seq, chunk_start, T, NT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    IS_VARLEN: tl.constexpr, STORE_T: tl.constexpr,
+    IS_VARLEN: tl.constexpr, STORE_T: tl.constexpr, VALUE_GATE: tl.constexpr,
 ):
     """UT transform of one (chunk, head): T = (I + A)^-1, w = T diag(beta gamma) k, u' = T v."""
     i_c = tl.program_id(0)
@@ -191,6 +192,8 @@ def _wu_blocks(sig: CoreSig, nb: int) -> list[str]:
             f"    b_v{j} = tl.load(v + (r{j}[:, None] * H + i_h) * V + o_v[None, :], "
             f"mask=m{j}[:, None] & m_v[None, :], other=0.0)  # [16, BV]"
         )
+        add("    if VALUE_GATE:  # the value is v ⊙ vg, vg one number a step")
+        add(f"        b_v{j} = b_v{j} * tl.load(vg + r{j} * H + i_h, mask=m{j}, other=0.0).to(tl.float32)[:, None]")
     for i in range(nb):
         terms = " + ".join(f"_dot(b_T{i}{j}, b_v{j})" for j in range(i + 1))
         add(f"    b_u{i} = {terms}")
@@ -252,6 +255,8 @@ def _wu_products(sig: CoreSig) -> list[str]:
     add("    o_v = i_v * BV + tl.arange(0, BV)")
     add("    m_tv = m_t[:, None] & (o_v < V)[None, :]")
     add("    b_v = tl.load(v + (r[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.0)  # [C, BV]")
+    add("    if VALUE_GATE:  # the value is v ⊙ vg, vg one number a step")
+    add("        b_v = b_v * tl.load(vg + r * H + i_h, mask=m_t, other=0.0).to(tl.float32)[:, None]")
     add(
         "    tl.store(u + (r[:, None] * H + i_h) * V + o_v[None, :], _dot(b_T, b_v).to(u.dtype.element_ty), "
         "mask=m_tv)"
@@ -266,9 +271,9 @@ def _wu_kernel(sig: CoreSig) -> str:
 
 @triton.jit
 def delta_wu(
-    k, v, beta, g, w, u, tmat, cu_seqlens, chunk_seq, chunk_start, T, NT,
+    k, v, vg, beta, g, w, u, tmat, cu_seqlens, chunk_seq, chunk_start, T, NT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr, VALUE_GATE: tl.constexpr,
 ):
     """w = T diag(beta gamma) k and u' = T v of one (chunk, head), T from delta_prepare."""
     i_c = tl.program_id(0)

@@ -219,10 +219,11 @@ BWD_CHUNK = '''
 
 @triton.jit
 def delta_bwd_chunk(
-    q, k, beta, g, tmat, hs, dhs, u, du, do, dq, dk, dv, dbeta, dg,
+    q, k, v, vg, beta, g, tmat, hs, dhs, u, du, do, dq, dk, dv, dvg, dbeta, dg,
     cu_seqlens, chunk_seq, chunk_start, scale, T, NT, n_rows,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr, IS_VARLEN: tl.constexpr,
+    VALUE_GATE: tl.constexpr,
 ):
     """One (chunk, head, K-block): dq, dk, dv and this K-block's share of dbeta (and dg).
 
@@ -261,6 +262,8 @@ def delta_bwd_chunk(
     b_udu = tl.zeros([C, C], dtype=tl.float32)  # u du^T: (u du^T) T = (lambda u^T)^T
     b_dou = tl.zeros([C, C], dtype=tl.float32)  # do u^T
     b_dout = tl.zeros([C, C], dtype=tl.float32)  # u do^T
+    b_dvg = tl.zeros([C], dtype=tl.float32)  # with VALUE_GATE: sum_v lambda v, the gradient of vg
+    b_vg = tl.load(vg + r * H + i_h, mask=m_t, other=0.0).to(tl.float32)  # [C] (beta when ungated: unused)
     @dg_init@
     for i_v in range(0, tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
@@ -275,7 +278,11 @@ def delta_bwd_chunk(
         b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)  # [C, BV]
         b_lam = _dot(b_tt, b_du)  # [C, BV] lambda = T^T du, the gradient of v
         if i_k == 0:  # every K-block computes lambda; one stores it
-            tl.store(dv + p_tv, b_lam.to(dv.dtype.element_ty), mask=m_tv)
+            if VALUE_GATE:  # the value was v ⊙ vg: each factor's gradient is lambda times the other
+                b_dvg += tl.sum(b_lam * tl.load(v + p_tv, mask=m_tv, other=0.0).to(tl.float32), axis=1)
+                tl.store(dv + p_tv, (b_lam * b_vg[:, None]).to(dv.dtype.element_ty), mask=m_tv)
+            else:
+                tl.store(dv + p_tv, b_lam.to(dv.dtype.element_ty), mask=m_tv)
         b_dqh += _dot(b_do, tl.trans(b_h))
         b_dkb += _dot(b_lam, tl.trans(b_h))
         b_dkh += _dot(b_u, tl.trans(b_dhe))
@@ -313,4 +320,7 @@ def delta_bwd_chunk(
     tl.store(dq + p_tk, (b_dq * scale).to(dq.dtype.element_ty), mask=m_tk)
     tl.store(dk + p_tk, b_dk.to(dk.dtype.element_ty), mask=m_tk)
     tl.store(dbeta + p_part + r * H + i_h, b_db, mask=m_t)
+    if VALUE_GATE:
+        if i_k == 0:
+            tl.store(dvg + r * H + i_h, b_dvg, mask=m_t)
 '''

@@ -29,6 +29,7 @@ __all__ = [
     "static_loads",
     "decay",
     "step_input",
+    "bwd_dv",
     "fwd_readout",
     "bwd_cotangent",
     "bwd_dk",
@@ -99,10 +100,11 @@ def _gate_loads(sig: CoreSig, suffix: str, rows: str) -> list[RowLoad]:
     return out
 
 
-def row_loads(sig: CoreSig, kernel: str) -> list[RowLoad]:
+def row_loads(sig: CoreSig, kernel: str, value_gated: bool = False) -> list[RowLoad]:
     """Every per-block operand the ``kernel`` reads: ``"fwd"``, ``"bwd"``, or ``"totals"`` (the
-    split forward's pass 1, which reads no query)."""
-    loads = [RowLoad("v", "v", "V")]
+    split forward's pass 1, which reads no query); with ``value_gated`` the value's second
+    factor ``vg`` too."""
+    loads = [RowLoad("v", "v", "V")] + ([RowLoad("vg", "vg", "V")] if value_gated else [])
     if not sig.key_static:
         loads.append(RowLoad("k", "k", "K"))
     loads += _gate_loads(sig, "", "t")
@@ -126,6 +128,20 @@ def row_loads(sig: CoreSig, kernel: str) -> list[RowLoad]:
                 RowLoad("q0", "q", "K", "t0", scaled=scaled),
             ]
     return loads
+
+
+def bwd_dv(value_gated: bool) -> str:
+    """Store ``dv`` (and ``dvg``) from ``b_dv = Σ_k dS_t[v, k] k_t[k]``, the value's gradient."""
+    rows = "(r_t[:, None] * H + i_h) * V + o_v[None, :]"
+    mask = "m_t[:, None] & m_v[None, :]"
+    part = "i_k.to(tl.int64) * R * H * V"  # this K-block's partial (NK > 1)
+    if not value_gated:
+        return f"tl.store(dv + {part} + {rows}, b_dv, mask={mask})"
+    return "\n".join([
+        "# the value was v ⊙ vg: each factor's gradient is the other times b_dv",
+        f"tl.store(dv + {part} + {rows}, b_dv * b_vg, mask={mask})",
+        f"tl.store(dvg + {part} + {rows}, b_dv * b_v, mask={mask})",
+    ])  # fmt: skip
 
 
 def static_loads(sig: CoreSig, readout: bool = True) -> str:
@@ -164,11 +180,13 @@ def decay(sig: CoreSig, suffix: str, mask: str) -> str:
     return f"{out} = {expr}  # [BT, BK, BV]"
 
 
-def step_input(sig: CoreSig) -> str:
-    """``b_u = U_t`` on the block's rows (padded rows load 0)."""
+def step_input(sig: CoreSig, value_gated: bool = False) -> str:
+    """``b_u = U_t`` on the block's rows (padded rows load 0); ``b_w`` is the value, ``v ⊙ vg``
+    when ``value_gated`` (the backward keeps both factors for their gradients)."""
+    w = "b_w = b_v * b_vg  # [BT, BV], the value v_t ⊙ vg_t\n" if value_gated else "b_w = b_v\n"
     if sig.key_static:
-        return "b_u = b_kS[None, :, :] * b_v[:, None, :]  # [BT, BK, BV], U_t[v, k] = v_t[v] B[v, k]"
-    return "b_u = b_k[:, :, None] * b_v[:, None, :]  # [BT, BK, BV], U_t = v_t k_t^T"
+        return w + "b_u = b_kS[None, :, :] * b_w[:, None, :]  # [BT, BK, BV], U_t[v, k] = w_t[v] B[v, k]"
+    return w + "b_u = b_k[:, :, None] * b_w[:, None, :]  # [BT, BK, BV], U_t = w_t k_t^T"
 
 
 def _readout(sig: CoreSig, q: str) -> str:
@@ -218,9 +236,9 @@ def bwd_cotangent(sig: CoreSig) -> str:
 def bwd_dk(sig: CoreSig) -> str:
     """``dk_t[k] = Σ_v dS_t[v, k] v_t[v]`` (a V-block partial), or its sum over time when static."""
     if sig.key_static:
-        return "b_dkS += tl.sum(b_dhs * b_v[:, None, :], axis=0)  # [BK, BV]"
+        return "b_dkS += tl.sum(b_dhs * b_w[:, None, :], axis=0)  # [BK, BV]"
     return (
-        "b_dk = tl.sum(b_dhs * b_v[:, None, :], axis=2)  # [BT, BK]\n"
+        "b_dk = tl.sum(b_dhs * b_w[:, None, :], axis=2)  # [BT, BK]\n"
         f"tl.store(dk + i_v.to(tl.int64) * R * H * K + {_rows('K', 'o_k')}, b_dk, "
         "mask=m_t[:, None] & m_k[None, :])"
     )

@@ -137,7 +137,7 @@ _FWD = '''
 
 @triton.jit
 def {name}(
-    q, k, v, g, gk, gv, A, h0, o, ht, hc, cu_seqlens, chunk_offsets, {chunk_args}scale, T, R,
+    q, k, v, vg, g, gk, gv, A, h0, o, ht, hc, cu_seqlens, chunk_offsets, {chunk_args}scale, T, R,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, CT: tl.constexpr,{chunk_const}
     USE_H0: tl.constexpr, STORE_HT: tl.constexpr, SAVE_CKPT: tl.constexpr, IS_VARLEN: tl.constexpr,
@@ -218,7 +218,7 @@ _BWD = '''
 
 @triton.jit
 def scan_bwd_kernel(
-    q, k, v, g, gk, gv, A, hc, do, dht, dq, dk, dv, dg, dgk, dgv, dA, dh0,
+    q, k, v, vg, g, gk, gv, A, hc, do, dht, dq, dk, dv, dvg, dg, dgk, dgv, dA, dh0,
     cu_seqlens, chunk_offsets, scale, T, R, N,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, CT: tl.constexpr,
@@ -257,7 +257,7 @@ def scan_bwd_kernel(
 {rscan}
         # dv_t[v] = Σ_k dS_t[v, k] k_t[k]
         b_dv = tl.sum(b_dhs * {k_tile}, axis=1)  # [BT, BV]
-        tl.store(dv + i_k.to(tl.int64) * R * H * V + (r_t[:, None] * H + i_h) * V + o_v[None, :], b_dv, mask=m_t[:, None] & m_v[None, :])
+{dv}
 {dk}
 {dq}
         # -- slot: decay gradient; S_t − U_t = Λ_t ⊙ S_(t-1), so no division by Λ --
@@ -295,8 +295,8 @@ b_dl = tl.where(m_t[:, None, None], b_dhs * (b_hs - b_u), 0.0)  # [BT, BK, BV] d
 """
 
 
-def module_name(sig: CoreSig) -> str:
-    bits = ["scan", sig.decay.value, sig.readout.value]
+def module_name(sig: CoreSig, value_gated: bool = False) -> str:
+    bits = ["scan", sig.decay.value, sig.readout.value] + (["vg"] if value_gated else [])
     bits += [n.split("_")[0] + "S" for n in ("key_static", "query_static", "decay_static") if getattr(sig, n)]
     return "_".join(bits)
 
@@ -314,15 +314,17 @@ def _take(loads: list[slot.RowLoad]) -> str:
     return _ind("\n".join(ld.take() for ld in loads), 2)
 
 
-def generate_source(sig: CoreSig, config: dict | None = None) -> str:
-    """The Triton module for ``sig``. ``config`` (tiles, warps) does not change the text."""
+def generate_source(sig: CoreSig, config: dict | None = None, value_gated: bool = False) -> str:
+    """The Triton module for ``sig``. ``config`` (tiles, warps) does not change the text;
+    ``value_gated`` makes the value the product of ``v`` and ``vg`` (both loaded per block)."""
     del config  # tiles are constexpr arguments; kept for the strategy-wide signature
+    gate = value_gated
     none = sig.decay is Decay.NONE
     program = _ind(_PROGRAM + _LANES, 1)
     common = {
         "static_loads": _ind(slot.static_loads(sig), 1),
         "decay": _ind(slot.decay(sig, "", "m_t"), 2),
-        "step_input": _ind(slot.step_input(sig), 2),
+        "step_input": _ind(slot.step_input(sig, gate), 2),
         "scan": _ind(_SCAN_NONE if none else _SCAN, 2),
         "decay_kind": sig.decay.value + (", static" if sig.decay_static else ""),
     }
@@ -343,7 +345,7 @@ def generate_source(sig: CoreSig, config: dict | None = None) -> str:
             prefetch_next=_prefetch(loads, "i_t + 1", 2),
         )
 
-    out_loads = slot.row_loads(sig, "fwd")
+    out_loads = slot.row_loads(sig, "fwd", gate)
     kernels = [
         fwd(
             "scan_fwd_kernel",
@@ -355,7 +357,7 @@ def generate_source(sig: CoreSig, config: dict | None = None) -> str:
         ),
         fwd(
             "scan_chunk_totals_kernel",
-            slot.row_loads(sig, "totals"),
+            slot.row_loads(sig, "totals", gate),
             **chunk,
             program=chunk_program,
             first="j0",
@@ -383,7 +385,7 @@ def generate_source(sig: CoreSig, config: dict | None = None) -> str:
             exit=_ind("# the final state is pass 2's", 1),
         ),
     ]
-    bwd_loads = slot.row_loads(sig, "bwd")
+    bwd_loads = slot.row_loads(sig, "bwd", gate)
     bwd = _BWD.format(
         **common,
         program=program,
@@ -395,6 +397,7 @@ def generate_source(sig: CoreSig, config: dict | None = None) -> str:
         decay_next=_ind(slot.decay(sig, "1", "m_t1"), 2) if not none else "        pass",
         rscan=_ind(_RSCAN_NONE if none else _RSCAN, 2),
         k_tile="b_kS[None, :, :]" if sig.key_static else "b_k[:, :, None]",
+        dv=_ind(slot.bwd_dv(gate), 2),
         dk=_ind(slot.bwd_dk(sig), 2),
         dq=_ind(slot.bwd_dq(sig), 2),
         decay_grad=_ind(("" if none else _DL) + slot.bwd_decay_grad(sig), 2),

@@ -146,10 +146,16 @@ def _decay(name: str, aff: Affine) -> tuple[Decay, dict[str, Node]]:
                     f"{name}: a per-element decay must read (per-value gate) × (per-head [V,K] parameter), "
                     "e.g. exp(-dt * exp(A_log))"
                 )
+            # constant factors join the static [V, K] matrix, not the per-step gate: mamba's
+            # exp(-dt ⊗ e^{A_log}) runs as exp(dt ⊗ (-e^{A_log})), and -dt is never a [B,T,H,V] pass
             gv: Node | None = None
+            mat = mats[0]
             for p in per_v:
-                gv = _mul(gv, p)
-            channel = (gv if gv is not None else Const(1.0, aff.axes[:1]), mats[0])
+                if isinstance(p, Const):
+                    mat = Op("mul", (p, mat), mat.axes)
+                else:
+                    gv = _mul(gv, p)
+            channel = (gv if gv is not None else Const(1.0, aff.axes[:1]), mat)
     if channel is not None:
         if scalar is not None or key is not None or value is not None:
             raise NotLowerable(f"{name}: a per-element decay cannot be combined with other gates")

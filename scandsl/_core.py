@@ -19,7 +19,10 @@ model-specific.  Per (batch, head), with the state ``S`` in math orientation
 - ``T_t`` is the identity, or for :class:`Transition.DELTA` ``I − β_t k_t k_t^T``
   (``beta [B,T,H]``), only with ``NONE`` / ``SCALAR`` decay.
 - ``U_t = v_t k_t^T`` (any coefficients are folded into ``v`` and ``k`` by the prologue),
-  or with ``key_static`` ``U_t[v,k] = v_t[v] · k[h,v,k]`` (S4's input matrix ``B``).
+  or with ``key_static`` ``U_t[v,k] = v_t[v] · k[h,v,k]`` (S4's input matrix ``B``). A
+  strategy whose ``value_gates(sig)`` names the kind also takes the value as two factors,
+  ``v_t ⊙ vg_t`` with ``vg [B,T,H,V]`` ("vector", Mamba's ``dt ⊙ x``) or ``[B,T,H]``
+  ("scalar", DeltaNet's ``β_t v_t``), multiplied in its kernels; the others get the product.
 - With ``query_static`` the read-out is ``o_t[v] = Σ_k S_t[v,k] q[h,v,k]`` (S4's ``C``).
 - ``scale`` multiplies ``q`` inside the kernel.
 
@@ -129,6 +132,7 @@ class CoreInputs:
     gv: torch.Tensor | None = None
     A: torch.Tensor | None = None
     beta: torch.Tensor | None = None
+    vg: torch.Tensor | None = None  # value gate: the value is v ⊙ vg (see value_gates above)
     scale: float = 1.0
     initial_state: torch.Tensor | None = None
     output_final_state: bool = False
@@ -201,6 +205,8 @@ def core_reference(sig: CoreSig, x: CoreInputs) -> tuple[torch.Tensor, torch.Ten
     q_all = x.q.to(cdt) * x.scale
     k_all = x.k.to(cdt)
     v_all = x.v.to(cdt)
+    if x.vg is not None:
+        v_all = v_all * (x.vg.to(cdt) if x.vg.dim() == x.v.dim() else x.vg.to(cdt).unsqueeze(-1))
     rows = []
     for n, (b, start, end) in enumerate(bounds):
         if x.initial_state is not None:

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 
 from scandsl import knobs
-from scandsl._classify import Stage
+from scandsl._classify import Stage, is_static
 from scandsl._core import CoreInputs, Shape
-from scandsl._expr import Input, Node, evaluate
+from scandsl._expr import Input, Node, Op, evaluate
 from scandsl._validate import check_call, initial_states
 from scandsl.autotune import choose, usable_strategies
 from scandsl.lowering import epilogue, load_strategy
@@ -144,8 +144,11 @@ def _stage_inputs(
         static = (name == "q" and sig.query_static) or (name == "k" and sig.key_static)
         static = static or (name == "gv" and sig.decay_static) or name == "A"
         ops[name] = _eval_operand(node, env, sizes, lead, per_step=not static)
+    gated = _value_factors(stage)
+    if gated is not None:  # v ⊙ vg: the strategy multiplies them, or _ungate below does
+        ops["vg"] = _eval_operand(gated[1], env, sizes, lead, per_step=True)  # [B,T,H,V] or [B,T,H]
     cols = []
-    for node in stage.values:
+    for node in stage.values if gated is None else gated[:1]:
         col = _eval_operand(node, env, sizes, lead, per_step=True)
         cols.append(col if node.axes else col.unsqueeze(-1))
     v = (
@@ -168,12 +171,46 @@ def _stage_inputs(
         gv=ops.get("gv"),
         A=ops.get("A"),
         beta=ops.get("beta"),
+        vg=ops.get("vg"),
         scale=core_scale,
         initial_state=init,
         output_final_state=True,
         cu_seqlens=cu_seqlens,
-        out_dtype=torch.promote_types(v.dtype, torch.float32) if fused else None,
+        out_dtype=(
+            torch.promote_types(v.dtype, torch.float32)
+            if fused
+            else torch.promote_types(v.dtype, ops["vg"].dtype) if gated is not None else None
+        ),
     )
+
+
+def _value_factors(stage: Stage) -> tuple[Node, Node] | None:
+    """``(v, vg)`` when the stage's one value column is a product of a per-step vector on its axis
+    and a per-step vector or scalar (Mamba's ``dt ⊙ x``, DeltaNet's ``β v``): a strategy whose
+    ``value_gates`` takes that kind multiplies them in its kernels, which saves the product's
+    ``[B, T, H, V]`` pass over memory (and its backward's)."""
+    if len(stage.values) != 1:
+        return None
+    node = stage.values[0]
+    if not (isinstance(node, Op) and node.fn == "mul" and len(node.axes) == 1):
+        return None
+    a, b = node.args
+    if a.axes != node.axes:
+        a, b = b, a
+    if a.axes != node.axes or b.axes not in (node.axes, ()) or is_static(a) or is_static(b):
+        return None
+    return a, b
+
+
+def _ungate(x: CoreInputs, sig, module) -> CoreInputs:
+    """The value as one tensor for a strategy that does not take this kind of value gate."""
+    if x.vg is None:
+        return x
+    kind = "vector" if x.vg.dim() == x.v.dim() else "scalar"
+    if kind not in getattr(module, "value_gates", lambda sig: ())(sig):
+        vg = x.vg if kind == "vector" else x.vg.unsqueeze(-1)
+        x.v, x.vg = (x.v * vg).contiguous(), None
+    return x
 
 
 def _run_kernels(spec, strategy: str, inputs, sizes, initial, scale, cu_seqlens, out_dtype):
@@ -188,7 +225,9 @@ def _run_kernels(spec, strategy: str, inputs, sizes, initial, scale, cu_seqlens,
         x = _contiguous(x)
         chosen, config = _choose(spec, stage, strategy, x)
         module = load_strategy(chosen)
-        o, final = module.run(stage.sig, x, config)
+        if spec.output == stage.reads()[0] and len(stage.values) == 1:
+            x.out_dtype = out_dtype  # the output is this read-out: written in its final dtype at once
+        o, final = module.run(stage.sig, _ungate(x, stage.sig, module), config)
         col = 0
         for state, read, node in zip(stage.states, stage.reads(), stage.values):
             width = sizes[node.axes[0]] if node.axes else 1
@@ -221,7 +260,7 @@ def _fused_epilogue(spec, env: _Env, sizes, out_dtype) -> torch.Tensor | None:
 
 
 def _contiguous(x: CoreInputs) -> CoreInputs:
-    for name in ("q", "k", "v", "g", "gk", "gv", "A", "beta"):
+    for name in ("q", "k", "v", "g", "gk", "gv", "A", "beta", "vg"):
         t = getattr(x, name)
         if t is not None and not t.is_contiguous():
             setattr(x, name, t.contiguous())

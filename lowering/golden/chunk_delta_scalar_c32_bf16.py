@@ -48,10 +48,10 @@ def _seq_rows(i_n, cu_seqlens, chunk_offsets, T, NT, IS_VARLEN: tl.constexpr):
 
 @triton.jit
 def delta_prepare(
-    k, v, beta, g, w, u, tmat, cu_seqlens, chunk_seq, chunk_start, T, NT,
+    k, v, vg, beta, g, w, u, tmat, cu_seqlens, chunk_seq, chunk_start, T, NT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    IS_VARLEN: tl.constexpr, STORE_T: tl.constexpr,
+    IS_VARLEN: tl.constexpr, STORE_T: tl.constexpr, VALUE_GATE: tl.constexpr,
 ):
     """UT transform of one (chunk, head): T = (I + A)^-1, w = T diag(beta gamma) k, u' = T v."""
     i_c = tl.program_id(0)
@@ -117,7 +117,11 @@ def delta_prepare(
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < V
         b_v0 = tl.load(v + (r0[:, None] * H + i_h) * V + o_v[None, :], mask=m0[:, None] & m_v[None, :], other=0.0)  # [16, BV]
+        if VALUE_GATE:  # the value is v ⊙ vg, vg one number a step
+            b_v0 = b_v0 * tl.load(vg + r0 * H + i_h, mask=m0, other=0.0).to(tl.float32)[:, None]
         b_v1 = tl.load(v + (r1[:, None] * H + i_h) * V + o_v[None, :], mask=m1[:, None] & m_v[None, :], other=0.0)  # [16, BV]
+        if VALUE_GATE:  # the value is v ⊙ vg, vg one number a step
+            b_v1 = b_v1 * tl.load(vg + r1 * H + i_h, mask=m1, other=0.0).to(tl.float32)[:, None]
         b_u0 = _dot(b_T00, b_v0)
         tl.store(u + (r0[:, None] * H + i_h) * V + o_v[None, :], b_u0.to(u.dtype.element_ty), mask=m0[:, None] & m_v[None, :])
         b_u1 = _dot(b_T10, b_v0) + _dot(b_T11, b_v1)
@@ -285,10 +289,11 @@ def delta_bwd_state(
 
 @triton.jit
 def delta_bwd_chunk(
-    q, k, beta, g, tmat, hs, dhs, u, du, do, dq, dk, dv, dbeta, dg,
+    q, k, v, vg, beta, g, tmat, hs, dhs, u, du, do, dq, dk, dv, dvg, dbeta, dg,
     cu_seqlens, chunk_seq, chunk_start, scale, T, NT, n_rows,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr, IS_VARLEN: tl.constexpr,
+    VALUE_GATE: tl.constexpr,
 ):
     """One (chunk, head, K-block): dq, dk, dv and this K-block's share of dbeta (and dg).
 
@@ -327,6 +332,8 @@ def delta_bwd_chunk(
     b_udu = tl.zeros([C, C], dtype=tl.float32)  # u du^T: (u du^T) T = (lambda u^T)^T
     b_dou = tl.zeros([C, C], dtype=tl.float32)  # do u^T
     b_dout = tl.zeros([C, C], dtype=tl.float32)  # u do^T
+    b_dvg = tl.zeros([C], dtype=tl.float32)  # with VALUE_GATE: sum_v lambda v, the gradient of vg
+    b_vg = tl.load(vg + r * H + i_h, mask=m_t, other=0.0).to(tl.float32)  # [C] (beta when ungated: unused)
     b_hdh = 0.0  # <h0, dh_end>: the whole-chunk decay's share of dg
     for i_v in range(0, tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
@@ -341,7 +348,11 @@ def delta_bwd_chunk(
         b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)  # [C, BV]
         b_lam = _dot(b_tt, b_du)  # [C, BV] lambda = T^T du, the gradient of v
         if i_k == 0:  # every K-block computes lambda; one stores it
-            tl.store(dv + p_tv, b_lam.to(dv.dtype.element_ty), mask=m_tv)
+            if VALUE_GATE:  # the value was v ⊙ vg: each factor's gradient is lambda times the other
+                b_dvg += tl.sum(b_lam * tl.load(v + p_tv, mask=m_tv, other=0.0).to(tl.float32), axis=1)
+                tl.store(dv + p_tv, (b_lam * b_vg[:, None]).to(dv.dtype.element_ty), mask=m_tv)
+            else:
+                tl.store(dv + p_tv, b_lam.to(dv.dtype.element_ty), mask=m_tv)
         b_dqh += _dot(b_do, tl.trans(b_h))
         b_dkb += _dot(b_lam, tl.trans(b_h))
         b_dkh += _dot(b_u, tl.trans(b_dhe))
@@ -385,3 +396,6 @@ def delta_bwd_chunk(
     tl.store(dq + p_tk, (b_dq * scale).to(dq.dtype.element_ty), mask=m_tk)
     tl.store(dk + p_tk, b_dk.to(dk.dtype.element_ty), mask=m_tk)
     tl.store(dbeta + p_part + r * H + i_h, b_db, mask=m_t)
+    if VALUE_GATE:
+        if i_k == 0:
+            tl.store(dvg + r * H + i_h, b_dvg, mask=m_t)

@@ -228,3 +228,54 @@ def test_default_tiles_k128():
     assert (cfg["bv"], cfg["prepare_warps"], cfg["state_stages"]) == (64, 2, 3)
     x = random_core_inputs(sig, B=1, T=67, H=1, K=128, V=72, seed=31, requires_grad=True, device=DEVICE)
     _compare(sig, x, cfg)
+
+
+@pytest.mark.parametrize("name", ["delta", "scalar_delta"])
+def test_value_gate_scalar(name: str):
+    """``CoreInputs.vg`` [B,T,H]: the value is ``v ⊙ vg``, multiplied as the UT transform loads
+    ``v``; outputs, state and the gradients of v and vg (with everything else) against the
+    reference, on a varlen batch with an awkward tail."""
+    sig = TAXONOMY_SIGS[name]
+    cu = torch.tensor([0, 5, 27, 41])
+    x = random_core_inputs(sig, B=1, T=41, K=24, V=20, cu_seqlens=cu, requires_grad=True, seed=31)
+    gen = torch.Generator().manual_seed(8)
+    x.vg = (torch.rand(x.v.shape[:3], generator=gen, dtype=torch.float64) + 0.2).to(x.v.dtype).requires_grad_()
+    cfg = {"chunk": 16}
+    o, ht = chunk_delta.run(sig, x, cfg)
+    ro, rht = core_reference(sig, x)
+    tol_out, tol_grad = TOLERANCES[torch.float32]
+    assert_close(o, ro, tol_out, "o")
+    assert_close(ht, rht, tol_out, "final_state")
+    w = torch.randn(ro.shape, generator=gen, dtype=ro.dtype)
+    names = [n for n, t in x.tensors().items() if t.requires_grad]
+    assert "vg" in names
+    got = torch.autograd.grad((o * w).sum() + ht.sum(), [getattr(x, n) for n in names])
+    ref = torch.autograd.grad((ro * w).sum() + rht.sum(), [getattr(x, n) for n in names])
+    for n, a, b in zip(names, got, ref):
+        assert_close(a, b, tol_grad, f"d{n}")
+
+
+def test_deltanet_op_hands_beta_v_as_a_value_gate(monkeypatch):
+    """The op passes DeltaNet's value ``β v`` as v and vg (no product in PyTorch), and its read-out
+    comes out of the kernel in the output's dtype."""
+    import torch.nn.functional as F
+
+    from scandsl import ops
+
+    seen = []
+    real = chunk_delta.run
+
+    def spy(sig, x, config=None):
+        seen.append((x.vg, x.out_dtype))
+        return real(sig, x, config)
+
+    monkeypatch.setattr(chunk_delta, "run", spy)
+    g = torch.Generator().manual_seed(4)
+    q, v = torch.randn(1, 19, 2, 8, generator=g), torch.randn(1, 19, 2, 8, generator=g)
+    k = F.normalize(torch.randn(1, 19, 2, 8, generator=g), dim=-1)
+    beta = torch.rand(1, 19, 2, generator=g)
+    o, _ = ops.deltanet(q.half(), k.half(), v.half(), beta, strategy="chunk")
+    (vg, out_dtype), = seen
+    assert vg is not None and vg.shape == (1, 19, 2) and out_dtype == torch.float16 == o.dtype
+    ref, _ = ops.deltanet(q.half(), k.half(), v.half(), beta, strategy="reference")
+    assert_close(o.float(), ref.float(), TOLERANCES[torch.float16][0], "o")

@@ -368,3 +368,71 @@ def test_split_config_validation():
     x = _inputs(sig, B=1, T=5, H=1)
     with pytest.raises(ValueError, match="split_L=12"):
         scan.run(sig, x, _split(_cfg(x.K, BT=4), 12))
+
+
+def _gated(x: CoreInputs, seed: int) -> CoreInputs:
+    """``x`` with its value split into two factors, v ⊙ vg (vg positive, like Mamba's dt)."""
+    gen = torch.Generator().manual_seed(seed)
+    vg = (torch.rand(x.v.shape, generator=gen, dtype=torch.float64) + 0.25).to(x.v.dtype)
+    x.vg = vg.requires_grad_(x.v.requires_grad)
+    return x
+
+
+@pytest.mark.parametrize("name", ["channel", "channel_static", "key_before", "scalar", "none"])
+def test_value_gate(name: str):
+    """The value as two factors (``CoreInputs.vg``), multiplied in the kernels: outputs, state and
+    gradients of v and vg against the reference, which multiplies them first."""
+    sig = {**SIGS, **EXTRA}[name]
+    x = _gated(_inputs(sig, T=37, seed=23), seed=5)
+    _compare(sig, x, _cfg(x.K, BT=8, BV=16, bwd={"BT": 4, "BV": 16}))
+    assert "vg" in _grad_names(x)
+
+
+@pytest.mark.parametrize("name", ["channel", "key_before"])
+def test_value_gate_split_and_varlen(name: str, split_calls):
+    sig = {**SIGS, **EXTRA}[name]
+    cu = torch.tensor([0, 9, 30, 41])
+    x = _gated(_inputs(sig, T=41, cu_seqlens=cu, seed=29), seed=6)
+    _compare(sig, x, _split(_cfg(x.K, BT=8, BV=16, bwd={"BT": 2, "BV": 16}), 16))
+    assert split_calls
+
+
+def test_mamba_op_gates_its_value_in_the_kernel(monkeypatch):
+    """The op hands mamba's value ``dt ⊙ x`` to the scan as two factors (no product in PyTorch)
+    and its constant ``-1`` goes into ``A``, not into a per-step ``-dt``; results as the reference."""
+    from scandsl import ops
+
+    seen = []
+    real = scan.run
+
+    def spy(sig, x, config=None):
+        seen.append(x)
+        return real(sig, x, config)
+
+    monkeypatch.setattr(scan, "run", spy)
+    g = torch.Generator().manual_seed(3)
+    B, T, H, K, V = 1, 21, 2, 4, 8
+    args = dict(
+        q=torch.randn(B, T, H, K, generator=g),
+        k=torch.randn(B, T, H, K, generator=g),
+        v=torch.randn(B, T, H, V, generator=g),
+        dt=torch.rand(B, T, H, V, generator=g) + 0.1,
+        A_log=torch.randn(H, V, K, generator=g) * 0.5,
+        D=torch.randn(H, V, generator=g),
+    )
+    leaves = {n: t.clone().requires_grad_() for n, t in args.items()}
+    o, _ = ops.mamba(**leaves, strategy="scan")
+    (x,) = seen
+    def storage(t):
+        return t.untyped_storage().data_ptr()
+
+    assert x.vg is not None and {storage(x.v), storage(x.vg)} == {storage(leaves["v"]), storage(leaves["dt"])}
+    assert storage(x.gv) == storage(leaves["dt"])  # the gate is dt itself: its -1 went into A
+    ref_leaves = {n: t.clone().requires_grad_() for n, t in args.items()}
+    ro, _ = ops.mamba(**ref_leaves, strategy="reference")
+    assert_close(o, ro, 2e-4, "o")
+    w = torch.randn(o.shape, generator=g)
+    (o * w).sum().backward()
+    (ro * w).sum().backward()
+    for n in args:
+        assert_close(leaves[n].grad, ref_leaves[n].grad, 2e-3, f"d{n}")
