@@ -197,7 +197,7 @@ def scan_place(report: dict, rounds: int = 3, launches: int = 20) -> None:
                     return lambda *a, **kw: mod.scan_fwd_kernel[grid](self.probe, *a, **kw)
 
             probed = types.SimpleNamespace(scan_fwd_kernel=_Launch(probe))
-            scan.kernels = lambda s, probed=probed: probed
+            scan.kernels = lambda s, probed=probed, **_: probed
             rows = []
             with torch.no_grad():
                 scan.run(sig, x, cfg)  # compile
