@@ -47,12 +47,14 @@ def test_pairs_matches_reference(name, diag):
     )
 
 
+@pytest.mark.parametrize("sub", [16, 32])
 @pytest.mark.parametrize("diag", DIAGS)
-def test_pairs_chunk_of_four_sub_chunks(diag):
-    """Chunk 64 in four sub-chunks: several earlier row blocks against one rebased reference."""
+def test_pairs_chunk_of_several_sub_chunks(diag, sub):
+    """Chunk 64 in four sub-chunks (several earlier row blocks, each on its own rebased reference)
+    or two of 32 rows (a folded walk of 16 steps)."""
     sig = KEYS["key_before"]
     x = random_core_inputs(sig, B=1, T=150, H=2, K=32, V=32, seed=53, requires_grad=True)
-    _compare(sig, x, _pairs(diag, chunk=64))
+    _compare(sig, x, _pairs(diag, chunk=64, sub=sub, fwd_warps=8, diag_BK=16, dqk_BK=16))  # the cubes fit
 
 
 @pytest.mark.parametrize("diag", DIAGS)
