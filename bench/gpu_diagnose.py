@@ -106,6 +106,62 @@ def mixed_cost(report: dict) -> None:
                             "median_ms": {k: statistics.median(v) for k, v in times.items()}}  # fmt: skip
 
 
+def mixed_tiles(report: dict) -> None:
+    """Tiles of the widened mixed-operand path (tf32x3 forward, tf32 backward) on mlstm: per
+    override of ``default_config``, the errors at T=128 (as ``mlstm_grads``) and the op's fwd
+    (forward overrides) or fwd+bwd (backward overrides) at the standard shape."""
+    from scandsl.lowering import chunk_scalar
+
+    fwd = {"F0": {}, "F1_w4": {"num_warps": 4}, "F2_c32": {"chunk": 32}, "F3_bv64": {"block_v": 64},
+           "F4_c64": {"chunk": 64, "num_stages": 2}}  # fmt: skip
+    bwd = {"B1_c32": {"bwd_chunk": 32}, "B2_bk32": {"bwd_block_k": 32}, "B3_c32_bk32": {"bwd_chunk": 32, "bwd_block_k": 32},
+           "B4_c64_bv16": {"bwd_chunk": 64, "bwd_block_v": 16, "bwd_num_stages": 2}}  # fmt: skip
+    small = make_op_inputs("mlstm", Shape(B=4, T=128, H=16, K=128, V=128), torch.bfloat16, "cuda", seed=0)
+    ref = {k: v.detach().float().requires_grad_() for k, v in small.items()}
+    o_ref, _ = ops.mlstm(**ref, strategy="reference")
+    do_small = torch.randn(o_ref.shape, generator=torch.Generator().manual_seed(11)).cuda()
+    o_ref.backward(do_small)
+    x = make_op_inputs("mlstm", Shape(B=4, T=4096, H=16, K=128, V=128), torch.bfloat16, "cuda", seed=0)
+    xg = {k: v.detach().clone().requires_grad_() for k, v in x.items()}
+    do = torch.randn(4, 4096, 16, 128, device="cuda", dtype=torch.bfloat16)
+    real = chunk_scalar.default_config
+    out: dict = {}
+    try:
+        for name, over in [*fwd.items(), *bwd.items()]:
+            chunk_scalar.default_config = lambda sig, shape, over=over, **kw: {
+                **real(sig, shape, **kw),
+                **over,
+            }
+            row: dict = {"over": over}
+            try:
+                got = {k: v.detach().clone().requires_grad_() for k, v in small.items()}
+                o, _ = ops.mlstm(**got, strategy="chunk")
+                o.float().backward(do_small)
+                row["err"] = {"o": round(rel_err(o, o_ref), 6)} | {
+                    f"d{k}": round(rel_err(got[k].grad, ref[k].grad), 6) for k in got
+                }
+                if name.startswith("F"):
+
+                    def f():
+                        with torch.no_grad():
+                            return ops.mlstm(**x, strategy="chunk")
+
+                    row["fwd_ms"] = round(float(do_bench(f, warmup=10, rep=100, return_mode="median")), 4)
+                else:
+
+                    def f():
+                        ops.mlstm(**xg, strategy="chunk")[0].backward(do)
+
+                    row["fwd_bwd_ms"] = round(float(do_bench(f, warmup=10, rep=100, return_mode="median")), 4)
+            except Exception as err:  # a config the compiler refuses is a result too
+                row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+            out[name] = row
+            print(name, row, flush=True)
+    finally:
+        chunk_scalar.default_config = real
+    report["mixed_tiles"] = out
+
+
 def scan_ab(report: dict, rounds: int = 5) -> None:
     """The forward of the scan strategy's core at the Mamba-1 shape, the study's timed function."""
     from scandsl.bench.gpu_check_scan import MAMBA, mamba_inputs
@@ -298,12 +354,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument(
-        "--only", choices=("mlstm_grads", "mixed_cost", "scan_ab", "seq_ab", "scan_place"), default=None
+        "--only",
+        choices=("mlstm_grads", "mixed_cost", "mixed_tiles", "scan_ab", "seq_ab", "scan_place"),
+        default=None,
     )
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    parts = {"mlstm_grads": mlstm_grads, "mixed_cost": mixed_cost, "scan_ab": lambda r: scan_ab(r, args.rounds),
+    parts = {"mlstm_grads": mlstm_grads, "mixed_cost": mixed_cost, "mixed_tiles": mixed_tiles, "scan_ab": lambda r: scan_ab(r, args.rounds),
              "seq_ab": lambda r: seq_ab(r, args.rounds),
              "scan_place": lambda r: scan_place(r, min(args.rounds, 3))}  # fmt: skip
     for name, part in parts.items():
