@@ -144,7 +144,7 @@ def fwd_o_split(P: Plan, q, k, v, gk_cum, hs, out_dtype: torch.dtype):
         if cfg["fwd_mode"] == "pairs":
             P.kernels.chunk_fwd_a_pairs[(P.TC, P.H)](
                 q, k, gk_cum, a, P.cu, P.chunk_seq, P.chunk_loc, P.scale,
-                H=P.H, K=P.K, C=C, SC=SC, BK=cfg["fwd_BK"], KD=pow2(P.K), FOLD=cfg["fwd_diag"] == "fold",
+                H=P.H, K=P.K, C=C, SC=SC, BK=cfg["fwd_BK"], KD=cfg["pairs_BK"], FOLD=cfg["fwd_diag"] == "fold",
                 PREC=cfg["fp32_dot"], num_warps=cfg["fwd_warps"], num_stages=cfg["fwd_a_stages"],
             )  # fmt: skip
         else:

@@ -15,7 +15,8 @@ sub-chunks ``I`` (row blocks of A) and stores each ``[SC, C]`` row block once:
 * keys of earlier sub-chunks: tensor-core products rebased on the row block's first query,
   ``q exp(bkq - ref)`` against ``k exp(ref - bk)``, both exponents ``<= 0`` (as ``chunk_fwd_a``);
 * every row's own sub-chunk (the diagonal blocks), all sub-chunks of the chunk at once, with all of
-  K in one tile (``KD`` = K padded) and no ``[SC, SC, K]`` cube: a step gives every row one
+  K in one tile by default (``KD`` = ``pairs_BK``, K padded; narrower slices are walked in turn,
+  untimed) and no ``[SC, SC, K]`` cube: a step gives every row one
   (query, key) pair, ``s = sum_k q_ik k_jk exp(min(bkq_ik - bk_jk, 0))`` over a ``[C, KD]`` tile
   whose key rows are gathered (flash-linear-attention's ``chunk_gla_fwd_A_kernel_intra_sub_intra``
   walks key columns the same way, one sub-chunk a program). ``fwd_diag`` picks the walk:
@@ -78,16 +79,18 @@ causal = o_s[None, :] <= r[:, None] - QSHIFT  # [C, SC]
 if FOLD:  # SC / 2 steps: slot r takes row r against key jj, or row SC-1-r against key SC-1-jj
     a_lo = tl.full([C, SC], 0.0, dtype=tl.float32)  # rows r, the left half of the columns
     a_hi = tl.full([C, SC], 0.0, dtype=tl.float32)  # rows SC-1-r, the right half
-    for jj in range(0, SC // 2):
-        low = r >= jj  # [C]
-        i_row = first + tl.where(low, r, SC - 1 - r)  # [C] the query row slot r takes at this step
-        j_row = first + tl.where(low, jj, SC - 1 - jj)  # [C] and its key row
-        s = pair_scores(load_rows(q, bos, i_row, L, offs_d, i_h, H, K),
-                        load_rows(gk_cum, bos, i_row - QSHIFT, L, offs_d, i_h, H, K),
-                        load_rows(k, bos, j_row, L, offs_d, i_h, H, K),
-                        load_rows(gk_cum, bos, j_row, L, offs_d, i_h, H, K)) * scale  # [C]
-        a_lo += tl.where(o_s[None, :] == jj, s[:, None], 0.0)  # right only where low: masked below
-        a_hi += tl.where(o_s[None, :] == SC - 1 - jj, s[:, None], 0.0)  # right only where not low
+    for d0 in tl.static_range(0, K, KD):  # K in slices of KD (one slice by default)
+        offs_d = d0 + tl.arange(0, KD)
+        for jj in range(0, SC // 2):
+            low = r >= jj  # [C]
+            i_row = first + tl.where(low, r, SC - 1 - r)  # [C] the query row slot r takes at this step
+            j_row = first + tl.where(low, jj, SC - 1 - jj)  # [C] and its key row
+            s = pair_scores(load_rows(q, bos, i_row, L, offs_d, i_h, H, K),
+                            load_rows(gk_cum, bos, i_row - QSHIFT, L, offs_d, i_h, H, K),
+                            load_rows(k, bos, j_row, L, offs_d, i_h, H, K),
+                            load_rows(gk_cum, bos, j_row, L, offs_d, i_h, H, K)) * scale  # [C]
+            a_lo += tl.where(o_s[None, :] == jj, s[:, None], 0.0)  # right only where low: masked below
+            a_hi += tl.where(o_s[None, :] == SC - 1 - jj, s[:, None], 0.0)  # right only where not low
     tl.store(a + (base + rows_c[:, None]) * C + cols, tl.where(causal, a_lo, 0.0),
              mask=(o_s[None, :] < SC // 2) & (rows_c[:, None] < L))
     rows_f = first + SC - 1 - r  # [C] the row slot r holds in a_hi, whose pairs are all j < i
@@ -95,20 +98,26 @@ if FOLD:  # SC / 2 steps: slot r takes row r against key jj, or row SC-1-r again
     tl.store(a + (base + rows_f[:, None]) * C + cols, tl.where(o_s[None, :] < r_f[:, None], a_hi, 0.0),
              mask=(o_s[None, :] >= SC // 2) & (o_s[None, :] != r_f[:, None]) & (rows_f[:, None] < L))
     # the diagonal of the right half: the zero-step pair (its decay exp(0)) if QSHIFT == 0
-    b_k = load_rows(k, bos, rows_c, L, offs_d, i_h, H, K)  # [C, KD]
-    zs = tl.sum(load_rows(q, bos, rows_c, L, offs_d, i_h, H, K) * b_k, axis=1) * scale  # [C]
+    zs = tl.full([C], 0.0, dtype=tl.float32)  # q_i . k_i
+    for d0 in tl.static_range(0, K, KD):
+        offs_d = d0 + tl.arange(0, KD)
+        b_k = load_rows(k, bos, rows_c, L, offs_d, i_h, H, K)  # [C, KD]
+        zs += tl.sum(load_rows(q, bos, rows_c, L, offs_d, i_h, H, K) * b_k, axis=1) * scale
     if QSHIFT == 1:  # o_t reads S_{t-1}: the diagonal is not causal
         zs = zs * 0.0
     tl.store(a + (base + rows_c) * C + rows_c, zs, mask=(r >= SC // 2) & (rows_c < L))
 else:  # SC steps, one key column of every sub-chunk at a time
-    b_q = load_rows(q, bos, rows_c, L, offs_d, i_h, H, K)  # [C, KD]
-    bkq = load_rows(gk_cum, bos, rows_c - QSHIFT, L, offs_d, i_h, H, K)  # [C, KD]
     a_dg = tl.full([C, SC], 0.0, dtype=tl.float32)
-    for jj in range(0, SC):
-        s = pair_scores(b_q, bkq, load_rows(k, bos, first + jj, L, offs_d, i_h, H, K),
-                        load_rows(gk_cum, bos, first + jj, L, offs_d, i_h, H, K)) * scale  # [C]
-        a_dg += tl.where(o_s[None, :] == jj, s[:, None], 0.0)
-    tl.store(a + (base + rows_c[:, None]) * C + cols, tl.where(causal, a_dg, 0.0), mask=rows_c[:, None] < L)
+    for d0 in tl.static_range(0, K, KD):  # K in slices of KD (one slice by default)
+        offs_d = d0 + tl.arange(0, KD)
+        b_q = load_rows(q, bos, rows_c, L, offs_d, i_h, H, K)  # [C, KD]
+        bkq = load_rows(gk_cum, bos, rows_c - QSHIFT, L, offs_d, i_h, H, K)  # [C, KD]
+        for jj in range(0, SC):
+            s = pair_scores(b_q, bkq, load_rows(k, bos, first + jj, L, offs_d, i_h, H, K),
+                            load_rows(gk_cum, bos, first + jj, L, offs_d, i_h, H, K)) * scale  # [C]
+            a_dg += tl.where(o_s[None, :] == jj, s[:, None], 0.0)
+    tl.store(a + (base + rows_c[:, None]) * C + cols, tl.where(causal, a_dg, 0.0),
+             mask=rows_c[:, None] < L)
 """
 
 FWD_A_PAIRS = f'''
@@ -127,14 +136,13 @@ def chunk_fwd_a_pairs(q, k, gk_cum, a, cu, chunk_seq, chunk_loc, scale,
         a_ij = sum_k q_ik k_jk exp(bkq_ik - bk_jk) for j <= i - QSHIFT, 0 after.
     Grid (chunks, H). Row block by row block, the keys of earlier sub-chunks by rebased
     tensor-core products (BK-wide); then the blocks inside every sub-chunk at once, one pair per
-    row and step over all of K (KD wide): SC steps, or SC / 2 if FOLD.
+    row and step over a KD-wide slice of K: SC steps, or SC / 2 if FOLD.
     """
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos, L, slot = chunk_coords(cu, chunk_seq, chunk_loc, i_c, C)
     DT = q.dtype.element_ty
     rows_c = tl.arange(0, C)
     o_s = tl.arange(0, SC)
-    offs_d = tl.arange(0, KD)
     base = (i_c.to(tl.int64) * H + i_h) * C  # first scratch row of this (chunk, head)
     r = rows_c % SC  # [C] each row's place in its sub-chunk
     first = rows_c - r  # [C] and its sub-chunk's first row

@@ -37,11 +37,11 @@ def _pairs(diag: str, **over) -> dict:
 @pytest.mark.parametrize("diag", DIAGS)
 @pytest.mark.parametrize("name", list(KEYS))
 def test_pairs_matches_reference(name, diag):
-    """Several chunks and a partial last one (T=67), K=24 / V=40 (not powers of two, the off-diagonal
-    products in 16-wide K-blocks, the last partial), and a single step."""
+    """Several chunks and a partial last one (T=67), K=24 / V=40 (not powers of two; the off-diagonal
+    products and the diagonal steps in 16-wide K-slices, the last partial), and a single step."""
     sig = KEYS[name]
     x = random_core_inputs(sig, B=2, T=67, H=2, K=24, V=40, seed=51, requires_grad=True)
-    _compare(sig, x, _pairs(diag, fwd_BK=16))
+    _compare(sig, x, _pairs(diag, fwd_BK=16, pairs_BK=16))
     _compare(
         sig, random_core_inputs(sig, B=1, T=1, H=1, K=16, V=16, seed=52, requires_grad=True), _pairs(diag)
     )
