@@ -1,5 +1,5 @@
-"""A/B of the KEY-decay forward (gla, rwkv6) on the GPU: the default config against ``fwd_mode="pairs"``
-variants and flash-linear-attention's ``chunk_gla`` / ``chunk_rwkv6``, in one process.
+"""A/B of the KEY-decay forward (gla, rwkv6) on the GPU: the default config against other forward
+modes / tiles (``VARIANTS``) and flash-linear-attention's ``chunk_gla`` / ``chunk_rwkv6``, in one process.
 
     python3 bench/gpu_ab_gla_fwd.py --out $STEP_OUT/ab.json [--shape 4,4096,16,128,128] [--rounds 3]
 
@@ -45,14 +45,14 @@ from scandsl._core import Shape  # noqa: E402
 
 DEVICE, HALF = ("cpu", torch.float16) if SMOKE else ("cuda", torch.bfloat16)
 
+# the default is fwd_mode="pairs" with fwd_diag="fold" since run 2 (bench/results/gpu_ab_gla_fwd_run2.json,
+# whose variants were the default of then, "split", against pairs variants); pairs_BK is untimed
 VARIANTS = {
     "default": {},
-    "pairs_fold": {"fwd_mode": "pairs", "fwd_diag": "fold"},
-    "pairs_fold_w8": {"fwd_mode": "pairs", "fwd_diag": "fold", "fwd_warps": 8},
-    "pairs_fold_w8_s1": {"fwd_mode": "pairs", "fwd_diag": "fold", "fwd_warps": 8, "fwd_a_stages": 1},
+    "split": {"fwd_mode": "split"},
     "pairs_cols": {"fwd_mode": "pairs", "fwd_diag": "cols"},
-    "pairs_cols_w8": {"fwd_mode": "pairs", "fwd_diag": "cols", "fwd_warps": 8},
-    "pairs_fold_w8_c64": {"fwd_mode": "pairs", "fwd_diag": "fold", "fwd_warps": 8, "chunk": 64},
+    "pairs_fold_bk64": {"fwd_mode": "pairs", "fwd_diag": "fold", "pairs_BK": 64},
+    "pairs_fold_bk32": {"fwd_mode": "pairs", "fwd_diag": "fold", "pairs_BK": 32},
 }
 ANCHOR = {"gla": "fla.chunk_gla", "rwkv6": "fla.chunk_rwkv6"}
 _DEFAULT_CONFIG = chunk_vector.default_config
