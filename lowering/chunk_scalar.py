@@ -59,9 +59,13 @@ def default_config(
     fp32 inputs (``dtype=torch.float32``) take small tiles instead: their exact (``ieee``) products
     run on FMA units, whose operand layouts spill at the 16-bit tile sizes. Operands of mixed
     dtypes widened to fp32 (``mixed``, :func:`_widen_mixed`) take ``MIXED_DOT``'s products on the
-    same chunks of 16. sm_90 builds of mLSTM's kernels (K=128, V=129 padded to 256; local Triton
-    3.9): the tf32 backward spills none with K-blocks of 16 over 8 warps (254 registers); the
-    tf32x3 forward spills at every tile size tried, least with 8 warps (200 B).
+    same chunks of 16, with the tiles that timed fastest of those tried on the H100 (mlstm op,
+    B=4 T=4096 H=16 K=V=128, Triton 3.6, 2026-11-24, ``bench/results/gpu_diagnose_mixed_tiles.json``):
+    forward V-blocks of 64 over 8 warps (3.52 ms; 32 over 8 warps 4.16, over 4 warps 3.61; chunks
+    of 32 13.6, of 64 6.44), backward K-blocks of 32 over 8 warps (fwd+bwd 13.64 ms with the
+    forward at 4.16; K-blocks of 16 ~16.8; backward chunks of 32 or 64 slower). Local sm_90
+    builds (Triton 3.9) of these spill (fwd 304 B, bwd 552 B; every tf32x3 forward tried
+    spilled, the tf32 backward with K-blocks of 16 did not): the device's timing decided.
     """
     kp, vp = _pow2(shape.K), _pow2(shape.V)
     if dtype == torch.float32:
@@ -73,7 +77,8 @@ def default_config(
         }  # fmt: skip
         if mixed:
             fwd, bwd = MIXED_DOT
-            cfg.update(fp32_dot=fwd, bwd_fp32_dot=bwd, num_warps=8, bwd_block_k=min(kp, 16), bwd_num_warps=8)
+            cfg.update(fp32_dot=fwd, bwd_fp32_dot=bwd, block_v=min(vp, 64), num_warps=8)
+            cfg.update(bwd_block_k=min(kp, 32), bwd_num_warps=8)
         return cfg
     wide = max(kp, vp) > 128
     return {
