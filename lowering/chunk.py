@@ -69,13 +69,13 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
 def _same_operand_dtype(x: CoreInputs) -> CoreInputs:
     """q, k, v in one dtype: tensor-core products take both operands in the same type.
 
-    A spec's derived operand mixes dtypes as models keep them — gated_rfa's ``(1 − e^g) v`` or
-    mLSTM's ``e^i k`` are float32 when the gate is, while q stays bfloat16. The products run in
-    the narrowest of the three (what the user's features are in), accumulating in float32 as
-    always; the output keeps the dtype it would have had, and gradients flow back through the
-    cast in each operand's own dtype. A family with ``WIDENS_MIXED_OPERANDS`` (chunk_scalar)
-    gets them unconverted: narrowing mLSTM's ``e^i`` to bfloat16 put its gradients 6x outside
-    the bf16 band (``chunk_scalar._widen_mixed``).
+    A spec's derived operand mixes dtypes as models keep them — hgrn2's key ``1 − e^g`` is
+    float32 when the gate is, while q stays bfloat16. The products run in the narrowest of the
+    three (what the user's features are in), accumulating in float32 as always; the output keeps
+    the dtype it would have had, and gradients flow back through the cast in each operand's own
+    dtype. A family with ``WIDENS_MIXED_OPERANDS`` (chunk_scalar) gets them unconverted: narrowing
+    mLSTM's value ``e^i [v, 1]`` to bfloat16 put its gradients 6x outside the bf16 band
+    (``chunk_scalar._widen_mixed``).
     """
     dtypes = {t.dtype for t in (x.q, x.k, x.v)}
     if len(dtypes) == 1:

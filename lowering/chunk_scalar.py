@@ -12,6 +12,9 @@ because ``q_t . dq_t = o_t . do_t``. The kernels and the algebra are in
 :mod:`scandsl.lowering.chunk_scalar_source` (Mamba-2's SSD, Dao & Gu 2024; Yang et al. 2024,
 fused-chunk GLA).
 
+q, k, v of mixed dtypes (mLSTM's and gated_rfa's gated values are float32 beside 16-bit
+features) run widened to float32, tf32x3 products forward and tf32 backward (``_widen_mixed``).
+
 ``fwd_mode="split"`` (config key; default ``"fused"``) replaces the forward by a serial state pass
 that stores the state entering each chunk plus a fully parallel output kernel over chunks
 (:mod:`scandsl.lowering.chunk_scalar_split`); the backward is the same for both.
