@@ -38,6 +38,21 @@ def test_chunk_scalar_rejects_the_sm90_wrong_outputs():
     assert space.valid({**base, "chunk": 128, "block_v": 32, "num_warps": 8}) is None
 
 
+def test_chunk_scalar_rejects_the_sm90_backward_fault():
+    """bwd_chunk=64 with bwd_num_stages=1: an illegal memory access in the backward on the H100
+    (only that key changed from the default); chunks of 16 (the fp32 default) stay allowed."""
+    sig = CoreSig(decay=Decay.SCALAR)
+    space = chunk_scalar.search_space(sig, SHAPE)
+    default = chunk_scalar.default_config(sig, SHAPE)
+    for over in ({}, {"bwd_chunk": 128, "bwd_num_warps": 8}, {"bwd_num_warps": 8}):
+        assert "sm_90" in space.valid({**default, "bwd_num_stages": 1, **over})
+    assert space.valid({**default, "bwd_num_stages": 1, "bwd_chunk": 16}) is None
+    assert space.valid(default) is None and default["bwd_num_warps"] == 4
+    x = random_core_inputs(sig, B=1, T=8, H=1, K=16, V=16)
+    with pytest.raises(ValueError, match="sm_90"):
+        chunk_scalar.run(sig, x, {"bwd_num_stages": 1, "bwd_chunk": 64})
+
+
 def test_chunk_delta_rejects_the_sm90_illegal_access():
     """chunk=64, bv=32, state_warps=4, num_stages=1: an illegal memory access on the H100, forward
     + backward, at 4 or 8 warps and out_bv 32 or 64; num_stages=2, bv=64, state_warps=8 ran."""
