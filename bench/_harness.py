@@ -105,6 +105,18 @@ def _quantiles(times: list[float]) -> tuple[float, float]:
 
 
 def graph_ms(fn: Callable[[], Any], grad_to_none: list, budget_ms: float = 200.0) -> tuple[float, float]:
+    """:func:`graph_capture_ms`, tried twice: the first capture in a process has failed ("operation
+    failed due to a previous error during capture") where a second one of the same call passed."""
+    try:
+        return graph_capture_ms(fn, grad_to_none, budget_ms)
+    except Exception:
+        torch.cuda.synchronize()
+        return graph_capture_ms(fn, grad_to_none, budget_ms)
+
+
+def graph_capture_ms(
+    fn: Callable[[], Any], grad_to_none: list, budget_ms: float = 200.0
+) -> tuple[float, float]:
     """(median ms, relative noise) of ``fn`` captured once as a CUDA graph and replayed, each
     replay after the same L2 flush do_bench uses (a 256 MB write), timed by CUDA events.
 
@@ -155,14 +167,10 @@ def graph_and_eager_ms(fn: Callable[[], Any], grad_to_none: list) -> dict[str, A
     """Record fields: ``ms`` / ``noise`` from the CUDA graph (``timing="graph"``), ``eager_ms`` /
     ``eager_noise`` from do_bench; eager only (``timing="eager"``) when the capture fails."""
     eager, eager_noise = do_bench_ms(fn, grad_to_none)
-    for attempt in (1, 2):  # a first capture in a process has failed where a second one passed
-        try:
-            ms, noise = graph_ms(fn, grad_to_none)
-            break
-        except Exception as err:  # a call that cannot be captured is still timed, eagerly
-            torch.cuda.synchronize()
-            if attempt == 2:
-                return {"ms": eager, "noise": eager_noise, "timing": "eager", "graph_error": _short(err)}
+    try:
+        ms, noise = graph_ms(fn, grad_to_none)
+    except Exception as err:  # a call that cannot be captured is still timed, eagerly
+        return {"ms": eager, "noise": eager_noise, "timing": "eager", "graph_error": _short(err)}
     return {"ms": ms, "noise": noise, "timing": "graph", "eager_ms": eager, "eager_noise": eager_noise}
 
 
