@@ -137,7 +137,10 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
         "fwd_mode": "pairs" if sig.decay == Decay.KEY else "fused",
         "fwd_diag": "fold",
         "fwd_a_stages": 3,  # chunk_fwd_a_pairs' pipeline depth (1: 0.45 ms against 0.43 at 8 warps)
-        "pairs_BK": kp,  # its K-slice for the diagonal blocks: all of K (the timed one); narrower untimed
+        # its K-slice for the diagonal blocks: 32 timed faster than all of K on the H100 (2026-11-24
+        # 02:57 UTC, bench/gpu_ab_config.py, bench/results/gpu_ab_pairs_bk_{gla,rwkv6}.json): gla
+        # fwd 0.988 -> 0.943 ms (64: 0.939), rwkv6 1.086 -> 1.064 (64: 1.076)
+        "pairs_BK": min(kp, 32),
         "num_stages": 2,
         "fp32_dot": "ieee",
     }
