@@ -180,7 +180,7 @@ def render_markdown(
         "## Measured (generated)",
         "",
         "Times are medians on fresh random inputs — of CUDA-graph replays where a part says so (from "
-        "2026-11-24 03:00 on, with the eager `do_bench` time beside them), of `triton.testing.do_bench` "
+        "2026-11-24 02:00 UTC on, with the eager `do_bench` time beside them), of `triton.testing.do_bench` "
         "before — after each kernel's output "
         "(and, for fwd+bwd, our gradients) matched the float32 reference on the same inputs. Ratios are "
         "time ratios: below 1 is faster than the fastest anchor that computes the same function; "
