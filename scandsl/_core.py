@@ -133,6 +133,9 @@ class CoreInputs:
     A: torch.Tensor | None = None
     beta: torch.Tensor | None = None
     vg: torch.Tensor | None = None  # value gate: the value is v ⊙ vg (see value_gates above)
+    # q, k, v of mixed dtypes stay in the widest on tensor cores (else the narrowest): the spec's
+    # output branches on a read-out (Spec.branches_on_readout), which amplifies their rounding
+    keep_wide: bool = False
     scale: float = 1.0
     initial_state: torch.Tensor | None = None
     output_final_state: bool = False

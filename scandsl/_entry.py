@@ -130,7 +130,8 @@ def _eval_operand(node: Node, env, sizes, lead: tuple[int, int, int], per_step: 
 
 
 def _stage_inputs(
-    stage: Stage, env, sizes, lead, scale: float, raw_q: Node | None, inputs, initial, cu_seqlens
+    stage: Stage, env, sizes, lead, scale: float, raw_q: Node | None, inputs, initial, cu_seqlens,
+    keep_wide: bool = False,
 ):
     sig = stage.sig
     ops = {}
@@ -172,6 +173,7 @@ def _stage_inputs(
         A=ops.get("A"),
         beta=ops.get("beta"),
         vg=ops.get("vg"),
+        keep_wide=keep_wide,
         scale=core_scale,
         initial_state=init,
         output_final_state=True,
@@ -221,7 +223,9 @@ def _run_kernels(spec, strategy: str, inputs, sizes, initial, scale, cu_seqlens,
     env = _leaf_env(spec, inputs, scale if spec.scaled else 1.0)
     finals: dict[str, torch.Tensor] = {}
     for stage in nf.stages:
-        x = _stage_inputs(stage, env, sizes, lead, scale, raw_q, inputs, initial, cu_seqlens)
+        x = _stage_inputs(
+            stage, env, sizes, lead, scale, raw_q, inputs, initial, cu_seqlens, spec.branches_on_readout
+        )
         x = _contiguous(x)
         chosen, config = _choose(spec, stage, strategy, x)
         module = load_strategy(chosen)

@@ -81,6 +81,18 @@ class Spec:
         return MappingProxyType(dict(self.states))
 
     @cached_property
+    def branches_on_readout(self) -> bool:
+        """Whether the output takes a ``max`` / ``min`` / ``abs`` of something a state reads (mLSTM's
+        ``max(1, |z·q|)``): rounding in the read-out can flip the branch, and with it the
+        gradient, so the kernels keep mixed-precision operands wide (scandsl._core)."""
+        from scandsl._expr import Read
+
+        return any(
+            isinstance(n, Op) and n.fn in ("maximum", "minimum", "abs") and any(isinstance(m, Read) for m in walk(n))
+            for n in walk(self.output)
+        )
+
+    @cached_property
     def uses_feature_map(self) -> bool:
         return any(isinstance(n, Op) and n.fn == "phi" for n in self.all_nodes())
 

@@ -144,3 +144,29 @@ def test_mixed_operands_run_in_float32_with_tf32_products(monkeypatch, dtype):
     for name, t, a, b in zip(names, ins, got, want):
         assert a.dtype == t.dtype, name
         assert_close(a.float(), b.float(), TOLERANCES[dtype][1] / 4, f"d{name}")
+
+
+def test_only_a_branching_readout_keeps_mixed_operands_wide(monkeypatch):
+    """mLSTM's output takes max(1, |z·q|) of a read-out: its mixed q, k, v reach chunk_scalar as they
+    are (widened there); gated_rfa's plain division does not branch, so they arrive narrowed."""
+    seen = {}
+    real = chunk_scalar.run
+
+    def spy(sig, core, config=None):
+        seen[name] = ({core.q.dtype, core.k.dtype, core.v.dtype}, core.keep_wide)
+        return real(sig, core, config)
+
+    monkeypatch.setattr(chunk_scalar, "run", spy)
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 20, 2, 8, generator=g, dtype=torch.float16) for _ in range(3))
+    gate = torch.nn.functional.logsigmoid(torch.randn(1, 20, 2, generator=g))  # float32
+    for name, fn, args in (
+        ("mlstm", ops.mlstm, dict(q=q, k=k, v=v, i=torch.randn(1, 20, 2, generator=g), f=gate)),
+        ("gated_rfa", ops.gated_rfa, dict(q=q, k=k, v=v, g=gate)),
+    ):
+        o, _ = fn(**args, strategy="chunk")
+        ref, _ = fn(**args, strategy="reference")
+        assert_close(o.float(), ref.float(), TOLERANCES[torch.float16][0], name)
+    assert seen["mlstm"] == ({torch.float16, torch.float32}, True)
+    assert seen["gated_rfa"] == ({torch.float16}, False)
+    assert ops.mlstm_spec.branches_on_readout and not ops.gated_rfa_spec.branches_on_readout
