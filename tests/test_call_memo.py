@@ -79,3 +79,39 @@ def test_memo_is_bounded(monkeypatch):
     for T in range(2, 10):
         check_call(ops.gla_spec, _gla_args(T=T), cu_seqlens=None, strategy="auto")
     assert len(_validate._CHECKED) <= 3
+
+
+def test_config_memo_shares_results_and_falls_back_on_unhashable_configs(monkeypatch):
+    from scandsl.lowering import _config
+
+    calls = []
+
+    @_config.config_memo
+    def resolve(sig, shape, config):
+        calls.append(config)
+        return {"tile": 16, **(config or {})}
+
+    a = resolve("sig", (1, 2), config={"tile": 32})
+    assert resolve("sig", (1, 2), config={"tile": 32}) is a and len(calls) == 1
+    assert resolve("sig", (1, 3), config={"tile": 32}) is not a and len(calls) == 2
+    assert resolve("sig", (1, 2), config={"tiles": [1, 2]})["tiles"] == [1, 2]  # unhashable: resolved afresh
+    assert resolve("sig", (1, 2), config={"tiles": [1, 2]}) is not resolve("sig", (1, 2), config={"tiles": [1, 2]})
+    monkeypatch.setattr(_config, "_MAX_ENTRIES", 2)
+    for n in range(5):
+        resolve("sig", (n,), config=None)
+    resolve.cache_clear()
+    resolve("sig", (1, 2), config={"tile": 32})
+    assert calls[-1] == {"tile": 32}  # cleared: resolved again
+
+
+def test_node_and_spec_hashes_are_cached_and_structural():
+    import dataclasses
+
+    from scandsl._expr import Input, Op
+
+    a = Op("mul", (Input("dt", ("V",)), Input("v", ("V",))), ("V",))
+    b = Op("mul", (Input("dt", ("V",)), Input("v", ("V",))), ("V",))
+    assert a == b and hash(a) == hash(b) and {a: 1}[b] == 1
+    spec = ops.mamba_spec
+    twin = dataclasses.replace(spec)
+    assert twin is not spec and twin == spec and hash(twin) == hash(spec)
