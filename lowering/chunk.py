@@ -15,7 +15,6 @@ Each exposes ``supports``, ``run``, ``search_space`` and ``default_config``.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from types import ModuleType
 
@@ -82,9 +81,7 @@ def _same_operand_dtype(x: CoreInputs) -> CoreInputs:
     dtypes = {t.dtype for t in (x.q, x.k, x.v)}
     if len(dtypes) == 1:
         return x
-    narrow = min(dtypes, key=lambda d: (d.itemsize, d != torch.bfloat16))
-    out_dtype = x.out_dtype or x.v.dtype
-    return dataclasses.replace(x, q=x.q.to(narrow), k=x.k.to(narrow), v=x.v.to(narrow), out_dtype=out_dtype)
+    return x.operands_in(min(dtypes, key=lambda d: (d.itemsize, d != torch.bfloat16)))
 
 
 def search_space(sig: CoreSig, shape):

@@ -25,8 +25,6 @@ sequences (T = 65536 and beyond) cannot overflow.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from scandsl.autotune._space import Param, SearchSpace
 from scandsl.lowering._tiles import dot_pad as _pow2
@@ -277,10 +275,7 @@ def _widen_mixed(x: CoreInputs) -> tuple[CoreInputs, bool]:
     dtypes = {t.dtype for t in (x.q, x.k, x.v)}
     if len(dtypes) == 1:
         return x, False
-    wide = max(dtypes, key=lambda d: d.itemsize)
-    out_dtype = x.out_dtype or x.v.dtype
-    x = dataclasses.replace(x, q=x.q.to(wide), k=x.k.to(wide), v=x.v.to(wide), out_dtype=out_dtype)
-    return x, True
+    return x.operands_in(max(dtypes, key=lambda d: d.itemsize)), True
 
 
 def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):

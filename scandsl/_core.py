@@ -33,7 +33,7 @@ Varlen: with ``cu_seqlens`` (``[N+1]``, ``B == 1``) each sequence starts from it
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import NamedTuple
 
 import torch
@@ -162,6 +162,26 @@ class CoreInputs:
     def K(self) -> int:
         return self.q.shape[-1]
 
+    def value(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The value the recurrence adds, ``v ⊙ vg`` (``v`` when there is no gate), in ``dtype`` if
+        given: what a strategy without value gates gets, and what the reference reads."""
+        v = self.v if dtype is None else self.v.to(dtype)
+        if self.vg is None:
+            return v
+        vg = self.vg if dtype is None else self.vg.to(dtype)
+        return v * (vg if vg.dim() == v.dim() else vg.unsqueeze(-1))
+
+    def operands_in(self, dtype: torch.dtype) -> CoreInputs:
+        """These inputs with q, k, v cast to ``dtype`` for the tensor cores (gradients flow back
+        through the cast); the output keeps the dtype it would have had."""
+        return replace(
+            self,
+            q=self.q.to(dtype),
+            k=self.k.to(dtype),
+            v=self.v.to(dtype),
+            out_dtype=self.out_dtype or self.v.dtype,
+        )
+
     def tensors(self) -> dict[str, torch.Tensor]:
         return {
             f.name: getattr(self, f.name)
@@ -207,9 +227,7 @@ def core_reference(sig: CoreSig, x: CoreInputs) -> tuple[torch.Tensor, torch.Ten
     finals = []
     q_all = x.q.to(cdt) * x.scale
     k_all = x.k.to(cdt)
-    v_all = x.v.to(cdt)
-    if x.vg is not None:
-        v_all = v_all * (x.vg.to(cdt) if x.vg.dim() == x.v.dim() else x.vg.to(cdt).unsqueeze(-1))
+    v_all = x.value(cdt)
     rows = []
     for n, (b, start, end) in enumerate(bounds):
         if x.initial_state is not None:

@@ -16,7 +16,7 @@ import torch
 from scandsl import knobs
 from scandsl._classify import Stage, is_static
 from scandsl._core import CoreInputs, Shape
-from scandsl._expr import Input, Node, Op, evaluate
+from scandsl._expr import Input, Node, Op, Read, evaluate
 from scandsl._validate import check_call, initial_states
 from scandsl.autotune import choose, usable_strategies
 from scandsl.lowering import epilogue, load_strategy
@@ -210,8 +210,7 @@ def _ungate(x: CoreInputs, sig, module) -> CoreInputs:
         return x
     kind = "vector" if x.vg.dim() == x.v.dim() else "scalar"
     if kind not in getattr(module, "value_gates", lambda sig: ())(sig):
-        vg = x.vg if kind == "vector" else x.vg.unsqueeze(-1)
-        x.v, x.vg = (x.v * vg).contiguous(), None
+        x.v, x.vg = x.value().contiguous(), None
     return x
 
 
@@ -229,7 +228,7 @@ def _run_kernels(spec, strategy: str, inputs, sizes, initial, scale, cu_seqlens,
         x = _contiguous(x)
         chosen, config = _choose(spec, stage, strategy, x)
         module = load_strategy(chosen)
-        if spec.output == stage.reads()[0] and len(stage.values) == 1:
+        if isinstance(spec.output, Read) and len(stage.values) == 1 and spec.output == stage.reads()[0]:
             x.out_dtype = out_dtype  # the output is this read-out: written in its final dtype at once
         o, final = module.run(stage.sig, _ungate(x, stage.sig, module), config)
         col = 0

@@ -94,7 +94,9 @@ def check_call(spec, args: Mapping[str, Any], *, cu_seqlens, strategy: Any) -> C
         strategy=check_strategy(spec, strategy),
         filled={n: t for n, t in tensors.items() if args.get(n) is None},
         constrained=tuple(
-            (n, d) for n, d in spec.inputs if n in args and (d.is_log_gate or d.is_positive or d.is_nonneg)
+            (n, d)
+            for n, d in spec.inputs
+            if args.get(n) is not None and (d.is_log_gate or d.is_positive or d.is_nonneg)
         ),
     )
     if cacheable:
