@@ -23,9 +23,11 @@ import torch
 from scandsl.bench._anchors import ANCHORS, Opts
 from scandsl.bench._harness import do_bench_ms
 from scandsl.bench._inputs import make_op_inputs, op_spec
+from scandsl.bench.gpu_profile import kernel_ms
 from scandsl.lowering import chunk_delta
 
 from scandsl._core import Shape
+from scandsl.testing import rel_err
 
 # run 1 (2026-11-24 02:00 UTC) timed operand_dtype "qk", prepare_wu "full", bwd_bk 128, bv 64,
 # out_bv 128, num_warps 8, num_stages 3, state_warps 4 one at a time (bench/results/gpu_ab_delta_run1.json)
@@ -48,28 +50,6 @@ VARIANTS: dict[str, dict] = {  # most wanted first: the budget may stop the list
 }
 ANCHOR = {"deltanet": "fla.chunk_delta_rule", "gated_deltanet": "fla.chunk_gated_delta_rule"}
 _DEFAULT = chunk_delta.default_config
-
-
-def _kernel_ms(fn, reps: int = 3) -> dict[str, float]:
-    fn()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            fn()
-        torch.cuda.synchronize()
-    out: dict[str, float] = {}
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            name = ev.name if len(ev.name) < 120 else ev.name[:120] + "..."
-            out[name] = out.get(name, 0.0) + ev.device_time_total / 1e3 / reps
-    return {k: round(v, 4) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    if not torch.isfinite(a).all():
-        return float("inf")
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
 def _grads(o: torch.Tensor, do: torch.Tensor, leaves: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -120,7 +100,10 @@ def _measure(op: str, shape: Shape, variants: dict, bwd: set, deadline: float, r
     o_fla = run_fla()[0]
     do = torch.randn(o_fla.shape, generator=torch.Generator(device=dev).manual_seed(1), device=dev)
     do = do.to(o_fla.dtype)
-    fla = rec["fla"] = {"fwd_ms": do_bench_ms(run_fla, [])[0], "kernels_fwd": _kernel_ms(run_fla)}
+    fla = rec["fla"] = {
+        "fwd_ms": do_bench_ms(run_fla, [])[0],
+        "kernels_fwd": kernel_ms(run_fla, name_width=120),
+    }
     g_fla = None
     if op == "deltanet":
         g_fla = _grads(o_fla, do, fla_leaves)
@@ -142,9 +125,9 @@ def _measure(op: str, shape: Shape, variants: dict, bwd: set, deadline: float, r
             def ours():
                 return fn(**leaves, scale=scale, strategy="chunk")[0]
 
-            r["fwd_err_vs_fla"] = _rel(ours(), o_fla)
+            r["fwd_err_vs_fla"] = rel_err(ours(), o_fla)
             r["fwd_ms"] = do_bench_ms(ours, [])[0]  # autograd on, as FLA's forward is timed
-            r["kernels_fwd"] = _kernel_ms(ours)
+            r["kernels_fwd"] = kernel_ms(ours, name_width=120)
             with torch.no_grad():
                 r["fwd_nograd_ms"] = do_bench_ms(ours, [])[0]
             save()
@@ -153,13 +136,13 @@ def _measure(op: str, shape: Shape, variants: dict, bwd: set, deadline: float, r
                 got = _grads(o, do, [leaves[k] for k in order])
                 if g_ref is None:
                     g_ref = got  # gated: the first variant's gradients are the yardstick
-                r["grad_err"] = {k: _rel(x, y) for k, x, y in zip(order, got, g_ref)}
+                r["grad_err"] = {k: rel_err(x, y) for k, x, y in zip(order, got, g_ref)}
 
                 def step(ours=ours):
                     ours().backward(do)
 
                 r["fwd_bwd_ms"] = do_bench_ms(step, [leaves[k] for k in order])[0]
-                r["kernels_bwd"] = _kernel_ms(step)
+                r["kernels_bwd"] = kernel_ms(step, name_width=120)
         except Exception as err:  # a refused or failing config is a result, not the end
             r["error"] = f"{type(err).__name__}: {str(err)[:300]}"
         finally:

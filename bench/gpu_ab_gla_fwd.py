@@ -39,9 +39,11 @@ import torch  # noqa: E402
 import triton.testing  # noqa: E402
 from scandsl.bench._anchors import ANCHORS, Opts  # noqa: E402
 from scandsl.bench._inputs import make_op_inputs, op_spec  # noqa: E402
+from scandsl.bench.gpu_profile import kernel_ms  # noqa: E402
 from scandsl.lowering import chunk_vector  # noqa: E402
 
 from scandsl._core import Shape  # noqa: E402
+from scandsl.testing import rel_err  # noqa: E402
 
 DEVICE, HALF = ("cpu", torch.float16) if SMOKE else ("cuda", torch.bfloat16)
 
@@ -61,24 +63,6 @@ _DEFAULT_CONFIG = chunk_vector.default_config
 def use(over: dict) -> None:
     """Make ``over`` the changes every following chunk_vector call applies to its default config."""
     chunk_vector.default_config = lambda sig, shape: {**_DEFAULT_CONFIG(sig, shape), **over}
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30))
-
-
-def kernel_times(fn, reps: int = 3) -> dict[str, float]:
-    fn()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            fn()
-        torch.cuda.synchronize()
-    out: dict[str, float] = defaultdict(float)
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            out[ev.name] += ev.device_time_total / 1e3 / reps
-    return {k: round(v, 4) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
 
 def first(o):
@@ -116,9 +100,9 @@ def ab(op: str, shape: Shape, rounds: int, res: dict, save) -> None:
             g = torch.autograd.grad(o, [leaves[k] for k in grads_of], do)
             if ref_o is None:
                 ref_o, ref_g = o.detach(), g
-            chk = {"o_vs_reference": rel(o, o_ref), "o_vs_default": rel(o, ref_o)}
-            chk["o_vs_fla"] = None if o_fla is None else rel(o, o_fla)
-            chk.update({f"d{k}_vs_default": rel(a, b) for k, a, b in zip(grads_of, g, ref_g)})
+            chk = {"o_vs_reference": rel_err(o, o_ref), "o_vs_default": rel_err(o, ref_o)}
+            chk["o_vs_fla"] = None if o_fla is None else rel_err(o, o_fla)
+            chk.update({f"d{k}_vs_default": rel_err(a, b) for k, a, b in zip(grads_of, g, ref_g)})
             ok[name] = chk["o_vs_reference"] < 2e-2 and all(
                 v < 1e-2 for k, v in chk.items() if k.endswith("default")
             )
@@ -131,15 +115,15 @@ def ab(op: str, shape: Shape, rounds: int, res: dict, save) -> None:
             ok[name] = False
         save()
     if o_fla is not None:
-        r["check"]["fla"] = {"o_vs_reference": rel(o_fla, o_ref)}
+        r["check"]["fla"] = {"o_vs_reference": rel_err(o_fla, o_ref)}
     strong = {**args, "gk": -5.0 - 3.0 * torch.rand_like(args["gk"])}  # log-decays in [-8, -5] a step
     with torch.no_grad():
         o_strong = first(fn(**strong, strategy="reference")).float()
         for name, over in VARIANTS.items():
             use(over)
             o = first(fn(**strong, strategy="chunk"))
-            r["check"][name]["strong_o_vs_reference"] = rel(o, o_strong)
-            ok[name] = ok[name] and bool(torch.isfinite(o).all()) and rel(o, o_strong) < 2e-2
+            r["check"][name]["strong_o_vs_reference"] = rel_err(o, o_strong)
+            ok[name] = ok[name] and bool(torch.isfinite(o).all()) and rel_err(o, o_strong) < 2e-2
             r["check"][name]["ok"] = ok[name]
     use({})
     save()
@@ -163,7 +147,7 @@ def ab(op: str, shape: Shape, rounds: int, res: dict, save) -> None:
         r["fwd_bwd_ms"][name] = round(triton.testing.do_bench(fwd_bwd, warmup=10, rep=200), 4)
         save()
     for name, call in timed.items():
-        r["kernels"][name] = kernel_times(call)
+        r["kernels"][name] = kernel_ms(call)
         save()
     use({})
 

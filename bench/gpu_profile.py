@@ -34,6 +34,23 @@ def _kernel_times(prof) -> dict[str, float]:
     return dict(out)
 
 
+def kernel_ms(fn, reps: int = 3, name_width: int | None = None) -> dict[str, float]:
+    """Device ms per call of every kernel ``fn`` launches (a warm-up call first, then ``reps``
+    under the torch profiler), slowest first; names cut at ``name_width`` characters if given."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    out: dict[str, float] = defaultdict(float)
+    for name, ms in _kernel_times(prof).items():
+        if name_width is not None and len(name) >= name_width:
+            name = name[:name_width] + "..."
+        out[name] += ms / reps
+    return {k: round(v, 4) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
+
+
 def profile(
     op: str, shape: Shape, strategy: str, docs: int | None, reps: int = 3, anchor: str | None = None
 ) -> dict:
