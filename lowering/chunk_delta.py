@@ -147,10 +147,11 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
 
 def _operand_dtype(cfg: dict, x: CoreInputs) -> torch.dtype:
     """dtype of the tensor-core operands: ``"v"`` takes the values' dtype (q and k are cast to it),
-    ``"qk"`` the features' (``promote(q, k)``). They differ when ``beta`` (or another fp32 factor)
-    is folded into ``v`` upstream: bf16 q, k, v with an fp32 ``beta`` reach the core with an fp32
-    ``v``, and ``"v"`` then runs every product in fp32 (tf32x3), ``"qk"`` in bf16 as the inputs
-    were (v is rounded to bf16 as it is loaded; the output keeps its dtype)."""
+    ``"qk"`` the features' (``promote(q, k)``). They differ when an fp32 factor is folded into
+    ``v`` before the core — since value gates, DeltaNet's ``β v`` reaches it as ``v`` and ``vg``,
+    so only a core call made without one (a user's ``CoreInputs``): there ``"v"`` runs every
+    product in fp32 (tf32x3), ``"qk"`` in bf16 as the inputs were (v is rounded to bf16 as it is
+    loaded; the output keeps its dtype)."""
     choice = cfg.get("operand_dtype", "v")
     if choice == "v":
         return x.v.dtype
