@@ -378,12 +378,22 @@ def _gated(x: CoreInputs, seed: int) -> CoreInputs:
     return x
 
 
-@pytest.mark.parametrize("name", ["channel", "channel_static", "key_before", "scalar", "none"])
-def test_value_gate(name: str):
+@pytest.mark.parametrize(
+    "name,T",
+    [
+        ("channel", 37),
+        ("channel", 1),
+        ("channel_static", 37),
+        ("key_before", 37),
+        ("scalar", 37),
+        ("none", 37),
+    ],
+)
+def test_value_gate(name: str, T: int):
     """The value as two factors (``CoreInputs.vg``), multiplied in the kernels: outputs, state and
-    gradients of v and vg against the reference, which multiplies them first."""
+    gradients of v and vg against the reference, which multiplies them first (T=1: one step)."""
     sig = {**SIGS, **EXTRA}[name]
-    x = _gated(_inputs(sig, T=37, seed=23), seed=5)
+    x = _gated(_inputs(sig, T=T, seed=23), seed=5)
     _compare(sig, x, _cfg(x.K, BT=8, BV=16, bwd={"BT": 4, "BV": 16}))
     assert "vg" in _grad_names(x)
 
@@ -423,6 +433,7 @@ def test_mamba_op_gates_its_value_in_the_kernel(monkeypatch):
     leaves = {n: t.clone().requires_grad_() for n, t in args.items()}
     o, _ = ops.mamba(**leaves, strategy="scan")
     (x,) = seen
+
     def storage(t):
         return t.untyped_storage().data_ptr()
 
