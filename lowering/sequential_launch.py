@@ -93,8 +93,9 @@ def forward(
     """Run the forward kernel. ``t``: contiguous tensors by CoreInputs name; returns (o, ht, u).
 
     Sequences move the state through K-contiguous copies (the layout the time loop computes
-    in); ``decode`` reads and writes the given state directly (in place when ``ht`` is
-    ``t["initial_state"]``): with one step, its layout costs nothing.
+    in); ``decode`` and every one-step call (``T == 1``, what an op-level decoding step is) read
+    and write the given state directly (in place when ``ht`` is ``t["initial_state"]``): with
+    one step its layout costs less than the two copies would.
     """
     B, T, H, V = t["v"].shape
     K = t["q"].shape[-1]
@@ -105,10 +106,11 @@ def forward(
     o = _alloc(B, T, H, V, dtype=meta["out_dtype"], device=dev)
     if cu is not None and host_bounds(cu)[-1] != T:
         o.zero_()  # tokens after the last sequence are not any program's: the reference gives 0
-    h0 = t.get("initial_state") if decode else _k_major(t.get("initial_state"))
+    direct = decode or T == 1  # one step: the state's layout costs less than its copies
+    h0 = t.get("initial_state") if direct else _k_major(t.get("initial_state"))
     if meta["output_final_state"] and ht is None:
         ht = (
-            _alloc(N, H, K, V, dtype=torch.float32, device=dev) if decode else _k_major_empty(N, H, K, V, dev)
+            _alloc(N, H, K, V, dtype=torch.float32, device=dev) if direct else _k_major_empty(N, H, K, V, dev)
         )
     delta = sig.transition is Transition.DELTA
     u = _alloc(B, T, H, V, dtype=torch.float32, device=dev) if (delta and save_u) else None
@@ -128,7 +130,7 @@ def forward(
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
-    if ht is not None and not decode:
+    if ht is not None and not direct:
         ht = ht.contiguous()  # the API's [N, H, K, V] memory layout
     return o, ht, u
 

@@ -161,7 +161,10 @@ def _stage_inputs(
     if initial is not None:
         parts = [initial[s] if initial[s].dim() == 4 else initial[s].unsqueeze(-2) for s in stage.states]
         state_dtype = torch.promote_types(v.dtype, torch.float32)  # fp32 state; fp64 stays exact
-        init = torch.cat(parts, -2).transpose(-1, -2).contiguous().to(state_dtype)  # [N, H, K, V_total]
+        # [N, H, K, V_total]; one state is the caller's tensor itself (no copy when contiguous fp32:
+        # a decoding step reads and writes its state once, a copy would double that)
+        stacked = parts[0] if len(parts) == 1 else torch.cat(parts, -2)
+        init = stacked.transpose(-1, -2).contiguous().to(state_dtype)
     fused = len(stage.values) > 1
     return CoreInputs(
         q=ops["q"],
