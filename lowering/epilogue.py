@@ -1,4 +1,4 @@
-"""Fused forward epilogue: a spec's output expression around its core read-outs, one kernel.
+"""Fused epilogue: a spec's output expression around its core read-outs, one kernel (forward).
 
 After the core recurrences, an op's output is the spec's output expression over their
 read-outs and the inputs: ``o_t + D ⊙ x_t`` (mamba, s4), ``o_t / max(1, |z_t|)`` (mlstm),
@@ -11,9 +11,9 @@ This module generates one Triton kernel per output expression instead: every lea
 (per-step ``[B,T,H,*]``, per-head ``[H,*]``, any strides), the expression in fp32, one store in
 the output dtype. Elementwise ops, dot products over one axis (``Dot``) and the rank-one
 ``(a bᵀ) x = a (b · x)`` (``MatVec`` of an ``Outer``) are fused; any other node (a softmax, a
-matrix) makes :func:`plan` return ``None`` and the op keeps the PyTorch path. Forward only: the
-entry uses it when nothing needs a gradient (inference; the benchmark's forward), and PyTorch's
-autograd otherwise.
+matrix) makes :func:`plan` return ``None`` and the op keeps the PyTorch path. This module is the
+forward; when gradients are needed the entry runs it inside an autograd function whose backward
+is generated from the same tree (``lowering/epilogue_bwd.py``).
 
 One program per (``BR`` rows of the flattened ``B*T`` axis, head): rows on the tile's first
 dimension, the leaf's feature axis (padded to a power of two) on its second.
@@ -31,7 +31,7 @@ from scandsl.lowering._tiles import cdiv, pow2
 
 from scandsl._expr import BINARY, Const, Dot, Input, MatVec, Node, Op, Outer, Read, walk
 
-__all__ = ["plan", "run", "generate_source"]
+__all__ = ["plan", "run", "generate_source", "POISON"]
 
 _UNARY = {
     "neg": "-{0}",
@@ -53,8 +53,18 @@ _BINARY = {
 }
 assert set(_BINARY) == set(BINARY), "every binary op of the expression language has a fused form"
 
-_BR = 32  # rows (steps) a program
+BR = 32  # rows (steps) a program
 _MAX_FEATURE = 256
+
+# Tests set POISON["enabled"] to NaN-fill every buffer the kernels are supposed to overwrite.
+POISON = {"enabled": False}
+
+
+def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    out = torch.empty(shape, dtype=dtype, device=device)
+    if POISON["enabled"] and dtype.is_floating_point:
+        out.fill_(float("nan"))
+    return out
 
 
 @dataclass(frozen=True)
@@ -109,31 +119,70 @@ def plan(output: Node) -> tuple[_Leaf, ...] | None:
     return tuple(found.values())
 
 
+def leaf_args(leaves: tuple[_Leaf, ...]) -> list[str]:
+    """Kernel parameters of the leaves: ``p{i}`` and its strides (``[B,T,H,*]`` or ``[H,*]``)."""
+    args: list[str] = []
+    for i, lf in enumerate(leaves):
+        a = f"p{i}"
+        args += [a, f"{a}_sb", f"{a}_st", f"{a}_sh", f"{a}_sd"] if lf.per_step else [a, f"{a}_sh", f"{a}_sd"]
+    return args
+
+
+def leaf_load(i: int, lf: _Leaf, scaled: bool) -> str:
+    """The line loading leaf ``i`` as ``x{i}`` in fp32: ``[BR, B{axis}]`` per step with an axis,
+    ``[BR, 1]`` per step without, ``[1, B{axis}]`` per head with an axis, a scalar without."""
+    a = f"p{i}"
+    if lf.per_step:
+        rows = f"b[:, None] * {a}_sb + t[:, None] * {a}_st + i_h * {a}_sh"
+        if lf.axis is None:
+            ptr, mask, shape = f"{a} + b * {a}_sb + t * {a}_st + i_h * {a}_sh", "m_r", "[:, None]"
+        else:
+            ptr = f"{a} + {rows} + o_{lf.axis}[None, :] * {a}_sd"
+            mask, shape = f"m_r[:, None] & m_{lf.axis}[None, :]", ""
+    elif lf.axis is None:
+        ptr, mask, shape = f"{a} + i_h * {a}_sh", None, ""
+    else:
+        ptr, mask, shape = f"{a} + i_h * {a}_sh + o_{lf.axis} * {a}_sd", f"m_{lf.axis}", "[None, :]"
+    load = f"tl.load({ptr}" + (f", mask={mask}, other=0.0)" if mask else ")")
+    factor = " * scale" if scaled else ""
+    what = f"{type(lf.node).__name__} {getattr(lf.node, 'name', None) or lf.node.state}"
+    return f"x{i} = {load}.to(tl.float32){shape}{factor}  # {what}"
+
+
+def forward_expr(n: Node, emit) -> str:
+    """The Triton expression of one non-leaf node, its operands' names from ``emit``. Sums over a
+    feature axis mask its padded lanes (an operand there need not be 0: ``exp`` of a padded 0)."""
+    if isinstance(n, Op):
+        return (_UNARY if len(n.args) == 1 else _BINARY)[n.fn].format(*(emit(a) for a in n.args))
+    if isinstance(n, Dot):
+        return f"tl.sum(tl.where(m_{n.a.axes[0]}[None, :], {emit(n.a)} * {emit(n.b)}, 0.0), axis=1)[:, None]"
+    # MatVec of an Outer: (a bᵀ) x = a (b · x)
+    assert isinstance(n, MatVec) and isinstance(n.m, Outer)
+    b = n.m.b
+    dot = f"tl.sum(tl.where(m_{b.axes[0]}[None, :], {emit(b)} * {emit(n.x)}, 0.0), axis=1)[:, None]"
+    return f"{emit(n.m.a)} * {dot}"
+
+
+def axes_of(output: Node, leaves: tuple[_Leaf, ...]) -> list[str]:
+    return sorted({lf.axis for lf in leaves if lf.axis is not None} | {output.axes[0]})
+
+
+def prelude(axes: list[str]) -> str:
+    """The kernel's first lines: its rows ``r`` (``b``, ``t``) and each feature axis's lanes."""
+    lanes = "".join(f"\n    o_{ax} = tl.arange(0, B{ax})\n    m_{ax} = o_{ax} < N{ax}" for ax in axes)
+    return (
+        "i_r, i_h = tl.program_id(0), tl.program_id(1)\n"
+        "    r = i_r.to(tl.int64) * BR + tl.arange(0, BR)\n"
+        "    m_r = r < R\n"
+        "    b, t = r // T, r % T" + lanes
+    )
+
+
 def generate_source(output: Node, leaves: tuple[_Leaf, ...], scaled: frozenset = frozenset()) -> str:
     """Triton source of the epilogue kernel for ``output``; the leaves in ``scaled`` are multiplied
     by the kernel's ``scale`` argument (the op's query scale, folded into the load)."""
-    axes = sorted({lf.axis for lf in leaves if lf.axis is not None} | {output.axes[0]})
-    args, body = ["out"], []
-    for i, lf in enumerate(leaves):
-        a = f"p{i}"  # the pointer; x{i} its loaded tile
-        if lf.per_step:
-            args += [a, f"{a}_sb", f"{a}_st", f"{a}_sh", f"{a}_sd"]
-            rows = f"b[:, None] * {a}_sb + t[:, None] * {a}_st + i_h * {a}_sh"
-            if lf.axis is None:
-                ptr, mask, shape = f"{a} + b * {a}_sb + t * {a}_st + i_h * {a}_sh", "m_r", "[:, None]"
-            else:
-                ptr = f"{a} + {rows} + o_{lf.axis}[None, :] * {a}_sd"
-                mask, shape = f"m_r[:, None] & m_{lf.axis}[None, :]", ""
-        else:
-            args += [a, f"{a}_sh", f"{a}_sd"]
-            if lf.axis is None:
-                ptr, mask, shape = f"{a} + i_h * {a}_sh", None, ""
-            else:
-                ptr, mask, shape = f"{a} + i_h * {a}_sh + o_{lf.axis} * {a}_sd", f"m_{lf.axis}", "[None, :]"
-        load = f"tl.load({ptr}" + (f", mask={mask}, other=0.0)" if mask else ")")
-        factor = " * scale" if lf.node in scaled else ""
-        what = f"{type(lf.node).__name__} {getattr(lf.node, 'name', None) or lf.node.state}"
-        body.append(f"x{i} = {load}.to(tl.float32){shape}{factor}  # {what}")
+    axes = axes_of(output, leaves)
+    body = [leaf_load(i, lf, lf.node in scaled) for i, lf in enumerate(leaves)]
     names = {lf.node: f"x{i}" for i, lf in enumerate(leaves)}
 
     def emit(n: Node) -> str:
@@ -141,13 +190,7 @@ def generate_source(output: Node, leaves: tuple[_Leaf, ...], scaled: frozenset =
             return names[n]
         if isinstance(n, Const):
             return repr(float(n.value))
-        if isinstance(n, Op):
-            expr = (_UNARY if len(n.args) == 1 else _BINARY)[n.fn].format(*(emit(a) for a in n.args))
-        elif isinstance(n, Dot):
-            expr = f"tl.sum({emit(n.a)} * {emit(n.b)}, axis=1)[:, None]"
-        else:  # MatVec of an Outer: (a bᵀ) x = a (b · x)
-            assert isinstance(n, MatVec) and isinstance(n.m, Outer)
-            expr = f"{emit(n.m.a)} * tl.sum({emit(n.m.b)} * {emit(n.x)}, axis=1)[:, None]"
+        expr = forward_expr(n, emit)
         names[n] = f"e{len(names) - len(leaves)}"
         body.append(f"{names[n]} = {expr}")
         return names[n]
@@ -155,21 +198,16 @@ def generate_source(output: Node, leaves: tuple[_Leaf, ...], scaled: frozenset =
     result = emit(output)
     w = output.axes[0]
     sizes = [f"N{ax}: tl.constexpr, B{ax}: tl.constexpr" for ax in axes]
-    lanes = [f"o_{ax} = tl.arange(0, B{ax})\n    m_{ax} = o_{ax} < N{ax}" for ax in axes]
-    lines, lanes_src = "\n    ".join(body), "\n    ".join(lanes)
+    lines = "\n    ".join(body)
     return f'''"""Generated by scandsl.lowering.epilogue for: {output!r}"""
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def epilogue_kernel({", ".join(args)}, scale, R, T, H: tl.constexpr, {", ".join(sizes)}, BR: tl.constexpr):
+def epilogue_kernel(out, {", ".join(leaf_args(leaves))}, scale, R, T, H: tl.constexpr, {", ".join(sizes)}, BR: tl.constexpr):
     """out[r, h, :] = the op's output expression on rows r of the flattened B*T axis, head h."""
-    i_r, i_h = tl.program_id(0), tl.program_id(1)
-    r = i_r.to(tl.int64) * BR + tl.arange(0, BR)
-    m_r = r < R
-    b, t = r // T, r % T
-    {lanes_src}
+    {prelude(axes)}
     {lines}
     e_out = tl.broadcast_to({result}, [BR, B{w}])
     tl.store(out + (r[:, None] * H + i_h) * N{w} + o_{w}[None, :], e_out.to(out.dtype.element_ty),
@@ -190,32 +228,68 @@ def _kernel(output: Node, scaled_leaves: frozenset):
     return load_source(src, name="epilogue_" + "_".join(parts) + "_" + tag).epilogue_kernel
 
 
+def fusable(output: Node, values: dict[Node, torch.Tensor], scaled: dict[Node, float], sizes) -> bool:
+    """Whether the generated kernels take ``output`` with these leaf values: a plan, one scale,
+    features within the tiles, a per-step leaf to give ``[B, T, H]``, and no float64 leaf (the
+    kernels compute in fp32; float64 is the checking dtype, which PyTorch keeps exact)."""
+    leaves = plan(output)
+    if leaves is None or len(set(scaled.values())) > 1:
+        return False
+    if any(sizes[lf.axis] > _MAX_FEATURE for lf in leaves if lf.axis) or sizes[output.axes[0]] > _MAX_FEATURE:
+        return False
+    if not all(lf.node in values for lf in leaves) or any(
+        values[lf.node].dtype == torch.float64 for lf in leaves
+    ):
+        return False
+    return any(lf.per_step for lf in leaves)
+
+
+def launch_args(leaves: tuple[_Leaf, ...], tensors: list[torch.Tensor]) -> list:
+    """The leaves' pointers and strides, in :func:`leaf_args`' order."""
+    args: list = []
+    for t, lf in zip(tensors, leaves):
+        # per-head parameters arrive as [H, *] or with two broadcast dims in front
+        sh, sd = (t.stride(-2), t.stride(-1)) if lf.axis else (t.stride(-1), 0)
+        args += [t, t.stride(0), t.stride(1), sh, sd] if lf.per_step else [t, sh, sd]
+    return args
+
+
+def launch_meta(output: Node, leaves: tuple[_Leaf, ...], sizes) -> dict[str, int]:
+    axes = axes_of(output, leaves)
+    return {f"N{ax}": sizes[ax] for ax in axes} | {f"B{ax}": pow2(sizes[ax]) for ax in axes}
+
+
+def lead(leaves: tuple[_Leaf, ...], tensors: list[torch.Tensor]) -> tuple[int, int, int]:
+    """``(B, T, H)`` from the first per-step leaf."""
+    ref = next(t for t, lf in zip(tensors, leaves) if lf.per_step)
+    B, T, H = ref.shape[:3]
+    return B, T, H
+
+
+def forward(
+    output: Node, tensors: list[torch.Tensor], scaled: frozenset, scale: float, sizes, out_dtype
+) -> torch.Tensor:
+    """The fused kernel on the leaf values ``tensors`` (in :func:`plan`'s order)."""
+    leaves = plan(output)
+    assert leaves is not None
+    B, T, H = lead(leaves, tensors)
+    out = empty((B, T, H, sizes[output.axes[0]]), out_dtype, tensors[0].device)
+    kernel = _kernel(output, scaled)
+    meta = launch_meta(output, leaves, sizes)
+    kernel[(cdiv(B * T, BR), H)](out, *launch_args(leaves, tensors), scale, B * T, T, H=H, BR=BR, **meta)
+    return out
+
+
 def run(
     output: Node, values: dict[Node, torch.Tensor], scaled: dict[Node, float], sizes, out_dtype
 ) -> torch.Tensor | None:
     """``output`` evaluated by one generated kernel, ``[B, T, H, V]`` in ``out_dtype``; ``None``
     when it is not fusable here. ``values`` binds every leaf; ``scaled`` maps leaves that enter
     multiplied by a scale (the op's raw query) to that scale."""
+    if not fusable(output, values, scaled, sizes):
+        return None
     leaves = plan(output)
-    if leaves is None or len({s for s in scaled.values()}) > 1:
-        return None
-    if any(sizes[lf.axis] > _MAX_FEATURE for lf in leaves if lf.axis) or sizes[output.axes[0]] > _MAX_FEATURE:
-        return None
+    assert leaves is not None
     tensors = [values[lf.node] for lf in leaves]
-    ref = next((t for t, lf in zip(tensors, leaves) if lf.per_step), None)
-    if ref is None:  # no per-step leaf gives [B, T, H]
-        return None
-    B, T, H = ref.shape[:3]
-    args: list = []
-    for t, lf in zip(tensors, leaves):
-        # per-head parameters arrive as [H, *] or with two broadcast dims in front
-        sh, sd = (t.stride(-2), t.stride(-1)) if lf.axis else (t.stride(-1), 0)
-        args += [t, t.stride(0), t.stride(1), sh, sd] if lf.per_step else [t, sh, sd]
-    w = output.axes[0]
-    out = torch.empty(B, T, H, sizes[w], dtype=out_dtype, device=ref.device)
-    axes = sorted({lf.axis for lf in leaves if lf.axis is not None} | {w})
-    meta = {f"N{ax}": sizes[ax] for ax in axes} | {f"B{ax}": pow2(sizes[ax]) for ax in axes}
-    kernel = _kernel(output, frozenset(scaled))
     scale = next(iter(scaled.values()), 1.0)
-    kernel[(cdiv(B * T, _BR), H)](out, *args, scale, B * T, T, H=H, BR=_BR, **meta)
-    return out
+    return forward(output, tensors, frozenset(scaled), scale, sizes, out_dtype)

@@ -3,7 +3,7 @@
 Validation lives here once (not per model): shapes, dtypes, devices, gate signs,
 ``cu_seqlens``. Then either the reference interpreter runs the spec, or each core stage
 of its normal form runs on a kernel strategy between PyTorch prologue / epilogue (the
-epilogue as one generated kernel when nothing needs a gradient, ``lowering/epilogue.py``).
+epilogue as generated kernels, forward and backward, where ``lowering/epilogue.py`` fuses it).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from scandsl._core import CoreInputs, Shape
 from scandsl._expr import Input, Node, Op, Read, evaluate
 from scandsl._validate import check_call, initial_states
 from scandsl.autotune import choose, usable_strategies
-from scandsl.lowering import epilogue, load_strategy
+from scandsl.lowering import epilogue, epilogue_bwd, load_strategy
 
 __all__ = ["apply", "OPTIONS"]
 
@@ -247,8 +247,9 @@ def _run_kernels(spec, strategy: str, inputs, sizes, initial, scale, cu_seqlens,
 
 
 def _fused_epilogue(spec, env: _Env, sizes, out_dtype) -> torch.Tensor | None:
-    """The output expression as one generated kernel (lowering/epilogue.py) when nothing needs
-    a gradient and kernels run here; ``None`` leaves it to PyTorch."""
+    """The output expression as generated kernels (lowering/epilogue.py) when kernels run here:
+    the forward alone without gradients, else with the generated backward as an autograd
+    function (lowering/epilogue_bwd.py); ``None`` leaves it to PyTorch."""
     leaves = epilogue.plan(spec.output)
     if leaves is None:
         return None
@@ -258,10 +259,10 @@ def _fused_epilogue(spec, env: _Env, sizes, out_dtype) -> torch.Tensor | None:
             values[lf.node], scaled[lf.node] = env.scaled[lf.node]  # scaled in the kernel
         else:
             values[lf.node] = env[lf.node]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in values.values()):
-        return None
     if next(iter(values.values())).device.type != "cuda" and not knobs.interpret():
         return None
+    if torch.is_grad_enabled() and any(t.requires_grad for t in values.values()):
+        return epilogue_bwd.apply(spec.output, values, scaled, sizes, out_dtype)
     return epilogue.run(spec.output, values, scaled, sizes, out_dtype)
 
 
