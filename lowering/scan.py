@@ -174,6 +174,9 @@ def _check_config(cfg: dict, shape: Shape) -> str | None:
                 f"a [{prefix}BT, {prefix}BK, {prefix}BV] tile is {per_thread:.0f} fp32 values "
                 f"a thread (> {_TILE_PER_THREAD[prefix]})"
             )
+    n = cfg.get("exp2_fma", 0)
+    if n and (n & (n - 1) or n > cfg["BT"]):
+        return f"exp2_fma={n}: expected 0 or a power of two <= BT={cfg['BT']} (every n-th step of a block)"
     mode, L = cfg.get("fwd_mode", "walk"), cfg.get("split_L", _SPLIT_L)
     if mode not in _FWD_MODES:
         return f"fwd_mode={mode!r}: expected one of {_FWD_MODES}"
@@ -291,6 +294,7 @@ class _ScanFunction(torch.autograd.Function):
             H=H, K=K, V=V, BT=cfg["BT"], BK=cfg["BK"], BV=cfg["BV"], CT=cfg["bwd_BT"],
             USE_H0=h0 is not None, STORE_HT=output_final_state, SAVE_CKPT=save,
             IS_VARLEN=cu_seqlens is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            EXP2_FMA=cfg.get("exp2_fma", 0),
         )  # fmt: skip
         if cfg.get("fwd_mode", "walk") == "split":
             _forward_split(mod, sig, cfg, args, scale, meta, B, T, N, NK, NV)

@@ -162,9 +162,21 @@ def static_loads(sig: CoreSig, readout: bool = True) -> str:
     return "\n".join(lines) or "pass  # no time-invariant operands"
 
 
-def decay(sig: CoreSig, suffix: str, mask: str) -> str:
-    """``b_a{suffix} = Λ`` as a ``[BT, BK, BV]`` tile from the loaded log-gates (log 0 on masked rows)."""
+def decay(sig: CoreSig, suffix: str, mask: str, fma_rows: bool = False) -> str:
+    """``b_a{suffix} = Λ`` as a ``[BT, BK, BV]`` tile from the loaded log-gates (log 0 on masked rows).
+
+    ``fma_rows`` (forward kernels, per-step per-channel gate): with the constexpr ``EXP2_FMA = n``
+    the last step of every ``n`` in a block takes its ``exp2`` from ``exp2_fma`` (the FMA pipe),
+    the others from the MUFU; ``n = 0``: all from the MUFU. The time axis sits in one thread, so
+    each register's step is known when compiling and the ``where`` keeps one of the two.
+    """
     out, s, d = f"b_a{suffix}", suffix, sig.decay
+    if fma_rows and d is Decay.CHANNEL and not sig.decay_static:
+        x = f"b_x = b_gv{s}[:, None, :] * b_A2[None, :, :]  # [BT, BK, BV], log2 Λ_t"
+        split = (
+            f"{out} = tl.where((o_t % EXP2_FMA == EXP2_FMA - 1)[:, None, None], exp2_fma(b_x), tl.exp2(b_x))"
+        )
+        return "\n".join([x, "if EXP2_FMA > 0:", f"    {split}", "else:", f"    {out} = tl.exp2(b_x)"])
     if d is Decay.NONE:
         return f"{out} = tl.full({_FULL}, 1.0, tl.float32)"
     if d is Decay.CHANNEL and sig.decay_static:
