@@ -51,8 +51,23 @@ def supports(sig: CoreSig) -> str | None:
     return None
 
 
+# Below this many programs the fused forward's serial walk leaves SMs idle and the split forward
+# (a serial state pass over small tiles, then the output of every chunk in parallel) is faster.
+# mamba2 forward on the H100 (Triton 3.6, 2026-11-24, bench/gpu_ab_mamba2_longT.sh,
+# bench/results/gpu_ab_mamba2_longT*.json): B=1 T=65536 H=16 K=V=128 (64 programs) fused 3.05 ms,
+# split with 32x32 state tiles and 16-bit chunk states 2.13; B=2 T=32768 (128 programs) fused
+# 1.525, split 1.658; B=4 T=4096 (256 programs) fused 0.228, split 0.432.
+FEW_PROGRAMS = 128
+SPLIT_KEYS = ("split_block_k", "split_block_v", "split_state")
+
+
 def default_config(
-    sig: CoreSig, shape: Shape, *, dtype: torch.dtype | None = None, mixed: bool = False
+    sig: CoreSig,
+    shape: Shape,
+    *,
+    dtype: torch.dtype | None = None,
+    mixed: bool = False,
+    n_seq: int | None = None,
 ) -> dict:
     """Heuristic tiles, chosen from sm_90 builds (``bench/gpu_check_chunk_scalar.py --aot``): no
     register spills, chunks of 64 so that every ``[C, *]`` product runs on wgmma.
@@ -82,7 +97,7 @@ def default_config(
             cfg.update(bwd_block_k=min(kp, 32), bwd_num_warps=8)
         return cfg
     wide = max(kp, vp) > 128
-    return {
+    cfg = {
         "chunk": 64,
         "block_v": min(vp, 32),
         "num_warps": 8 if wide else 4,
@@ -98,11 +113,14 @@ def default_config(
         "bwd_num_stages": 2,
         "bwd_fused": True,
         "fp32_dot": "ieee",
-        # "split" (chunk_scalar_split: state pass + parallel output kernel) measured slower at
-        # B=4 T=4096 H=16 K=V=128 on the H100 (0.33-0.40 vs 0.16-0.23 ms fwd); it stays in the
-        # search space for few-program shapes (B=1, long T), where it is untimed
+        # "split" (chunk_scalar_split: state pass + parallel output kernel): slower where the
+        # fused walk has programs enough (FEW_PROGRAMS), faster where it has not
         "fwd_mode": "fused",
     }
+    programs = (shape.B if n_seq is None else n_seq) * shape.H * -(-shape.V // cfg["block_v"])
+    if programs < FEW_PROGRAMS:
+        cfg.update(fwd_mode="split", split_block_k=min(kp, 32), split_block_v=min(vp, 32), split_state="input")
+    return cfg
 
 
 def _check_config(cfg: dict, shape: Shape) -> str | None:
@@ -285,7 +303,11 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
     _validate(sig, x)
     shape = Shape(x.B, x.T, x.H, x.K, x.V)
     x, mixed = _widen_mixed(x)
-    cfg = {**default_config(sig, shape, dtype=x.v.dtype, mixed=mixed), **(config or {})}
+    n_seq = x.B if x.cu_seqlens is None else len(x.cu_seqlens) - 1
+    base = default_config(sig, shape, dtype=x.v.dtype, mixed=mixed, n_seq=n_seq)
+    if (config or {}).get("fwd_mode", base["fwd_mode"]) == "fused":  # the split's own keys go with it
+        base = {k: v for k, v in base.items() if k not in SPLIT_KEYS}
+    cfg = {**base, **(config or {})}
     kp, vp = _pow2(x.K), _pow2(x.V)
     # a block wider than the padded feature size is the same launch as the full width
     cfg.update(block_v=min(cfg["block_v"], vp), bwd_block_k=min(cfg["bwd_block_k"], kp))
@@ -293,7 +315,6 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
     reason = _check_config(cfg, shape)
     if reason is not None and config is not None:
         raise ValueError(f"chunk_scalar config {config}: {reason}")
-    n_seq = x.B if x.cu_seqlens is None else len(x.cu_seqlens) - 1
     plan = Plan(sig, cfg, x.B, x.T, x.H, x.K, x.V, n_seq, x.cu_seqlens is not None, float(x.scale))
     g = x.g if sig.decay is Decay.SCALAR else None
     out_dtype = x.out_dtype or x.v.dtype

@@ -24,7 +24,7 @@ SIGS = {
     "scalar_before": CoreSig(decay=Decay.SCALAR, readout=Readout.BEFORE),
     "none_before": CoreSig(readout=Readout.BEFORE),
 }
-CFG = {"chunk": 16, "block_v": 16, "bwd_chunk": 16, "bwd_block_k": 16, "bwd_block_v": 32}
+CFG = {"chunk": 16, "block_v": 16, "bwd_chunk": 16, "bwd_block_k": 16, "bwd_block_v": 32, "fwd_mode": "fused"}
 GRAD_NAMES = ("q", "k", "v", "g", "initial_state")
 
 
@@ -237,6 +237,15 @@ def test_split_mode_config():
     shape = Shape(4, 4096, 16, 128, 128)
     sig = SIGS["scalar"]
     assert chunk_scalar.default_config(sig, shape)["fwd_mode"] == "fused"  # measured default stays
+    # few programs for the fused walk (one long sequence): the split forward, measured faster there
+    long = Shape(1, 65536, 16, 128, 128)
+    few = chunk_scalar.default_config(sig, long)
+    assert few["fwd_mode"] == "split" and few["split_state"] == "input"
+    assert few["split_block_k"] == few["split_block_v"] == 32
+    assert chunk_scalar.search_space(sig, long).valid(few) is None
+    # ... but a packed batch of many sequences has programs enough
+    assert chunk_scalar.default_config(sig, long, n_seq=40)["fwd_mode"] == "fused"
+    assert chunk_scalar.default_config(sig, long, dtype=torch.float32)["fwd_mode"] == "fused"
     space = chunk_scalar.search_space(sig, shape)
     assert any(p.name == "fwd_mode" and "split" in p.choices for p in space.params)
     base = chunk_scalar.default_config(sig, shape)
@@ -259,4 +268,4 @@ def test_split_state_is_searched_only_with_split():
     space = chunk_scalar.search_space(SIGS["none"], Shape(1, 100, 2, 64, 64))
     base = chunk_scalar.default_config(SIGS["none"], Shape(1, 100, 2, 64, 64))
     assert space.valid({**base, "fwd_mode": "split", "split_state": "input"}) is None
-    assert "split_state" in space.valid({**base, "split_state": "input"})
+    assert "split_state" in space.valid({**base, "fwd_mode": "fused", "split_state": "input"})
