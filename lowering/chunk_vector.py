@@ -39,7 +39,12 @@ flash-linear-attention's chunk_gla 0.85 / 3.70 and chunk_rwkv6 1.07 / 4.31. Not 
 the dq/dk kernel is still ~5.5 ms of the backward (its per-sub-chunk products are fp32
 elementwise tiles, not tensor-core products), ``chunk_fwd_o`` ~1.3 ms. On 2026-11-24, with the
 tuned KEY tiles and ``fwd_mode="pairs"``, the ops: gla fwd 0.99 ms, fwd+bwd 4.73 (FLA's fwd
-0.85); rwkv6 fwd 1.71 (FLA 1.07), ``bench/results/gpu_ab_gla_fwd_run2.json``.
+0.85); rwkv6 fwd 1.71 (FLA 1.07), ``bench/results/gpu_ab_gla_fwd_run2.json``. Later that day,
+per kernel from the torch profiler (``bench/gpu_ab_gla_bwd.py``, ``bench/results/gpu_ab_gla_bwd_run{1,2}.json``):
+the split dq/dk kernels were gla's gap to FLA's fwd+bwd (intra 2.02 + inter 0.90 ms against FLA's
+intra 0.99 + inter 0.64); walking the sub-chunk's own pairs a column a step (``dqk_diag="cols"``)
+and ``dqk_BV=32`` took them to 1.04 + 0.68, the op's fwd+bwd 4.48 -> 3.32 ms (CUDA graph; FLA
+3.36 in the same script) and rwkv6's 5.41 -> 4.06 (FLA 3.98).
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ _TILES = (
 DQK_MODES = ("fused", "shared_scores", "split")
 FWD_MODES = ("fused", "split", "pairs")
 FWD_DIAGS = ("fold", "cols")  # fwd_mode="pairs": the walk over the pairs inside a sub-chunk
+DQK_DIAGS = ("cube", "cols")  # dqk_mode="split": the sub-chunk's own pairs in chunk_bwd_dqk_intra
 
 
 def supports(sig: CoreSig) -> str | None:
@@ -136,6 +142,11 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
         # 1.71 (FLA 1.07), fwd+bwd 7.35 -> 7.04. "cols" (SC steps) and 8 warps were slower
         "fwd_mode": "pairs" if sig.decay == Decay.KEY else "fused",
         "fwd_diag": "fold",
+        # dqk_mode="split": chunk_bwd_dqk_intra's own-sub-chunk pairs a [SC, BK] column / row a step
+        # instead of two [SC, SC, BK] fp32 cubes. Timed on the H100 (2026-11-24 05:17 UTC,
+        # bench/gpu_ab_gla_bwd.py, bench/results/gpu_ab_gla_bwd_run2*.json): the kernel 2.02 -> 1.04 ms
+        # (gla), 2.39 -> 1.17 (rwkv6); with dqk_BV=32 below, fwd+bwd gla 4.48 -> 3.32, rwkv6 5.41 -> 4.06
+        "dqk_diag": "cols",
         "fwd_a_stages": 3,  # chunk_fwd_a_pairs' pipeline depth (1: 0.45 ms against 0.43 at 8 warps)
         # its K-slice for the diagonal blocks: 32 timed faster than all of K on the H100 (2026-11-24
         # 02:57 UTC, bench/gpu_ab_config.py, bench/results/gpu_ab_pairs_bk_{gla,rwkv6}.json): gla
@@ -149,9 +160,10 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
         # (2026-11-24 00:15 UTC, gla at the standard shape, 118 trials, each timed config checked
         # with gradients; bench/results/tune_gla_fwd_bwd.json): 6.83 -> 4.95 ms. Chunks of 32,
         # wider K-tiles for the forward scores and dq/dk, narrower V-tiles for the backward's
-        # products, dq/dk split
+        # products, dq/dk split. dqk_BV 16 -> 32 since (same run as dqk_diag above):
+        # chunk_bwd_dqk_inter 0.90 -> 0.68 ms for gla (64: 0.71; BK 32 / 128 or 8 warps slower)
         cfg.update(chunk=32, fwd_BK=min(kp, 64), state_BK=min(kp, 32), state_warps=4, dv_BV=min(vp, 64),
-                   dqk_BK=min(kp, 64), dqk_BV=min(vp, 16), diag_BV=min(vp, 16), dqk_mode="split",
+                   dqk_BK=min(kp, 64), dqk_BV=min(vp, 32), diag_BV=min(vp, 16), dqk_mode="split",
                    da_BV=min(vp, 16), num_stages=3)  # fmt: skip
     return cfg
 
@@ -175,6 +187,8 @@ def _check_config(sig: CoreSig, cfg: dict, shape: Shape) -> str | None:
         return f"fwd_mode={cfg['fwd_mode']!r} is built for KEY decay only, not {sig.decay.name}"
     if cfg["fwd_diag"] not in FWD_DIAGS:
         return f"fwd_diag={cfg['fwd_diag']!r} must be one of {FWD_DIAGS}"
+    if cfg["dqk_diag"] not in DQK_DIAGS:
+        return f"dqk_diag={cfg['dqk_diag']!r} must be one of {DQK_DIAGS}"
     value = sig.decay in (Decay.VALUE, Decay.OUTER)
     key = sig.decay in (Decay.KEY, Decay.OUTER)
     # fp32 elements a thread holds for the [SC, SC, tile] sub-chunk products: past 128 they spill badly
@@ -188,6 +202,8 @@ def _check_config(sig: CoreSig, cfg: dict, shape: Shape) -> str | None:
     }
     if cfg["dqk_mode"] != "fused":
         cubes["da diag"] = (cfg["diag_BV"] if value else 0, cfg["da_warps"])
+    if cfg["dqk_mode"] == "split" and cfg["dqk_diag"] == "cols":
+        del cubes["dqk apply"]  # chunk_bwd_dqk_intra walks [SC, BK] tiles instead
     for where, (tile, warps) in cubes.items():
         if sc * sc * tile / (32 * warps) > 128:
             return f"{where}: [{sc}, {sc}, {tile}] fp32 product needs > 128 registers a thread"
@@ -232,6 +248,7 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
             Param("da_warps", (4, 8)),
             Param("fwd_mode", FWD_MODES),
             Param("fwd_diag", FWD_DIAGS),
+            Param("dqk_diag", DQK_DIAGS),
             Param("fwd_a_stages", (3, 2, 1)),
             Param("pairs_BK", blocks),
             Param("num_stages", (2, 1, 3)),

@@ -273,7 +273,8 @@ def bwd_dqk_split(P: Plan, q, k, v, do, gk_cum, gv_cum, hs, dhs):
         nk = cdiv(P.K, cfg["dqk_BK"])
         P.kernels.chunk_bwd_dqk_intra[(P.TC * (C // SC), nk, P.H)](
             q, k, gk_cum, da, dat, ddg, dqa, dka, xa, xqa, P.cu, P.chunk_seq, P.chunk_loc, P.scale,
-            H=P.H, K=P.K, C=C, SC=SC, BK=cfg["dqk_BK"], STORE_XQ=before, PREC=cfg["fp32_dot"],
+            H=P.H, K=P.K, C=C, SC=SC, BK=cfg["dqk_BK"], STORE_XQ=before, DIAG_COLS=cfg["dqk_diag"] == "cols",
+            PREC=cfg["fp32_dot"],
             num_warps=cfg["dqk_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
         P.kernels.chunk_bwd_dqk_inter[(nk, P.TC, P.H)](

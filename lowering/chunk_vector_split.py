@@ -7,7 +7,7 @@ Why: the other modes walk a chunk's sub-chunks inside one program that also hold
 terms and the chunk-wide gate-gradient sums, and sit at the 255-register cap with spills on sm_90
 (``bench/gpu_check_chunk_vector.py --aot``); the dq/dk kernel was 20.6 of gla's 30.5 ms backward
 at 64K tokens on the H100. flash-linear-attention splits the same work the way this mode does
-(intra per sub-chunk, inter per chunk). Untimed so far: in the search space, not a default.
+(intra per sub-chunk, inter per chunk). The KEY-decay default since the tuning of 2026-11-24.
 
 How it is parallelised, after ``chunk_bwd_da`` (the V-wide scores to scratch, as in
 ``shared_scores``):
@@ -18,6 +18,14 @@ How it is parallelised, after ``chunk_bwd_da`` (the V-wide scores to scratch, as
    fp32 scratch: ``dqa = dq_intra + dq_zs``, ``dka = dk_intra + dk_zs``, and the intra part of the
    gate gradient's summand, ``xa = q dq_intra - k dk_intra`` (``xqa = q dq_intra`` as well when the
    read-out comes before the update);
+   the sub-chunk's own pairs by ``dqk_diag``: ``"cols"`` (default) walks them in SC steps of
+   ``[SC, BK]`` tiles, step ``c`` adding key ``c``'s column of dq's pairs and query ``c``'s row of
+   dk's (rows loaded from the cache, as flash-linear-attention's ``chunk_gla_bwd_kernel_intra``
+   walks its sub-chunk), ``"cube"`` forms two ``[SC, SC, BK]`` fp32 cubes (``diag_apply``). The
+   exponentials are the same count; the cubes hold 128 fp32 registers a thread at BK=64 and 4
+   warps. Timed on the H100 (gla, B=4 T=4096 H=16 K=V=128 bf16, ``bench/gpu_ab_gla_bwd.py``,
+   ``bench/results/gpu_ab_gla_bwd_run2.json``): the kernel 2.02 ms with cubes, 1.04 with
+   columns (FLA's ``chunk_gla_bwd_kernel_intra`` 0.99, run 1); rwkv6 2.39 -> 1.17;
 2. ``chunk_bwd_dqk_inter`` — one program per (K-block, chunk, head): the state terms for the whole
    chunk as ``[C, V] x [V, BK]`` products (``do h^T``, ``v dh^T``), then dq, dk and the key
    log-decay gradient as one chunk-wide reverse cumulative sum,
@@ -73,6 +81,26 @@ o_s = tl.arange(0, SC)
 base = (i_c.to(tl.int64) * H + i_h) * C  # first scratch row of this (chunk, head)
 """
 
+# the sub-chunk's own pairs (dqk_diag): "cols" walks them one step a program-wide [SC, BK] tile,
+# step c taking key c's column of dq's pairs and query c's row of dk's, both reading one pair
+# decay exp(bkq_i - bk_j) per element (clamped at 0: exact on causal pairs, which are the only
+# nonzero scores in ddg); "cube" forms the [SC, SC, BK] fp32 cubes of diag_apply
+_INTRA_DIAG = """
+if DIAG_COLS:
+    for c in range(0, SC):
+        s_col = tl.load(ddg + (base + rows_i) * SC + c)  # [SC] da_dg[:, c]
+        s_row = tl.load(ddg + (base + I * SC + c) * SC + o_s)  # [SC] da_dg[c, :]
+        k_c = load_row(k, bos, I * SC + c, L, offs_k, i_h, H, K)  # [BK]
+        bk_c = load_row(gk_cum, bos, I * SC + c, L, offs_k, i_h, H, K)  # [BK]
+        q_c = load_row(q, bos, I * SC + c, L, offs_k, i_h, H, K) * scale  # [BK]
+        bkq_c = load_row(gk_cum, bos, I * SC + c - QSHIFT, L, offs_k, i_h, H, K)  # [BK]
+        b_dq += s_col[:, None] * k_c[None, :] * tl.exp(tl.minimum(bkqi - bk_c[None, :], 0.0))
+        b_dki += s_row[:, None] * q_c[None, :] * tl.exp(tl.minimum(bkq_c[None, :] - bki, 0.0))
+else:
+    b_dq += diag_apply(da_dg, b_ki, bkqi, bki)
+    b_dki += diag_apply(tl.trans(da_dg), b_qi, -bki, -bkqi)
+"""
+
 _INTRA_BODY = (
     """
 rows_i = I * SC + o_s
@@ -80,7 +108,8 @@ last_i = tl.minimum(I * SC + SC, L) - 1  # the sub-chunk's last valid row
 """
     + SCRATCH_SCORES.strip("\n")
     + KEY_ROWS
-    + key_intra().strip("\n")
+    + key_intra(diag=False).strip("\n")
+    + _INTRA_DIAG
     + ZERO_STEP_QK
     + """xq = b_qi * b_dq
 store_rows(dqa, b_dq + dq_zs, bos, rows_i, L, offs_k, i_h, H, K)
@@ -129,7 +158,8 @@ BWD_DQK_SPLIT = f'''
 @triton.jit
 def chunk_bwd_dqk_intra(q, k, gk_cum, da, dat, ddg, dqa, dka, xa, xqa, cu, chunk_seq, chunk_loc, scale,
                         H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, SC: tl.constexpr,
-                        BK: tl.constexpr, STORE_XQ: tl.constexpr, PREC: tl.constexpr):
+                        BK: tl.constexpr, STORE_XQ: tl.constexpr, DIAG_COLS: tl.constexpr,
+                        PREC: tl.constexpr):
     """dq, dk from pairs inside the chunk, for one sub-chunk's rows. Grid (chunks * C/SC, K-blocks, H).
 
     Writes fp32 scratch: dqa (intra dq + zero-step), dka (intra dk + zero-step), xa = q dqa' - k dka'

@@ -389,11 +389,24 @@ dk_zs = dat_zs[:, None] * load_rows(q, bos, rows_i + QSHIFT, L, offs_k, i_h, H, 
 """
 
 
-def key_intra(dq_start: str = "") -> str:
+def key_intra(dq_start: str = "", diag: bool = True) -> str:
     """Key decay: sub-chunk I's dq (``b_dq``) and dk (``b_dki``) from pairs inside the chunk, with
     the gates rebased on the sub-chunk's first query (dq) and last key (dk) around the
     tensor-core products, and the sub-chunk itself elementwise. ``dq_start`` (text ending in
-    ``+ ``) is what ``b_dq`` starts from: the state term, where the same program has it."""
+    ``+ ``) is what ``b_dq`` starts from: the state term, where the same program has it.
+    ``diag=False`` leaves out the sub-chunk's own pairs (the caller adds them its own way)."""
+    cube = (
+        """
+b_dq += diag_apply(da_dg, b_ki, bkqi, bki)"""
+        if diag
+        else ""
+    )
+    cube_t = (
+        """
+b_dki += diag_apply(tl.trans(da_dg), b_qi, -bki, -bkqi)"""
+        if diag
+        else ""
+    )
     return f"""
 bkqi = load_rows(gk_cum, bos, rows_i - QSHIFT, L, offs_k, i_h, H, K)  # [SC, BK]
 bki = load_rows(gk_cum, bos, rows_i, L, offs_k, i_h, H, K)  # [SC, BK]
@@ -402,11 +415,9 @@ bk = load_rows(gk_cum, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
 ref = load_row(gk_cum, bos, I * SC - QSHIFT, L, offs_k, i_h, H, K)  # [BK] first query of the sub-chunk
 ref_t = load_row(gk_cum, bos, last_i, L, offs_k, i_h, H, K)  # [BK] last key of the sub-chunk
 k_r = (b_k * tl.exp(tl.minimum(ref[None, :] - bk, 0.0))).to(DT)
-b_dq = {dq_start}tl.exp(tl.minimum(bkqi - ref[None, :], 0.0)) * tl.dot(da_off.to(DT), k_r, input_precision=PREC)
-b_dq += diag_apply(da_dg, b_ki, bkqi, bki)
+b_dq = {dq_start}tl.exp(tl.minimum(bkqi - ref[None, :], 0.0)) * tl.dot(da_off.to(DT), k_r, input_precision=PREC){cube}
 q_r = (b_q * tl.exp(tl.minimum(bkq - ref_t[None, :], 0.0))).to(DT)
-b_dki = tl.exp(tl.minimum(ref_t[None, :] - bki, 0.0)) * tl.dot(dat_off.to(DT), q_r, input_precision=PREC)
-b_dki += diag_apply(tl.trans(da_dg), b_qi, -bki, -bkqi)
+b_dki = tl.exp(tl.minimum(ref_t[None, :] - bki, 0.0)) * tl.dot(dat_off.to(DT), q_r, input_precision=PREC){cube_t}
 """
 
 

@@ -254,6 +254,28 @@ def test_dqk_modes_varlen(name, mode, seed):
     _compare(sig, x, {**COARSE, **(SHARED if mode == "shared" else SPLIT)})
 
 
+def test_split_diag_cube_matches_reference():
+    """dqk_diag="cube" (the default is "cols", which the split tests above run): the sub-chunk's
+    own pairs as [SC, SC, BK] fp32 cubes in chunk_bwd_dqk_intra; the read-out before the update
+    with partial K blocks and a partial last chunk, then the one after it on packed sequences of
+    lengths 0, 1, 5, 31; poisoned scratch throughout."""
+    cube = {**SPLIT, "dqk_diag": "cube"}
+    sig = SIGS["key_before"]
+    _compare(sig, random_core_inputs(sig, B=2, T=67, H=2, K=24, V=40, seed=35, requires_grad=True),
+             {**FINE, **cube})  # fmt: skip
+    sig = SIGS["key"]
+    cu = torch.tensor([0, 0, 1, 6, 37], dtype=torch.int32)
+    x = random_core_inputs(sig, T=37, H=2, K=24, V=40, cu_seqlens=cu, seed=36, requires_grad=True)
+    _compare(sig, x, {**COARSE, **cube})
+    shape = Shape(4, 4096, 16, 128, 128)
+    space = chunk_vector.search_space(sig, shape)
+    assert space.valid({**chunk_vector.default_config(sig, shape), "dqk_diag": "cube"}) is None
+    assert "dqk_diag" in space.valid({**chunk_vector.default_config(sig, shape), "dqk_diag": "rows"})
+    # only the cube counts against the register budget of [SC, SC, BK] products
+    wide = {**chunk_vector.default_config(sig, shape), "dqk_BK": 128}
+    assert space.valid(wide) is None and "dqk apply" in space.valid({**wide, "dqk_diag": "cube"})
+
+
 def test_split_is_for_key_decay_only():
     shape = Shape(4, 4096, 16, 128, 128)
     key = SIGS["key"]
