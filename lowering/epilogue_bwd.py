@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 
 import torch
 from scandsl.lowering import epilogue
@@ -176,7 +177,7 @@ def _local(p: _Program, n: Node, g: str) -> list[tuple[Node, str]]:
 def adjoints(output: Node, scaled: frozenset = frozenset()) -> tuple[list[str], dict[int, str]]:
     """The backward body's lines and each leaf's adjoint (by leaf index; absent when no path
     reaches it), with the output's gradient as ``go``. The lines compute every leaf's adjoint;
-    Triton drops what no store reads."""
+    :func:`backward_plan` keeps those a set of gradients needs."""
     leaves = epilogue.plan(output)
     assert leaves is not None
     p = _Program(leaves, scaled)
@@ -230,24 +231,48 @@ def _store(i: int, lf: epilogue._Leaf, g: str, scaled: bool) -> str:
     return f"tl.store({d} + i_r * H + i_h, {part})"
 
 
-def generate_backward_source(output: Node, stored: frozenset[int], scaled: frozenset = frozenset()) -> str:
-    """Triton source of the backward kernel for ``output``: the gradients of the leaves in
-    ``stored`` (indices into :func:`epilogue.plan`'s leaves) written to ``d{i}``."""
+_NAME = re.compile(r"\b[xeg]\d+\b")
+
+
+@functools.lru_cache(maxsize=256)
+def backward_plan(
+    output: Node, stored: frozenset[int], scaled: frozenset = frozenset()
+) -> tuple[tuple[str, ...], tuple[str, ...], frozenset[int]]:
+    """For the gradients of the leaves in ``stored`` (indices into :func:`epilogue.plan`'s
+    leaves): the body lines they need (the rest of :func:`adjoints` dropped), their stores, and
+    the leaves whose values those lines read (what the forward saves for the backward)."""
     leaves = epilogue.plan(output)
     assert leaves is not None
     lines, adj = adjoints(output, scaled)
-    w = output.axes[0]
-    axes = epilogue.axes_of(output, leaves)
-    go = (
-        f"go = tl.load(go_p + b[:, None] * go_sb + t[:, None] * go_st + i_h * go_sh + o_{w}[None, :] * go_sd, "
-        f"mask=m_r[:, None] & m_{w}[None, :], other=0.0).to(tl.float32)  # the output's gradient"
-    )
     stores = []
     for i in sorted(stored):
         g = adj.get(i)
         if g is None:  # no path from the output: a zero gradient
             g = "tl.zeros([BR, 1], dtype=tl.float32)"
         stores.append(_store(i, leaves[i], g, leaves[i].node in scaled))
+    live = {n for st in stores for n in _NAME.findall(st)}
+    kept = []
+    for line in reversed(lines):  # every line defines one name before " = "
+        name, expr = line.split(" = ", 1)
+        if name in live:
+            kept.append(line)
+            live |= set(_NAME.findall(expr.split("  #")[0]))
+    reads = frozenset(int(n[1:]) for n in live if n.startswith("x"))
+    return tuple(reversed(kept)), tuple(stores), reads
+
+
+def generate_backward_source(output: Node, stored: frozenset[int], scaled: frozenset = frozenset()) -> str:
+    """Triton source of the backward kernel for ``output``: the gradients of the leaves in
+    ``stored`` (indices into :func:`epilogue.plan`'s leaves) written to ``d{i}``."""
+    leaves = epilogue.plan(output)
+    assert leaves is not None
+    lines, stores, _ = backward_plan(output, stored, scaled)
+    w = output.axes[0]
+    axes = epilogue.axes_of(output, leaves)
+    go = (
+        f"go = tl.load(go_p + b[:, None] * go_sb + t[:, None] * go_st + i_h * go_sh + o_{w}[None, :] * go_sd, "
+        f"mask=m_r[:, None] & m_{w}[None, :], other=0.0).to(tl.float32)  # the output's gradient"
+    )
     grads = [f"d{i}" for i in sorted(stored)]
     sizes = [f"N{ax}: tl.constexpr, B{ax}: tl.constexpr" for ax in axes]
     body = "\n    ".join([go, *lines, *stores])
@@ -276,70 +301,89 @@ def _kernel(output: Node, stored: frozenset[int], scaled: frozenset):
     return load_source(src, name="epilogue_bwd_" + "_".join(parts) + "_" + tag).epilogue_bwd_kernel
 
 
+def stored_leaves(output: Node, needs: tuple[bool, ...], scaled: frozenset) -> frozenset[int]:
+    """The leaves whose gradients the backward kernel writes: needed, and not the output's own."""
+    same = identity_leaves(output, scaled)
+    return frozenset(i for i, need in enumerate(needs) if need and i not in same)
+
+
 def backward(
     output: Node,
-    tensors: list[torch.Tensor],
+    tensors: list[torch.Tensor | None],
+    metas: list[tuple[torch.Size, torch.dtype]],
     needs: tuple[bool, ...],
     scaled: frozenset,
     scale: float,
     sizes,
     grad_out: torch.Tensor,
 ) -> list[torch.Tensor | None]:
-    """Each leaf's gradient (``None`` where ``needs`` says none), shaped and typed like the leaf."""
+    """Each leaf's gradient (``None`` where ``needs`` says none), shaped and typed as ``metas``
+    says (the leaf's shape and dtype). ``tensors`` holds the leaves the backward reads
+    (:func:`backward_plan`), ``None`` for the others."""
     leaves = epilogue.plan(output)
     assert leaves is not None
-    B, T, H = epilogue.lead(leaves, tensors)
+    B, T, H = grad_out.shape[:3]
     n_prog = cdiv(B * T, epilogue.BR)
-    same = identity_leaves(output, scaled)
+    stored = stored_leaves(output, needs, scaled)
     grads: list[torch.Tensor | None] = [None] * len(leaves)
-    stored, bufs = [], []
-    for i, (lf, t, need) in enumerate(zip(leaves, tensors, needs)):
+    bufs = []
+    for i, (lf, (_, dtype), need) in enumerate(zip(leaves, metas, needs)):
         if not need:
             continue
-        if i in same:
-            grads[i] = grad_out.to(t.dtype)
+        if i not in stored:  # the output's gradient itself
+            grads[i] = grad_out.to(dtype)
             continue
         width = (sizes[lf.axis],) if lf.axis else ()
         if lf.per_step:
-            buf = epilogue.empty((B, T, H, *width), t.dtype, t.device)
+            buf = epilogue.empty((B, T, H, *width), dtype, grad_out.device)
         else:
-            buf = epilogue.empty((n_prog, H, *width), torch.float32, t.device)
-        stored.append(i)
+            buf = epilogue.empty((n_prog, H, *width), torch.float32, grad_out.device)
         bufs.append(buf)
         grads[i] = buf
     if stored:
-        kernel = _kernel(output, frozenset(stored), scaled)
+        kernel = _kernel(output, stored, scaled)
         g = grad_out
+        # a leaf the kernel does not read gets the output's gradient as a stand-in pointer
+        ptrs = [g if t is None else t for t in tensors]
         kernel[(n_prog, H)](
             g, g.stride(0), g.stride(1), g.stride(2), g.stride(3),
-            *epilogue.launch_args(leaves, tensors), *bufs,
+            *epilogue.launch_args(leaves, ptrs), *bufs,
             scale, B * T, T, H=H, BR=epilogue.BR, num_warps=NUM_WARPS, **epilogue.launch_meta(output, leaves, sizes),
         )  # fmt: skip
     for i in stored:
-        lf, t, buf = leaves[i], tensors[i], grads[i]
+        lf, (shape, dtype), buf = leaves[i], metas[i], grads[i]
         assert buf is not None
         if not lf.per_step:  # the programs' partial sums, then the leaf's own shape
-            grads[i] = buf.sum(0).reshape(t.shape).to(t.dtype)
-        elif buf.shape != t.shape:
-            grads[i] = buf.reshape(t.shape)
+            grads[i] = buf.sum(0).reshape(shape).to(dtype)
+        elif buf.shape != shape:
+            grads[i] = buf.reshape(shape)
     return grads
 
 
 class EpilogueFunction(torch.autograd.Function):
-    """The output expression with the fused forward and the generated backward."""
+    """The output expression with the fused forward and the generated backward; it saves only
+    the leaves the backward reads (not the core read-out of ``o + D ⊙ x``, whose gradient is
+    the output's: that read-out is freed as PyTorch's ``add`` would let it be)."""
 
     @staticmethod
     def forward(ctx, output, scaled, scale, sizes, out_dtype, *tensors):
         ctx.output, ctx.scaled, ctx.scale, ctx.sizes = output, scaled, scale, sizes
-        ctx.save_for_backward(*tensors)
+        ctx.needs = tuple(ctx.needs_input_grad[5:])
+        stored = stored_leaves(output, ctx.needs, scaled)
+        ctx.reads = sorted(backward_plan(output, stored, scaled)[2]) if stored else []
+        ctx.metas = [(t.shape, t.dtype) for t in tensors]
+        ctx.save_for_backward(*(tensors[i] for i in ctx.reads))
         return epilogue.forward(output, list(tensors), scaled, scale, sizes, out_dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        tensors = list(ctx.saved_tensors)
-        needs = tuple(ctx.needs_input_grad[5:])
-        grads = backward(ctx.output, tensors, needs, ctx.scaled, ctx.scale, ctx.sizes, grad_out)
+        tensors: list[torch.Tensor | None] = [None] * len(ctx.metas)
+        for i, t in zip(ctx.reads, ctx.saved_tensors):
+            tensors[i] = t
+        grads = backward(
+            ctx.output, tensors, ctx.metas, ctx.needs, ctx.scaled, ctx.scale, ctx.sizes, grad_out
+        )
         return (None, None, None, None, None, *grads)
 
 

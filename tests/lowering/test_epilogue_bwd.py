@@ -21,7 +21,7 @@ from scandsl.bench._inputs import make_op_inputs, op_spec  # noqa: E402
 from scandsl.lowering import epilogue, epilogue_bwd  # noqa: E402
 
 from scandsl._core import Shape  # noqa: E402
-from scandsl._expr import Const, Dot, Input, MatVec, Op, Outer, evaluate  # noqa: E402
+from scandsl._expr import Const, Dot, Input, MatVec, Op, Outer, Read, evaluate  # noqa: E402
 from scandsl.testing import TOLERANCES, assert_close  # noqa: E402
 
 FUSED = ["mamba", "s4", "mlstm", "gated_rfa", "rwkv6"]
@@ -155,3 +155,35 @@ def test_backward_source_reads_only_what_it_needs():
     assert f"x{read} = tl.load" not in src and f"d{read}" not in src
     assert "def epilogue_bwd_kernel(" in src and "tl.sum(tl.where(m_r[:, None]" in src
     compile(src, "epilogue_bwd", "exec")
+
+
+def test_only_needed_gradients_and_saved_values():
+    """Gradients for a subset of the leaves (the kernel's other pointers are stand-ins), and the
+    forward saves only what the backward reads: for ``o + D ⊙ x`` not the read-out ``o``."""
+    V = ("V",)
+    read, D, x = Read("S", "new", Input("q", ("K",)), V), Input("D", V, False), Input("x", V)
+    out = Op("add", (read, Op("mul", (D, x), V)), V)
+    gen = torch.Generator().manual_seed(2)
+    o, d, xv = (
+        torch.randn(2, 7, 3, 40, generator=gen),
+        torch.randn(3, 40, generator=gen),
+        torch.randn(2, 7, 3, 40, generator=gen),
+    )
+    for needs, n_saved in [(("o", "D", "x"), 2), (("D",), 1), (("x",), 1), (("o",), 0)]:
+        t = {"o": o.clone(), "D": d.clone()[None, None], "x": xv.clone()}
+        for k in needs:
+            t[k].requires_grad_()
+        saved: list[torch.Tensor] = []
+        with torch.autograd.graph.saved_tensors_hooks(
+            lambda v, saved=saved: saved.append(v) or v, lambda v: v
+        ):
+            got = epilogue_bwd.apply(
+                out, {read: t["o"], D: t["D"], x: t["x"]}, {}, {"K": 8, "V": 40}, torch.float32
+            )
+        assert not any(v is t["o"] for v in saved), "the read-out was saved for the backward"
+        assert len(saved) == n_saved, needs  # dD reads x, dx reads D
+        g = torch.randn(got.shape, generator=gen)
+        grads = torch.autograd.grad(got, [t[k] for k in needs], g)
+        want = {"o": g, "D": (g * xv).sum((0, 1), keepdim=True), "x": g * d}
+        for k, gk in zip(needs, grads):
+            assert_close(gk, want[k], 1e-6, f"d{k}")
