@@ -54,8 +54,19 @@ more than it (``channel`` without checkpoints: 16 vs 0 bytes of spill stack).
 Measured (H100, Mamba-1 shape B=4 T=4096 2048 channels N=16, bf16): the channel forward kernel
 0.314 ms at the default tiles (4.7x its 0.067 ms memory floor; each program's span from the
 global timer, ``bench/gpu_diagnose.py --only scan_place``, 2026-11-23; mamba_ssm's CUDA scan
-0.565 ms in design.md); the op (with its PyTorch pre- and post-passes) 0.83 / 4.60 ms forward /
-forward+backward, S4 0.57 / 2.80 (``bench/results/bench-scan.json``, host-bound forwards).
+0.565 ms in design.md). 2026-11-24, torch profiler (``bench/gpu_ab_scan.py``, results
+``bench/results/gpu_ab_scan_run*.json``): the op's forward is this kernel (0.327 ms, 0.319 with
+k and q moved between layouts in bf16, ``scan_slots.late_kq``), the fused epilogue ``o + D ⊙ x``
+(0.066 ms: it re-reads o and x) and two small kernels for ``A = -exp(A_log)`` (0.007 ms);
+0.403 -> 0.395 ms graph-timed. Where the kernel's time goes (sm_90 build, one 32-step block of
+a one-warp program, 128 state elements a thread): ~1430 instructions, of which 128 MUFU.EX2 and
+~5 a state element are the recurrence's own (gate argument, exp2, U, FMA, read-out); the rest
+moves per-step operands between layouts (shared memory), converts bf16 and reduces the read-out
+over the 4 K-lanes (shuffles). 8 one-warp programs an SM (all 1024 fit at once), so time tracks
+the instruction count: sending exp2s to the FMA pipe (a polynomial, 10 instructions for one
+MUFU op) ran slower at every share (1/8: 0.363, 1/4: 0.375, all: 0.590 ms), and so did
+computing the next block's gates ahead (BT=16: 0.440). The MUFU bound of the 537M exp2s is
+~0.145 ms. Forward+backward of the op 3.70 ms (``bench/results/gpu_bench_scan_run1.json``).
 
 Kernel source: :mod:`scandsl.lowering.scan_source` (templates) and
 :mod:`scandsl.lowering.scan_slots` (what each signature changes).
@@ -174,9 +185,6 @@ def _check_config(cfg: dict, shape: Shape) -> str | None:
                 f"a [{prefix}BT, {prefix}BK, {prefix}BV] tile is {per_thread:.0f} fp32 values "
                 f"a thread (> {_TILE_PER_THREAD[prefix]})"
             )
-    n = cfg.get("exp2_fma", 0)
-    if n and (n & (n - 1) or n > cfg["BT"]):
-        return f"exp2_fma={n}: expected 0 or a power of two <= BT={cfg['BT']} (every n-th step of a block)"
     mode, L = cfg.get("fwd_mode", "walk"), cfg.get("split_L", _SPLIT_L)
     if mode not in _FWD_MODES:
         return f"fwd_mode={mode!r}: expected one of {_FWD_MODES}"
@@ -294,7 +302,6 @@ class _ScanFunction(torch.autograd.Function):
             H=H, K=K, V=V, BT=cfg["BT"], BK=cfg["BK"], BV=cfg["BV"], CT=cfg["bwd_BT"],
             USE_H0=h0 is not None, STORE_HT=output_final_state, SAVE_CKPT=save,
             IS_VARLEN=cu_seqlens is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-            EXP2_FMA=cfg.get("exp2_fma", 0),
         )  # fmt: skip
         if cfg.get("fwd_mode", "walk") == "split":
             _forward_split(mod, sig, cfg, args, scale, meta, B, T, N, NK, NV)

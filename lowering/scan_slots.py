@@ -25,6 +25,7 @@ from scandsl._core import CoreSig, Decay, Readout
 
 __all__ = [
     "RowLoad",
+    "late_kq",
     "row_loads",
     "static_loads",
     "decay",
@@ -61,6 +62,7 @@ class RowLoad:
     width: str | None
     rows: str = "t"
     scaled: bool = False
+    late: bool = False
 
     def emit(self, rows: str, mask: str, mask1: str, first: str, block: str) -> str:
         """``n_<name> = tl.load(...)`` for the block whose rows/masks are named by the arguments."""
@@ -79,6 +81,9 @@ class RowLoad:
         )
 
     def take(self) -> str:
+        """``b_<name>`` in fp32, or, ``late``, still in the storage dtype (the slot converts it)."""
+        if self.late:
+            return f"b_{self.name} = n_{self.name}  # [BT, B{self.width}], storage dtype: converted after its broadcast"
         scale = " * scale" if self.scaled else ""
         shape = {"t": "[BT, B{w}]", "t+1": "[BT, B{w}], step t+1", "t0": "[B{w}], step t0"}[self.rows]
         shape = shape.format(w=self.width or "")
@@ -100,13 +105,28 @@ def _gate_loads(sig: CoreSig, suffix: str, rows: str) -> list[RowLoad]:
     return out
 
 
+def late_kq(sig: CoreSig) -> bool:
+    """Whether the forward converts per-step k and q (AFTER read-out) to fp32 after broadcasting
+    them over the state tile instead of before.
+
+    The per-channel tiles (lanes 8 V x 4 K, time and 4 K in each thread) hand each thread 4 k and
+    4 q values a step that the load layout spread over other lanes: the move between layouts goes
+    through shared memory, in fp32 when converted first. Moving them in bf16 halves those bytes
+    (sm_90 build: 32 instead of 64 LDS.128 a 32-step block, no spill) for 4x the conversions; on
+    the H100 the scan kernel ran 0.319 vs 0.327 ms at the Mamba-1 shape
+    (``bench/results/gpu_ab_scan_run1.json``). Other decays keep their measured form.
+    """
+    return sig.decay is Decay.CHANNEL and not sig.decay_static
+
+
 def row_loads(sig: CoreSig, kernel: str, value_gated: bool = False) -> list[RowLoad]:
     """Every per-block operand the ``kernel`` reads: ``"fwd"``, ``"bwd"``, or ``"totals"`` (the
     split forward's pass 1, which reads no query); with ``value_gated`` the value's second
     factor ``vg`` too."""
     loads = [RowLoad("v", "v", "V")] + ([RowLoad("vg", "vg", "V")] if value_gated else [])
+    late = kernel != "bwd" and late_kq(sig)
     if not sig.key_static:
-        loads.append(RowLoad("k", "k", "K"))
+        loads.append(RowLoad("k", "k", "K", late=late))
     loads += _gate_loads(sig, "", "t")
     after = sig.readout is Readout.AFTER
     if kernel == "bwd":
@@ -121,7 +141,7 @@ def row_loads(sig: CoreSig, kernel: str, value_gated: bool = False) -> list[RowL
         # thread holding most of K): fewer multiplies a block
         scaled = kernel == "bwd"
         if after:
-            loads.append(RowLoad("q", "q", "K", "t", scaled=scaled))
+            loads.append(RowLoad("q", "q", "K", "t", scaled=scaled, late=late))
         else:
             loads += [
                 RowLoad("q1", "q", "K", "t+1", scaled=scaled),
@@ -162,21 +182,9 @@ def static_loads(sig: CoreSig, readout: bool = True) -> str:
     return "\n".join(lines) or "pass  # no time-invariant operands"
 
 
-def decay(sig: CoreSig, suffix: str, mask: str, fma_rows: bool = False) -> str:
-    """``b_a{suffix} = Λ`` as a ``[BT, BK, BV]`` tile from the loaded log-gates (log 0 on masked rows).
-
-    ``fma_rows`` (forward kernels, per-step per-channel gate): with the constexpr ``EXP2_FMA = n``
-    the last step of every ``n`` in a block takes its ``exp2`` from ``exp2_fma`` (the FMA pipe),
-    the others from the MUFU; ``n = 0``: all from the MUFU. The time axis sits in one thread, so
-    each register's step is known when compiling and the ``where`` keeps one of the two.
-    """
+def decay(sig: CoreSig, suffix: str, mask: str) -> str:
+    """``b_a{suffix} = Λ`` as a ``[BT, BK, BV]`` tile from the loaded log-gates (log 0 on masked rows)."""
     out, s, d = f"b_a{suffix}", suffix, sig.decay
-    if fma_rows and d is Decay.CHANNEL and not sig.decay_static:
-        x = f"b_x = b_gv{s}[:, None, :] * b_A2[None, :, :]  # [BT, BK, BV], log2 Λ_t"
-        split = (
-            f"{out} = tl.where((o_t % EXP2_FMA == EXP2_FMA - 1)[:, None, None], exp2_fma(b_x), tl.exp2(b_x))"
-        )
-        return "\n".join([x, "if EXP2_FMA > 0:", f"    {split}", "else:", f"    {out} = tl.exp2(b_x)"])
     if d is Decay.NONE:
         return f"{out} = tl.full({_FULL}, 1.0, tl.float32)"
     if d is Decay.CHANNEL and sig.decay_static:
@@ -192,13 +200,15 @@ def decay(sig: CoreSig, suffix: str, mask: str, fma_rows: bool = False) -> str:
     return f"{out} = {expr}  # [BT, BK, BV]"
 
 
-def step_input(sig: CoreSig, value_gated: bool = False) -> str:
+def step_input(sig: CoreSig, value_gated: bool = False, late: bool = False) -> str:
     """``b_u = U_t`` on the block's rows (padded rows load 0); ``b_w`` is the value, ``v ⊙ vg``
-    when ``value_gated`` (the backward keeps both factors for their gradients)."""
+    when ``value_gated`` (the backward keeps both factors for their gradients); ``late``: ``b_k``
+    arrives in its storage dtype (:func:`late_kq`)."""
     w = "b_w = b_v * b_vg  # [BT, BV], the value v_t ⊙ vg_t\n" if value_gated else "b_w = b_v\n"
     if sig.key_static:
         return w + "b_u = b_kS[None, :, :] * b_w[:, None, :]  # [BT, BK, BV], U_t[v, k] = w_t[v] B[v, k]"
-    return w + "b_u = b_k[:, :, None] * b_w[:, None, :]  # [BT, BK, BV], U_t = w_t k_t^T"
+    k = "b_k[:, :, None].to(tl.float32)" if late else "b_k[:, :, None]"
+    return w + f"b_u = {k} * b_w[:, None, :]  # [BT, BK, BV], U_t = w_t k_t^T"
 
 
 def _readout(sig: CoreSig, q: str) -> str:
@@ -206,6 +216,8 @@ def _readout(sig: CoreSig, q: str) -> str:
     unscaled into the forward: the sum takes the scale)."""
     if sig.query_static:
         return "tl.sum(b_hs * b_qS[None, :, :], axis=1)"
+    if q == "b_q" and late_kq(sig):  # the AFTER query, in its storage dtype (late_kq)
+        return "tl.sum(b_hs * b_q[:, :, None].to(tl.float32), axis=1) * scale"
     return f"tl.sum(b_hs * {q}[:, :, None], axis=1) * scale"
 
 

@@ -50,26 +50,6 @@ def compose(a_first, u_first, a_then, u_then):
 
 
 @triton.jit
-def exp2_fma(x):
-    """2^x on the FMA pipe instead of the MUFU (Cody-Waite): x = j + f with j = round(x) and
-    f in [-1/2, 1/2]; 2^f by a degree-5 minimax polynomial (relative error 2e-7 in fp32), 2^j by
-    adding j to the exponent field. Kernels send some steps' gates here so that the two pipes
-    share the exponentials (the MUFU does 16 a clock per SM, the FMA pipe 128 operations)."""
-    x = tl.minimum(tl.maximum(x, -127.0), 127.0)  # 2^-127 reads as 0; keeps j in the exponent field
-    t = x + 12582912.0  # 1.5 * 2^23: round(x) lands in the low bits of t's mantissa
-    j = t - 12582912.0
-    f = x - j
-    p = 1.3264722819478021e-3 * f + 9.671513381435886e-3
-    p = p * f + 5.5507337618986186e-2
-    p = p * f + 0.24022242071897368
-    p = p * f + 0.693146977584319
-    p = p * f + 1.0
-    # t's low bits hold j in two's complement, so t << 23 is j << 23: the exponent of 2^j
-    bits = p.to(tl.int32, bitcast=True) + (t.to(tl.int32, bitcast=True) << 23)
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def sequence_bounds(i_n, T, cu_seqlens, chunk_offsets, CT: tl.constexpr, IS_VARLEN: tl.constexpr):
     """First row, length and first checkpoint (one per CT steps) of sequence ``i_n``; the split
     forward's pass 2 passes its chunk offsets and CT = L, and gets the sequence's first chunk."""
@@ -161,7 +141,6 @@ def {name}(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, CT: tl.constexpr,{chunk_const}
     USE_H0: tl.constexpr, STORE_HT: tl.constexpr, SAVE_CKPT: tl.constexpr, IS_VARLEN: tl.constexpr,
-    EXP2_FMA: tl.constexpr,
 ):
     """{doc}"""
 {program}
@@ -356,13 +335,12 @@ def generate_source(sig: CoreSig, config: dict | None = None, value_gated: bool 
     chunk_entry = "b_h = tl.load(hb + p_c + p_s, mask=m_s, other=0.0)  # S_in[c], from pass 2\n"
     walk = {"chunk_args": "", "chunk_const": "", "program": program, "first": "0", "end": "NT_n"}
 
-    # the forward kernels may send some steps' gates to the FMA pipe (EXP2_FMA); the backward
-    # computes each gate twice (Λ_t, Λ_(t+1)) and keeps the MUFU's
-    fwd_decay = _ind(slot.decay(sig, "", "m_t", fma_rows=True), 2)
+    # the forward may take k in its storage dtype (slot.late_kq); the backward converts it first
+    fwd_input = _ind(slot.step_input(sig, gate, late=slot.late_kq(sig)), 2)
 
     def fwd(name: str, loads: list[slot.RowLoad], **fields: str) -> str:
         return _FWD.format(
-            **{**common, "decay": fwd_decay, **fields},
+            **{**common, "step_input": fwd_input, **fields},
             name=name,
             doc=_FWD_DOC[name],
             prefetch_first=_prefetch(loads, fields["first"], 1),

@@ -25,7 +25,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
-from scandsl.lowering import load_strategy, scan  # noqa: E402
+from scandsl.lowering import load_strategy, scan, scan_slots  # noqa: E402
 from triton.runtime import interpreter  # noqa: E402
 
 from scandsl._core import CoreInputs, CoreSig, Decay, Readout, Shape, Transition, core_reference  # noqa: E402
@@ -277,6 +277,14 @@ def test_generated_source_is_readable():
         # pass 1 reads no query: its operands are the keys, values and gates
         totals = src[src.index("def scan_chunk_totals_kernel") : src.index("def scan_chunk_states_kernel")]
         assert "b_q" not in totals and "tl.store(o" not in totals
+        # per-step per-channel gates: the forward converts k (and an AFTER q) after broadcasting
+        # them (fewer shared-memory bytes, lowering/scan_slots.py::late_kq); the backward before
+        fwd = src[src.index("def scan_fwd_kernel") : src.index("def scan_chunk_totals_kernel")]
+        bwd = src[src.index("def scan_bwd_kernel") :]
+        late = not sig.key_static and scan_slots.late_kq(sig)
+        assert ("b_k[:, :, None].to(tl.float32)" in fwd) == late, name
+        assert ("b_q[:, :, None].to(tl.float32)" in fwd) == (late and sig.readout is Readout.AFTER), name
+        assert ".to(tl.float32)" not in bwd.split("b_u = ")[1].split("\n")[0], name
 
 
 # ---------------------------------------------------------------- split forward
@@ -447,45 +455,3 @@ def test_mamba_op_gates_its_value_in_the_kernel(monkeypatch):
     (ro * w).sum().backward()
     for n in args:
         assert_close(leaves[n].grad, ref_leaves[n].grad, 2e-3, f"d{n}")
-
-
-_exp2_fma = scan.kernels(TAXONOMY_SIGS["channel"]).exp2_fma  # the generated module's helper
-
-
-@triton.jit
-def _exp2_probe(x_ptr, out_ptr, N: tl.constexpr):
-    offs = tl.arange(0, N)
-    tl.store(out_ptr + offs, _exp2_fma(tl.load(x_ptr + offs)))
-
-
-def test_exp2_fma_accuracy():
-    """The FMA-pipe 2^x against float64: within 4e-7 relative over the range fp32 keeps normal,
-    0 from 2^-127 down, finite (not inf) above 2^127."""
-    x = torch.cat([torch.linspace(-126.0, 126.0, 8187), torch.tensor([-0.5, 0.5, -1e-8, 0.0, 1e-8])])
-    out = torch.empty_like(x)
-    _exp2_probe[(1,)](x, out, N=x.numel())
-    ref = torch.exp2(x.double())
-    assert ((out.double() - ref).abs() / ref).max() <= 4e-7
-    edge = torch.tensor([-1000.0, -128.0, 127.9, 1000.0])
-    out = torch.empty_like(edge)
-    _exp2_probe[(1,)](edge, out, N=4)
-    assert out[0] == 0 and out[1] == 0 and torch.isfinite(out[2:]).all() and out[3] > 1e38
-
-
-@pytest.mark.parametrize("every,split", [(4, False), (2, True)])
-def test_exp2_fma_steps(every: int, split: bool, split_calls):
-    """``exp2_fma = n``: every n-th step's gate from the FMA pipe, the rest from the MUFU; fp32
-    outputs, state and gradients (through the backward's own MUFU gates) as the reference, at
-    T = 37 (blocks of 8 ending inside one), walk and split, with the value gate Mamba passes."""
-    sig = TAXONOMY_SIGS["channel"]
-    x = _gated(_inputs(sig, B=1, T=37, H=1, seed=31), seed=7)
-    cfg = {**_cfg(x.K, BT=8, BV=16, bwd={"BT": 4, "BV": 16}), "exp2_fma": every}
-    _compare(sig, x, _split(cfg, 16) if split else cfg)
-    assert len(split_calls) == int(split)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(scan, "_TILE_PER_THREAD", {"": 128, "bwd_": 32})
-        shape = Shape(4, 4096, 16, 16, 128)
-        base = scan.default_config(sig, shape)
-        assert scan._check_config({**base, "exp2_fma": 8}, shape) is None
-        assert "power of two <= BT" in scan._check_config({**base, "exp2_fma": 3}, shape)
-        assert "power of two <= BT" in scan._check_config({**base, "exp2_fma": 2 * base["BT"]}, shape)
