@@ -55,18 +55,20 @@ Measured (H100, Mamba-1 shape B=4 T=4096 2048 channels N=16, bf16): the channel 
 0.314 ms at the default tiles (4.7x its 0.067 ms memory floor; each program's span from the
 global timer, ``bench/gpu_diagnose.py --only scan_place``, 2026-11-23; mamba_ssm's CUDA scan
 0.565 ms in design.md). 2026-11-24, torch profiler (``bench/gpu_ab_scan.py``, results
-``bench/results/gpu_ab_scan_run*.json``): the op's forward is this kernel (0.327 ms, 0.319 with
-k and q moved between layouts in bf16, ``scan_slots.late_kq``), the fused epilogue ``o + D ⊙ x``
-(0.066 ms: it re-reads o and x) and two small kernels for ``A = -exp(A_log)`` (0.007 ms);
-0.403 -> 0.395 ms graph-timed. Where the kernel's time goes (sm_90 build, one 32-step block of
-a one-warp program, 128 state elements a thread): ~1430 instructions, of which 128 MUFU.EX2 and
-~5 a state element are the recurrence's own (gate argument, exp2, U, FMA, read-out); the rest
-moves per-step operands between layouts (shared memory), converts bf16 and reduces the read-out
-over the 4 K-lanes (shuffles). 8 one-warp programs an SM (all 1024 fit at once), so time tracks
-the instruction count: sending exp2s to the FMA pipe (a polynomial, 10 instructions for one
-MUFU op) ran slower at every share (1/8: 0.363, 1/4: 0.375, all: 0.590 ms), and so did
-computing the next block's gates ahead (BT=16: 0.440). The MUFU bound of the 537M exp2s is
-~0.145 ms. Forward+backward of the op 3.70 ms (``bench/results/gpu_bench_scan_run1.json``).
+``bench/results/gpu_ab_scan_run*.json``): the op's forward is this kernel (0.327 / 0.329 ms in
+two runs, 0.319 / 0.318 with k and q moved between layouts in bf16, ``scan_slots.late_kq``), the
+fused epilogue ``o + D ⊙ x`` (0.066 ms: it re-reads o and x) and two small kernels for
+``A = -exp(A_log)`` (0.007 ms); 0.403 -> 0.394 ms graph-timed, 5.4x the 0.072 ms floor
+(``bench/results/gpu_bench_scan_run2.json``). Where the kernel's time goes (sm_90 build, one
+32-step block of a one-warp program, 128 state elements a thread): ~1430 instructions, of which
+128 MUFU.EX2 and ~5 a state element are the recurrence's own (gate argument, exp2, U, FMA,
+read-out); the rest moves per-step operands between layouts (shared memory), converts bf16 and
+reduces the read-out over the 4 K-lanes (shuffles). 8 one-warp programs an SM (all 1024 fit at
+once), and time tracks the instructions issued and the shared-memory traffic, not the MUFU:
+sending exp2s to the FMA pipe (a polynomial, 10 instructions for one MUFU op) ran slower at
+every share (1/8: 0.363, 1/4: 0.375, all: 0.590 ms), and so did computing the next block's gates
+ahead (BT=16: 0.440). The MUFU bound of the 537M exp2s is ~0.145 ms. Forward+backward of the op
+3.71 ms (same file).
 
 Kernel source: :mod:`scandsl.lowering.scan_source` (templates) and
 :mod:`scandsl.lowering.scan_slots` (what each signature changes).
