@@ -44,7 +44,10 @@ per kernel from the torch profiler (``bench/gpu_ab_gla_bwd.py``, ``bench/results
 the split dq/dk kernels were gla's gap to FLA's fwd+bwd (intra 2.02 + inter 0.90 ms against FLA's
 intra 0.99 + inter 0.64); walking the sub-chunk's own pairs a column a step (``dqk_diag="cols"``)
 and ``dqk_BV=32`` took them to 1.04 + 0.68, the op's fwd+bwd 4.48 -> 3.32 ms (CUDA graph; FLA
-3.36 in the same script) and rwkv6's 5.41 -> 4.06 (FLA 3.98).
+3.36 in the same script) and rwkv6's 5.41 -> 4.06 (FLA 3.98); the V-wide scores as blocks of one
+``do v^T`` a chunk (``da_scores="full"``) took 0.15 ms more off. In the suite then
+(``bench/results/bench-std{1,2}-gla-bwd.json``, before that last da_BV=64): gla 0.941 / 3.195 ms
+against FLA 0.843 / 3.353, rwkv6 1.063 / 3.919 against 1.063 / 3.965.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ DQK_MODES = ("fused", "shared_scores", "split")
 FWD_MODES = ("fused", "split", "pairs")
 FWD_DIAGS = ("fold", "cols")  # fwd_mode="pairs": the walk over the pairs inside a sub-chunk
 DQK_DIAGS = ("cube", "cols")  # dqk_mode="split": the sub-chunk's own pairs in chunk_bwd_dqk_intra
+DA_SCORES = ("blocks", "full")  # the backward's V-wide scores: per sub-chunk, or one [C, C] product (KEY)
 
 
 def supports(sig: CoreSig) -> str | None:
@@ -127,6 +131,11 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
         # now takes "split" with the tuned tiles below; VALUE / OUTER keep "fused" until timed
         "dqk_mode": "fused",
         "da_BV": min(vp, 32),
+        # "full" (KEY decay only): chunk_bwd_da_key, one do v^T product a chunk in place of
+        # chunk_bwd_da's three per sub-chunk. Timed on the H100 (2026-11-24 05:35 UTC,
+        # bench/results/gpu_ab_gla_bwd_run3.json): the score kernel 0.221 -> 0.073 ms with da_BV=64
+        # (16: 0.097, 32: 0.079); fwd+bwd gla 3.32 -> 3.16 ms, rwkv6 4.07 -> 3.90
+        "da_scores": "full" if sig.decay == Decay.KEY else "blocks",
         "da_warps": 4,
         # "split" (KEY decay): chunk_fwd_a + chunk_fwd_o_split (chunk_vector_split). Timed on the
         # H100 on 2026-11-23 (bench/results/gpu_check_chunk_vector_split.json): gla fwd 1.56 ->
@@ -164,7 +173,7 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
         # chunk_bwd_dqk_inter 0.90 -> 0.68 ms for gla (64: 0.71; BK 32 / 128 or 8 warps slower)
         cfg.update(chunk=32, fwd_BK=min(kp, 64), state_BK=min(kp, 32), state_warps=4, dv_BV=min(vp, 64),
                    dqk_BK=min(kp, 64), dqk_BV=min(vp, 32), diag_BV=min(vp, 16), dqk_mode="split",
-                   da_BV=min(vp, 16), num_stages=3)  # fmt: skip
+                   da_BV=min(vp, 64), num_stages=3)  # fmt: skip
     return cfg
 
 
@@ -189,6 +198,10 @@ def _check_config(sig: CoreSig, cfg: dict, shape: Shape) -> str | None:
         return f"fwd_diag={cfg['fwd_diag']!r} must be one of {FWD_DIAGS}"
     if cfg["dqk_diag"] not in DQK_DIAGS:
         return f"dqk_diag={cfg['dqk_diag']!r} must be one of {DQK_DIAGS}"
+    if cfg["da_scores"] not in DA_SCORES:
+        return f"da_scores={cfg['da_scores']!r} must be one of {DA_SCORES}"
+    if cfg["da_scores"] == "full" and sig.decay is not Decay.KEY:
+        return f"da_scores='full' is built for KEY decay only (no value decay), not {sig.decay.name}"
     value = sig.decay in (Decay.VALUE, Decay.OUTER)
     key = sig.decay in (Decay.KEY, Decay.OUTER)
     # fp32 elements a thread holds for the [SC, SC, tile] sub-chunk products: past 128 they spill badly
@@ -249,6 +262,7 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
             Param("fwd_mode", FWD_MODES),
             Param("fwd_diag", FWD_DIAGS),
             Param("dqk_diag", DQK_DIAGS),
+            Param("da_scores", DA_SCORES),
             Param("fwd_a_stages", (3, 2, 1)),
             Param("pairs_BK", blocks),
             Param("num_stages", (2, 1, 3)),

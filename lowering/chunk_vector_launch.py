@@ -234,6 +234,12 @@ def _scores(P: Plan, do, v, gv_cum) -> tuple[torch.Tensor, torch.Tensor, torch.T
     da = empty(P.TC, P.H, C, C, dtype=torch.float32, device=dev)
     dat = empty(P.TC, P.H, C, C, dtype=torch.float32, device=dev)
     ddg = empty(P.TC, P.H, C, SC, dtype=torch.float32, device=dev)
+    if cfg["da_scores"] == "full":  # KEY decay: blocks of one do v^T product (chunk_vector_split)
+        P.kernels.chunk_bwd_da_key[(P.TC, P.H)](
+            do, v, da, dat, ddg, P.cu, P.chunk_seq, P.chunk_loc, SC=SC, BV=cfg["da_BV"],
+            num_warps=cfg["da_warps"], num_stages=cfg["num_stages"], **P.common(),
+        )  # fmt: skip
+        return da, dat, ddg
     P.kernels.chunk_bwd_da[(P.TC, P.H)](
         do, v, _or(gv_cum, do), da, dat, ddg, P.cu, P.chunk_seq, P.chunk_loc,
         SC=SC, BV=cfg["da_BV"], BVD=cfg["diag_BV"],

@@ -15,6 +15,10 @@ at column ``i - QSHIFT`` (a cell the causal mask leaves empty); row block I of `
 ``dat_off`` (columns >= I*SC + SC) plus the zero-step score at column ``j + QSHIFT``. The value
 log-decay rebasing (``vref`` per sub-chunk) is already folded in, exactly as the fused kernel
 applies it, so the dq/dk algebra after the loads is unchanged (``key_apply``, ``key_gate_grad``).
+
+Without a value decay (KEY decay, ``da_scores="full"``, the default there) every score is a cell of
+one product ``do v^T`` a chunk, and ``chunk_bwd_da_key`` (:mod:`scandsl.lowering.chunk_vector_split`)
+writes the same layout from it: 0.07 against 0.22 ms for gla at B=4 T=4096 H=16 V=128 on the H100.
 """
 
 from __future__ import annotations

@@ -156,6 +156,38 @@ store_rows(dgk, b_dg, bos, rows_c, L, offs_k, i_h, H, K)
 BWD_DQK_SPLIT = f'''
 
 @triton.jit
+def chunk_bwd_da_key(do, v, da, dat, ddg, cu, chunk_seq, chunk_loc,
+                     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, SC: tl.constexpr,
+                     BV: tl.constexpr, PREC: tl.constexpr):
+    """chunk_bwd_da without a value decay (da_scores="full"). Grid (chunks, H).
+
+    Every score is a cell of one product d = do v^T [C, C]; its blocks go to chunk_bwd_da's
+    scratch layout: row i of da keeps the columns of earlier sub-chunks and the zero-step cell
+    i - QSHIFT, row j of dat the columns of later sub-chunks and the cell j + QSHIFT (of d^T),
+    and ddg the causal part of the row's own sub-chunk. All C rows are written.
+    """
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    bos, L, slot = chunk_coords(cu, chunk_seq, chunk_loc, i_c, C)
+    DT = do.dtype.element_ty
+    rows_c = tl.arange(0, C)
+    o_s = tl.arange(0, SC)
+    base = (i_c.to(tl.int64) * H + i_h) * C  # first scratch row of this (chunk, head)
+    d = tl.full([C, C], 0.0, dtype=tl.float32)  # d_ij = do_i . v_j
+    for v0 in range(0, V, BV):
+        offs_v = v0 + tl.arange(0, BV)
+        b_do = load_rows(do, bos, rows_c, L, offs_v, i_h, H, V).to(DT)  # [C, BV]
+        b_v = load_rows(v, bos, rows_c, L, offs_v, i_h, H, V).to(DT)  # [C, BV]
+        d += tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
+    r, c = rows_c[:, None], rows_c[None, :]
+    first = (r // SC) * SC  # the first row of each row's sub-chunk
+    offs = (base + r) * C + c
+    tl.store(da + offs, tl.where((c < first) | (c == r - QSHIFT), d, 0.0))
+    tl.store(dat + offs, tl.where((c >= first + SC) | (c == r + QSHIFT), tl.trans(d), 0.0))
+    own = tl.where((c >= first) & (c < r - QSHIFT), d, 0.0)  # [C, C], zero outside the row's sub-chunk
+    tl.store(ddg + (base + r) * SC + o_s[None, :], tl.sum(tl.reshape(own, (C, C // SC, SC)), axis=1))
+
+
+@triton.jit
 def chunk_bwd_dqk_intra(q, k, gk_cum, da, dat, ddg, dqa, dka, xa, xqa, cu, chunk_seq, chunk_loc, scale,
                         H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, SC: tl.constexpr,
                         BK: tl.constexpr, STORE_XQ: tl.constexpr, DIAG_COLS: tl.constexpr,

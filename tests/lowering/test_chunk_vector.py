@@ -255,11 +255,12 @@ def test_dqk_modes_varlen(name, mode, seed):
 
 
 def test_split_diag_cube_matches_reference():
-    """dqk_diag="cube" (the default is "cols", which the split tests above run): the sub-chunk's
-    own pairs as [SC, SC, BK] fp32 cubes in chunk_bwd_dqk_intra; the read-out before the update
+    """dqk_diag="cube" and da_scores="blocks" (the KEY defaults are "cols" and "full", which the
+    split and shared tests above run): the sub-chunk's own pairs as [SC, SC, BK] fp32 cubes in
+    chunk_bwd_dqk_intra, the scores per sub-chunk in chunk_bwd_da; the read-out before the update
     with partial K blocks and a partial last chunk, then the one after it on packed sequences of
     lengths 0, 1, 5, 31; poisoned scratch throughout."""
-    cube = {**SPLIT, "dqk_diag": "cube"}
+    cube = {**SPLIT, "dqk_diag": "cube", "da_scores": "blocks"}
     sig = SIGS["key_before"]
     _compare(sig, random_core_inputs(sig, B=2, T=67, H=2, K=24, V=40, seed=35, requires_grad=True),
              {**FINE, **cube})  # fmt: skip
@@ -271,6 +272,9 @@ def test_split_diag_cube_matches_reference():
     space = chunk_vector.search_space(sig, shape)
     assert space.valid({**chunk_vector.default_config(sig, shape), "dqk_diag": "cube"}) is None
     assert "dqk_diag" in space.valid({**chunk_vector.default_config(sig, shape), "dqk_diag": "rows"})
+    assert "KEY decay only" in chunk_vector.search_space(SIGS["outer"], shape).valid(
+        {**chunk_vector.default_config(SIGS["outer"], shape), "da_scores": "full"}
+    )
     # only the cube counts against the register budget of [SC, SC, BK] products
     wide = {**chunk_vector.default_config(sig, shape), "dqk_BK": 128}
     assert space.valid(wide) is None and "dqk apply" in space.valid({**wide, "dqk_diag": "cube"})
