@@ -142,8 +142,9 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
     0.398, BT=8 BV=32 0.82; the 1024 one-warp programs of BV=8 hide more latency than 512.
     (Earlier "2x machine dependence" of these timings was host time: the op regenerated the
     kernel source on every call, ~0.5 ms, now cached.) Other decays: untuned guesses. The
-    forward walks (``fwd_mode="walk"``): the split forward measured slower (1.03 vs 0.81 ms at
-    split_L=64, same tiles; ``bench/results/gpu_check_scan_split.json``, host-bound timings).
+    forward walks (``fwd_mode="walk"``): the split forward measured slower, 0.86-1.31 ms for
+    split_L = 512..64 vs the walk's 0.307 (same tiles, eager core calls, 2026-11-24,
+    ``bench/results/gpu_check_scan_run3.json``): its passes 1 and 3 each compute every gate.
     """
     kp, vp = pow2(shape.K), pow2(shape.V)
     if sig.decay is Decay.CHANNEL and kp <= 16:
