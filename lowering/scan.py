@@ -82,6 +82,7 @@ import torch
 from scandsl.autotune._space import Param, SearchSpace
 from scandsl.lowering._chunks import chunk_map
 from scandsl.lowering._config import config_memo
+from scandsl.lowering._partials import sum_partials
 from scandsl.lowering._source import load_source
 from scandsl.lowering._tiles import cdiv as _cdiv
 from scandsl.lowering._tiles import pow2
@@ -310,7 +311,7 @@ class _ScanFunction(torch.autograd.Function):
             _forward_split(mod, sig, cfg, args, scale, meta, B, T, N, NK, NV)
         else:
             mod.scan_fwd_kernel[(NV, NK, N * H)](*args, scale, T, R, **meta)
-        o = o[0] if NK == 1 else o.sum(0).to(out_dtype)
+        o = o[0] if NK == 1 else sum_partials(o, out_dtype)
         if save:
             ctx.save_for_backward(q, k, v, g, gk, gv, A, h0, vg, hc, cu_seqlens, chunk_offsets)
             ctx.meta = (sig, cfg, scale, [None if t is None else t.dtype for t in tensors])
@@ -353,5 +354,5 @@ class _ScanFunction(torch.autograd.Function):
                 continue
             if i == 5 and sig.decay_static:  # [NK, N, H, V] partials of a static gv [H, V]
                 part = part.flatten(0, 1)
-            grads.append(part.to(dtype) if i == 7 else part.sum(0).to(dtype))  # partials over blocks
+            grads.append(part.to(dtype) if i == 7 else sum_partials(part, dtype))  # partials over blocks
         return (None,) * 7 + tuple(grads)
