@@ -32,8 +32,8 @@ if SMOKE:
 import torch  # noqa: E402
 from scandsl.bench._anchors import ANCHORS, Opts  # noqa: E402
 from scandsl.bench._inputs import make_op_inputs, op_spec  # noqa: E402
+from scandsl.bench.gpu_ab_gla_fwd import first, use  # noqa: E402  (the default-config patch)
 from scandsl.bench.gpu_profile import kernel_ms  # noqa: E402
-from scandsl.lowering import chunk_vector  # noqa: E402
 
 from scandsl._core import Shape  # noqa: E402
 from scandsl.testing import rel_err  # noqa: E402
@@ -68,17 +68,6 @@ VARIANTS = {
     "chunk64": {"chunk": 64},
 }
 ANCHOR = {"gla": "fla.chunk_gla", "rwkv6": "fla.chunk_rwkv6"}
-_DEFAULT_CONFIG = chunk_vector.default_config
-
-
-def use(over: dict) -> None:
-    """Make ``over`` the changes every following chunk_vector call applies to its default config."""
-    chunk_vector.default_config = lambda sig, shape: {**_DEFAULT_CONFIG(sig, shape), **over}
-
-
-def first(o):
-    return o[0] if isinstance(o, tuple) else o
-
 
 def ab(op: str, shape: Shape, names: list[str], res: dict, save, fla_too: bool) -> None:
     fn, _ = op_spec(op)
