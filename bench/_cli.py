@@ -117,10 +117,13 @@ def _run(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     import json
 
-    from ._compare import compare_markdown, compare_runs
+    from ._compare import code_changed, compare_markdown, compare_runs
 
     first, second = (json.loads(Path(p).read_text()) for p in (args.first, args.second))
     rows = compare_runs(first, second)
+    changed = code_changed(first, second)
+    if changed:
+        print(f"warning: {changed}\n")
     print(compare_markdown(rows))
     outside = [r for r in rows if abs(r.get("ratio_change", r["time_change"])) > r.get("ratio_noise", r["time_noise"])]
     print(f"{len(rows) - len(outside)} of {len(rows)} repeat within the reported noise")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["compare_runs", "compare_markdown"]
+__all__ = ["compare_runs", "compare_markdown", "code_changed"]
 
 _KEY = ("case", "impl", "mode")
 
@@ -45,6 +45,18 @@ def compare_runs(first: dict[str, Any], second: dict[str, Any]) -> list[dict[str
                        ratio_noise=noise + aa.get("noise", 0.0) + ab.get("noise", 0.0))  # fmt: skip
         rows.append(row)
     return rows
+
+
+def code_changed(first: dict[str, Any], second: dict[str, Any]) -> str | None:
+    """Why the two runs timed different code (their ``env["code"]`` fingerprints differ), or None
+    (same code, or a run from before fingerprints were recorded)."""
+    a, b = (p.get("env", {}).get("code") for p in (first, second))
+    if a and b and a != b:
+        return (
+            f"the runs timed different code (fingerprints {a} and {b}): a change between them may be "
+            "the code's, not noise"
+        )
+    return None
 
 
 def _verdict(change: float, noise: float) -> str:

@@ -27,7 +27,7 @@ from ._anchors import anchor_versions
 from ._floor import Ceilings, measure_ceilings
 from ._harness import Case, Timer, run_case
 
-__all__ = ["environment", "run_part", "write_json"]
+__all__ = ["environment", "code_fingerprint", "run_part", "write_json"]
 
 
 def _driver() -> str:
@@ -39,6 +39,25 @@ def _driver() -> str:
         return out.stdout.strip().splitlines()[0]
     except (OSError, subprocess.SubprocessError, IndexError):
         return "unknown"
+
+
+_CODE_PACKAGES = ("scandsl", "scandsl.lowering", "scandsl.autotune", "scandsl.ops", "scandsl.reference")
+
+
+def code_fingerprint() -> str:
+    """A hash of the library's Python sources as they ran (the device gets the tree without
+    ``.git``): two runs with different fingerprints timed different code, so ``compare`` does not
+    read their differences as noise."""
+    import hashlib
+    import importlib
+
+    digest = hashlib.sha256()
+    for name in _CODE_PACKAGES:
+        root = Path(importlib.import_module(name).__file__ or "").parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(f"{name}/{path.relative_to(root).as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -63,6 +82,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "scandsl": scandsl.__version__,
         "anchors": anchor_versions(),
+        "code": code_fingerprint(),
     }
     return env
 

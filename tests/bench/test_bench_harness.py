@@ -357,6 +357,18 @@ def test_noise_is_recorded_rendered_and_compared(tmp_path):
     assert "outside the noise" in compare_markdown([moved])
 
 
+def test_runs_of_different_code_are_told_apart(tmp_path):
+    """Each run records a fingerprint of the library's sources; `compare` warns when two differ."""
+    from scandsl.bench._compare import code_changed
+    from scandsl.bench._run import code_fingerprint, environment
+
+    fp = code_fingerprint()
+    assert len(fp) == 16 and fp == code_fingerprint() and environment(torch.device("cpu"))["code"] == fp
+    same, other, old = {"env": {"code": fp}}, {"env": {"code": "0" * 16}}, {"env": {}}
+    assert code_changed(same, same) is None and code_changed(old, same) is None
+    assert "different code" in (code_changed(same, other) or "")
+
+
 def test_a_device_fault_skips_the_rest_of_the_part(tmp_path):
     """After a kernel breaks the CUDA context every later launch fails: the part records the
     fault, skips its remaining cases with the reason, and keeps what was measured before."""
