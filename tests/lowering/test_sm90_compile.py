@@ -32,7 +32,11 @@ def _aot_op():
 def test_mixed_dtype_chunk_kernels_compile_for_sm90(name):
     aot = _aot_op()
     launches = aot.launches_of(aot.run_op(name, "chunk", torch.bfloat16, T=40))
-    assert {launch["kernel"] for launch in launches} >= {"chunk_scalar_fwd", "chunk_scalar_bwd"}
+    kernels = {launch["kernel"] for launch in launches}
+    # the forward is the fused walk, or at this small shape (few programs) the split forward's two
+    # kernels (chunk_scalar.FEW_PROGRAMS); gated_rfa runs narrow, mlstm widened and always fused
+    forward = {"chunk_scalar_fwd"} <= kernels or {"chunk_scalar_fwd_h", "chunk_scalar_fwd_o"} <= kernels
+    assert forward and "chunk_scalar_bwd" in kernels, kernels
     for row in aot._compile_elsewhere(launches):
         assert row["ok"], f"{row['kernel']}: {row.get('error', '')[:400]}"
         # the widened fp32 kernels (tf32x3 forward, tf32 backward) spill in local builds at the
