@@ -55,6 +55,10 @@ VARIANTS = {
     "pairs_cols": {"fwd_mode": "pairs", "fwd_diag": "cols"},
     "pairs_fold_bk64": {"fwd_mode": "pairs", "fwd_diag": "fold", "pairs_BK": 64},
     "pairs_fold_bk32": {"fwd_mode": "pairs", "fwd_diag": "fold", "pairs_BK": 32},
+    # untimed (2026-11-24): no chunk_local_cumsum in the forward, its kernels sum the raw gates
+    # (the scores kernel gathers its step rows from the summed tile: one gather a step with "cols")
+    "fused_cumsum": {"fwd_cumsum": "fused"},
+    "fused_cumsum_cols": {"fwd_cumsum": "fused", "fwd_diag": "cols"},
 }
 ANCHOR = {"gla": "fla.chunk_gla", "rwkv6": "fla.chunk_rwkv6"}
 _DEFAULT_CONFIG = chunk_vector.default_config

@@ -22,7 +22,10 @@ by an intra-chunk kernel per sub-chunk and an inter-chunk kernel per chunk; ``fw
 and an output kernel per chunk, and the backward's dv reuses the kept scores:
 :mod:`scandsl.lowering.chunk_vector_split`; ``fwd_mode="pairs"`` (the default for KEY decay, timed
 faster again) builds the same scores one (chunk, head) a program:
-:mod:`scandsl.lowering.chunk_vector_pairs`.
+:mod:`scandsl.lowering.chunk_vector_pairs`. With ``fwd_cumsum="fused"`` (KEY decay and
+``fwd_mode="pairs"`` only; untimed) the forward has no ``chunk_local_cumsum``: its kernels load the
+raw key log-gates and take each chunk's cumulative sum in registers (``cum_gates``, rows past the
+chunk's end loaded as 0 first), and the backward runs the cumsum kernel for its own kernels.
 
 Algorithm: Yang et al., "Gated Linear Attention Transformers with Hardware-Efficient Training"
 (2024): secondary chunking — between sub-chunks the per-key gates are rebased on a reference row
@@ -84,6 +87,7 @@ FWD_MODES = ("fused", "split", "pairs")
 FWD_DIAGS = ("fold", "cols")  # fwd_mode="pairs": the walk over the pairs inside a sub-chunk
 DQK_DIAGS = ("cube", "cols")  # dqk_mode="split": the sub-chunk's own pairs in chunk_bwd_dqk_intra
 DA_SCORES = ("blocks", "full")  # the backward's V-wide scores: per sub-chunk, or one [C, C] product (KEY)
+FWD_CUMSUMS = ("kernel", "fused")  # the forward's key log-gate sums: chunk_local_cumsum, or per kernel
 
 
 def supports(sig: CoreSig) -> str | None:
@@ -161,6 +165,11 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
         # 02:57 UTC, bench/gpu_ab_config.py, bench/results/gpu_ab_pairs_bk_{gla,rwkv6}.json): gla
         # fwd 0.988 -> 0.943 ms (64: 0.939), rwkv6 1.086 -> 1.064 (64: 1.076)
         "pairs_BK": min(kp, 32),
+        # "fused" (KEY decay, fwd_mode="pairs"; untimed): no chunk_local_cumsum in the forward; its
+        # three kernels load the raw log-gates and sum each chunk's in registers (cum_gates), the
+        # scores kernel gathering the rows it needs from that tile; the backward runs the cumsum
+        # kernel itself. Predicted: the pass's write and one read fewer, ~0.05-0.09 ms of gla's 0.94
+        "fwd_cumsum": "kernel",
         "num_stages": 2,
         "fp32_dot": "ieee",
     }
@@ -198,6 +207,11 @@ def _check_config(sig: CoreSig, cfg: dict, shape: Shape) -> str | None:
         return f"fwd_diag={cfg['fwd_diag']!r} must be one of {FWD_DIAGS}"
     if cfg["dqk_diag"] not in DQK_DIAGS:
         return f"dqk_diag={cfg['dqk_diag']!r} must be one of {DQK_DIAGS}"
+    if cfg["fwd_cumsum"] not in FWD_CUMSUMS:
+        return f"fwd_cumsum={cfg['fwd_cumsum']!r} must be one of {FWD_CUMSUMS}"
+    if cfg["fwd_cumsum"] == "fused" and (sig.decay is not Decay.KEY or cfg["fwd_mode"] != "pairs"):
+        return (f"fwd_cumsum='fused' is built for KEY decay with fwd_mode='pairs', not {sig.decay.name} "
+                f"with fwd_mode={cfg['fwd_mode']!r}; use fwd_cumsum='kernel'")  # fmt: skip
     if cfg["da_scores"] not in DA_SCORES:
         return f"da_scores={cfg['da_scores']!r} must be one of {DA_SCORES}"
     if cfg["da_scores"] == "full" and sig.decay is not Decay.KEY:
@@ -265,6 +279,7 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
             Param("da_scores", DA_SCORES),
             Param("fwd_a_stages", (3, 2, 1)),
             Param("pairs_BK", blocks),
+            Param("fwd_cumsum", FWD_CUMSUMS),
             Param("num_stages", (2, 1, 3)),
             Param("fp32_dot", ("ieee",)),
         ),
@@ -277,7 +292,11 @@ class _ChunkVector(torch.autograd.Function):
     def forward(ctx, P: launch.Plan, q, k, v, gk, gv, h0, output_final_state: bool, out_dtype):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         launch.POISON["on"] = POISON_OUTPUTS
-        gk_cum = launch.cumsum(P, gk.contiguous()) if P.key else None
+        fused = launch.fused_cumsum(P)  # the forward's kernels sum the raw key log-gates themselves
+        if P.key:
+            gk_cum = gk.contiguous() if fused else launch.cumsum(P, gk.contiguous())
+        else:
+            gk_cum = None
         gv_cum = launch.cumsum(P, gv.contiguous()) if P.value else None
         h0c = h0.float().contiguous() if h0 is not None else None
         hs, ht = launch.fwd_state(P, k, v, gk_cum, gv_cum, h0c, output_final_state)
@@ -287,7 +306,7 @@ class _ChunkVector(torch.autograd.Function):
         else:
             o, ox = launch.fwd_o(P, q, k, v, gk_cum, gv_cum, hs, out_dtype)
         ctx.plan = P
-        ctx.save_for_backward(q, k, v, gk_cum, gv_cum, hs, ox, a)
+        ctx.save_for_backward(q, k, v, gk_cum, gv_cum, hs, ox, a)  # with fused: the raw gk
         ctx.dtypes = tuple(t.dtype if t is not None else None for t in (gk, gv, h0))
         return o, ht
 
@@ -297,6 +316,8 @@ class _ChunkVector(torch.autograd.Function):
         q, k, v, gk_cum, gv_cum, hs, ox, a = ctx.saved_tensors
         gk_dtype, gv_dtype, h0_dtype = ctx.dtypes
         launch.POISON["on"] = POISON_OUTPUTS
+        if launch.fused_cumsum(P):  # the backward's kernels read the sums: the forward did not store them
+            gk_cum = launch.cumsum(P, gk_cum)
         if do is None:
             do = torch.zeros(P.B, P.T, P.H, P.V, dtype=v.dtype, device=v.device)
         do = do.contiguous()

@@ -22,6 +22,7 @@ from scandsl._core import CoreInputs, CoreSig, Decay, Readout
 __all__ = [
     "Plan",
     "cumsum",
+    "fused_cumsum",
     "fwd_state",
     "fwd_o",
     "bwd_state",
@@ -104,15 +105,22 @@ def cumsum(P: Plan, g: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def fused_cumsum(P: Plan) -> bool:
+    """``fwd_cumsum="fused"``: the forward's kernels take the raw key log-gates in place of ``gk_cum``
+    and sum each chunk's themselves; no ``chunk_local_cumsum`` launch before them."""
+    return P.cfg["fwd_cumsum"] == "fused"
+
+
 def fwd_state(P: Plan, k, v, gk_cum, gv_cum, h0, output_final_state: bool):
-    """(hs [slots, H, K, V] in k's dtype: the state entering every chunk, final state or None)."""
+    """(hs [slots, H, K, V] in k's dtype: the state entering every chunk, final state or None).
+    With :func:`fused_cumsum`, ``gk_cum`` is the raw log-gate ``gk``."""
     cfg, dev = P.cfg, v.device
     hs = empty(P.slots, P.H, P.K, P.V, dtype=k.dtype, device=dev)
     ht = empty(P.N, P.H, P.K, P.V, dtype=torch.float32, device=dev) if output_final_state else None
     bk, bv = cfg["state_BK"], cfg["state_BV"]
     P.kernels.chunk_fwd_state[(cdiv(P.K, bk), cdiv(P.V, bv), P.N * P.H)](
         k, v, _or(gk_cum, k), _or(gv_cum, k), _or(h0, k), hs, _or(ht, k), P.cu, P.chunk_off,
-        BK=bk, BV=bv, HAS_H0=h0 is not None, STORE_FINAL=ht is not None,
+        BK=bk, BV=bv, HAS_H0=h0 is not None, STORE_FINAL=ht is not None, FUSED_CUMSUM=fused_cumsum(P),
         num_warps=cfg["state_warps"], num_stages=cfg["num_stages"], **P.common(),
     )  # fmt: skip
     return hs, ht
@@ -135,7 +143,8 @@ def fwd_o(P: Plan, q, k, v, gk_cum, gv_cum, hs, out_dtype: torch.dtype):
 def fwd_o_split(P: Plan, q, k, v, gk_cum, hs, out_dtype: torch.dtype):
     """(o, A) (``fwd_mode="split"`` or ``"pairs"``, KEY decay only): the chunks' score matrices A to
     fp32 scratch, per sub-chunk (split) or per chunk (pairs), then the outputs per chunk; A is kept
-    for :func:`bwd_dv_split` (:mod:`scandsl.lowering.chunk_vector_split`, ``chunk_vector_pairs``)."""
+    for :func:`bwd_dv_split` (:mod:`scandsl.lowering.chunk_vector_split`, ``chunk_vector_pairs``).
+    With :func:`fused_cumsum` (``fwd_mode="pairs"`` only), ``gk_cum`` is the raw log-gate ``gk``."""
     cfg, dev = P.cfg, v.device
     C, SC = cfg["chunk"], cfg["sub"]
     o = empty(P.B, P.T, P.H, P.V, dtype=out_dtype, device=dev)
@@ -145,7 +154,8 @@ def fwd_o_split(P: Plan, q, k, v, gk_cum, hs, out_dtype: torch.dtype):
             P.kernels.chunk_fwd_a_pairs[(P.TC, P.H)](
                 q, k, gk_cum, a, P.cu, P.chunk_seq, P.chunk_loc, P.scale,
                 H=P.H, K=P.K, C=C, SC=SC, BK=cfg["fwd_BK"], KD=cfg["pairs_BK"], FOLD=cfg["fwd_diag"] == "fold",
-                PREC=cfg["fp32_dot"], num_warps=cfg["fwd_warps"], num_stages=cfg["fwd_a_stages"],
+                PREC=cfg["fp32_dot"], FUSED_CUMSUM=fused_cumsum(P),
+                num_warps=cfg["fwd_warps"], num_stages=cfg["fwd_a_stages"],
             )  # fmt: skip
         else:
             P.kernels.chunk_fwd_a[(P.TC * (C // SC), P.H)](
@@ -155,7 +165,7 @@ def fwd_o_split(P: Plan, q, k, v, gk_cum, hs, out_dtype: torch.dtype):
             )  # fmt: skip
         P.kernels.chunk_fwd_o_split[(cdiv(P.V, cfg["fwd_BV"]), P.TC, P.H)](
             q, k, v, gk_cum, hs, a, o, P.cu, P.chunk_seq, P.chunk_loc, P.scale,
-            SC=SC, BK=cfg["fwd_BK"], BV=cfg["fwd_BV"],
+            SC=SC, BK=cfg["fwd_BK"], BV=cfg["fwd_BV"], FUSED_CUMSUM=fused_cumsum(P),
             num_warps=cfg["fwd_warps"], num_stages=cfg["num_stages"], **P.common(),
         )  # fmt: skip
     else:

@@ -44,6 +44,13 @@ loads wait on the cache. A first try, one program walking its sub-chunks one aft
 ``[SC, K]`` steps (exponentials, or running products of the step decays), was no faster than
 ``chunk_fwd_a`` (0.49-0.70 ms, ``bench/results/gpu_ab_gla_fwd_run1.json``): too little work per
 step to hide a step's latency.
+
+``fwd_cumsum="fused"`` (untimed): the kernel takes the raw log-gates, sums the chunk's ``[C, BK]``
+tile in registers (``cum_gates``) and gathers the rows a step pairs from it (``gate_rows``,
+``tl.gather``) instead of loading them. In a local sm_90 build (Triton 3.9, gla's tiles) that costs
+registers: 161 a thread against 98, the gathers lowered to warp shuffles and shared memory; the
+state and output kernels, which only cumulate whole chunks, need none (138 against 168, 114
+against 104). Whether the pass it saves pays for that is for the GPU A/B (``bench/gpu_ab_gla_fwd.py``).
 """
 
 from __future__ import annotations
@@ -59,10 +66,16 @@ if I > 0:
     for k0 in range(0, K, BK):
         offs_k = k0 + tl.arange(0, BK)
         b_q = load_rows(q, bos, rows_i, L, offs_k, i_h, H, K) * scale  # [SC, BK]
-        bkq = load_rows(gk_cum, bos, rows_i - QSHIFT, L, offs_k, i_h, H, K)  # [SC, BK]
-        ref = load_row(gk_cum, bos, I * SC - QSHIFT, L, offs_k, i_h, H, K)  # [BK]
-        b_k = load_rows(k, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
-        bk = load_rows(gk_cum, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
+        if FUSED_CUMSUM:  # gk_cum holds raw log-gates: the chunk's sums, the query rows and ref gathered
+            bk = cum_gates(gk_cum, bos, rows_c, L, offs_k, i_h, H, K, True)  # [C, BK]
+            bkq = gate_rows(bk, gk_cum, bos, rows_i - QSHIFT, L, offs_k, i_h, H, K, True)  # [SC, BK]
+            ref = gate_row(bk, gk_cum, bos, I * SC - QSHIFT, L, offs_k, i_h, H, K, True)  # [BK]
+            b_k = load_rows(k, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
+        else:
+            bkq = load_rows(gk_cum, bos, rows_i - QSHIFT, L, offs_k, i_h, H, K)  # [SC, BK]
+            ref = load_row(gk_cum, bos, I * SC - QSHIFT, L, offs_k, i_h, H, K)  # [BK]
+            b_k = load_rows(k, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
+            bk = load_rows(gk_cum, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
         q_r = (b_q * tl.exp(tl.minimum(bkq - ref[None, :], 0.0))).to(DT)  # exponent <= 0
         k_r = (b_k * tl.exp(tl.minimum(ref[None, :] - bk, 0.0))).to(DT)  # exact for keys before the sub-chunk
         a_off += tl.dot(q_r, tl.trans(k_r), input_precision=PREC)
@@ -81,14 +94,18 @@ if FOLD:  # SC / 2 steps: slot r takes row r against key jj, or row SC-1-r again
     a_hi = tl.full([C, SC], 0.0, dtype=tl.float32)  # rows SC-1-r, the right half
     for d0 in tl.static_range(0, K, KD):  # K in slices of KD (one slice by default)
         offs_d = d0 + tl.arange(0, KD)
+        if FUSED_CUMSUM:  # gk_cum holds raw log-gates: the chunk's sums, for gate_rows
+            cum = cum_gates(gk_cum, bos, rows_c, L, offs_d, i_h, H, K, True)  # [C, KD]
+        else:
+            cum = 0.0  # not read: the steps load chunk_local_cumsum's output
         for jj in range(0, SC // 2):
             low = r >= jj  # [C]
             i_row = first + tl.where(low, r, SC - 1 - r)  # [C] the query row slot r takes at this step
             j_row = first + tl.where(low, jj, SC - 1 - jj)  # [C] and its key row
             s = pair_scores(load_rows(q, bos, i_row, L, offs_d, i_h, H, K),
-                            load_rows(gk_cum, bos, i_row - QSHIFT, L, offs_d, i_h, H, K),
+                            gate_rows(cum, gk_cum, bos, i_row - QSHIFT, L, offs_d, i_h, H, K, FUSED_CUMSUM),
                             load_rows(k, bos, j_row, L, offs_d, i_h, H, K),
-                            load_rows(gk_cum, bos, j_row, L, offs_d, i_h, H, K)) * scale  # [C]
+                            gate_rows(cum, gk_cum, bos, j_row, L, offs_d, i_h, H, K, FUSED_CUMSUM)) * scale
             a_lo += tl.where(o_s[None, :] == jj, s[:, None], 0.0)  # right only where low: masked below
             a_hi += tl.where(o_s[None, :] == SC - 1 - jj, s[:, None], 0.0)  # right only where not low
     tl.store(a + (base + rows_c[:, None]) * C + cols, tl.where(causal, a_lo, 0.0),
@@ -110,11 +127,16 @@ else:  # SC steps, one key column of every sub-chunk at a time
     a_dg = tl.full([C, SC], 0.0, dtype=tl.float32)
     for d0 in tl.static_range(0, K, KD):  # K in slices of KD (one slice by default)
         offs_d = d0 + tl.arange(0, KD)
+        if FUSED_CUMSUM:  # gk_cum holds raw log-gates: the chunk's sums, for gate_rows
+            cum = cum_gates(gk_cum, bos, rows_c, L, offs_d, i_h, H, K, True)  # [C, KD]
+        else:
+            cum = 0.0  # not read: the steps load chunk_local_cumsum's output
         b_q = load_rows(q, bos, rows_c, L, offs_d, i_h, H, K)  # [C, KD]
-        bkq = load_rows(gk_cum, bos, rows_c - QSHIFT, L, offs_d, i_h, H, K)  # [C, KD]
+        bkq = cum_gates(gk_cum, bos, rows_c - QSHIFT, L, offs_d, i_h, H, K, FUSED_CUMSUM)  # [C, KD]
         for jj in range(0, SC):
-            s = pair_scores(b_q, bkq, load_rows(k, bos, first + jj, L, offs_d, i_h, H, K),
-                            load_rows(gk_cum, bos, first + jj, L, offs_d, i_h, H, K)) * scale  # [C]
+            b_kj = load_rows(k, bos, first + jj, L, offs_d, i_h, H, K)  # [C, KD] key jj of every sub-chunk
+            bkj = gate_rows(cum, gk_cum, bos, first + jj, L, offs_d, i_h, H, K, FUSED_CUMSUM)  # [C, KD]
+            s = pair_scores(b_q, bkq, b_kj, bkj) * scale  # [C]
             a_dg += tl.where(o_s[None, :] == jj, s[:, None], 0.0)
     tl.store(a + (base + rows_c[:, None]) * C + cols, tl.where(causal, a_dg, 0.0),
              mask=rows_c[:, None] < L)
@@ -131,12 +153,14 @@ def pair_scores(b_q, bkq, b_k, bk):
 @triton.jit
 def chunk_fwd_a_pairs(q, k, gk_cum, a, cu, chunk_seq, chunk_loc, scale,
                       H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, SC: tl.constexpr,
-                      BK: tl.constexpr, KD: tl.constexpr, FOLD: tl.constexpr, PREC: tl.constexpr):
+                      BK: tl.constexpr, KD: tl.constexpr, FOLD: tl.constexpr, PREC: tl.constexpr,
+                      FUSED_CUMSUM: tl.constexpr):
     """The chunk's causal score matrix A [C, C] to fp32 scratch:
         a_ij = sum_k q_ik k_jk exp(bkq_ik - bk_jk) for j <= i - QSHIFT, 0 after.
     Grid (chunks, H). Row block by row block, the keys of earlier sub-chunks by rebased
     tensor-core products (BK-wide); then the blocks inside every sub-chunk at once, one pair per
-    row and step over a KD-wide slice of K: SC steps, or SC / 2 if FOLD.
+    row and step over a KD-wide slice of K: SC steps, or SC / 2 if FOLD. With FUSED_CUMSUM, gk_cum
+    holds the raw log-gates: each K-slice sums the chunk's once and gathers the rows it needs.
     """
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos, L, slot = chunk_coords(cu, chunk_seq, chunk_loc, i_c, C)

@@ -257,7 +257,7 @@ b_o = tl.full([C, BV], 0.0, dtype=tl.float32)
 for k0 in range(0, K, BK):  # queries reading the carried-in state
     offs_k = k0 + tl.arange(0, BK)
     b_q = load_rows(q, bos, rows_c, L, offs_k, i_h, H, K) * scale  # [C, BK]
-    bkq = load_rows(gk_cum, bos, rows_c - QSHIFT, L, offs_k, i_h, H, K)  # [C, BK]
+    bkq = cum_gates(gk_cum, bos, rows_c - QSHIFT, L, offs_k, i_h, H, K, FUSED_CUMSUM)  # [C, BK]
     b_h = load_state(hs, slot, i_h, offs_k, offs_v, H, K, V).to(DT)  # [BK, BV]
     b_o += tl.dot((b_q * tl.exp(bkq)).to(DT), b_h, input_precision=PREC)
 base = (i_c.to(tl.int64) * H + i_h) * C
@@ -284,9 +284,9 @@ def chunk_fwd_a(q, k, gk_cum, a, cu, chunk_seq, chunk_loc, scale,
 @triton.jit
 def chunk_fwd_o_split(q, k, v, gk_cum, hs, a, o, cu, chunk_seq, chunk_loc, scale,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, SC: tl.constexpr,
-                      BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+                      BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, FUSED_CUMSUM: tl.constexpr):
     """Outputs of one chunk, V-block and head from the carried-in state and chunk_fwd_a's scores.
-    Grid (V-blocks, chunks, H)."""
+    Grid (V-blocks, chunks, H). With FUSED_CUMSUM, gk_cum holds the raw log-gates (cum_gates)."""
 {at_depth(4, chunk_program("v"))}
 {at_depth(4, _OUT_BODY)}
 '''

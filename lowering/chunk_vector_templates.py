@@ -82,6 +82,37 @@ def store_state(ptr, val, slot, i_h, offs_k, offs_v, H: tl.constexpr, K: tl.cons
 
 
 @helper
+def cum_gates(g, bos, rows, L, cols, i_h, H: tl.constexpr, D: tl.constexpr, FUSED: tl.constexpr):
+    """fp32 [len(rows), len(cols)] chunk-local cumulative log-gates at ``rows``, a range starting at
+    chunk row 0 (or -1: the query side when QSHIFT = 1). Loaded from chunk_local_cumsum's output, or,
+    if FUSED (fwd_cumsum="fused"), summed here from the raw log-gates ``g``: rows outside [0, L) load
+    as 0 before the sum, so padding adds nothing (padded rows then repeat the last valid sum).
+    """
+    b = load_rows(g, bos, rows, L, cols, i_h, H, D)
+    if FUSED:
+        b = tl.cumsum(b, axis=0)
+    return b
+
+
+@helper
+def gate_rows(cum, g, bos, rows, L, cols, i_h, H: tl.constexpr, D: tl.constexpr, FUSED: tl.constexpr):
+    """As cum_gates at any chunk rows in [-1, C) (a sub-chunk's, or gathered ones): FUSED gathers
+    them from ``cum``, the chunk's [C, len(cols)] tile of cum_gates, row -1 reading 0; else loads."""
+    if FUSED:
+        idx = tl.maximum(rows, 0)[:, None] + 0 * cols[None, :]  # [len(rows), len(cols)]
+        return tl.where(rows[:, None] >= 0, tl.gather(cum, idx, 0), 0.0)
+    return load_rows(g, bos, rows, L, cols, i_h, H, D)
+
+
+@helper
+def gate_row(cum, g, bos, row, L, cols, i_h, H: tl.constexpr, D: tl.constexpr, FUSED: tl.constexpr):
+    """As gate_rows at one row in [-1, C): a [len(cols)] vector."""
+    if FUSED:
+        return tl.sum(tl.where(tl.arange(0, cum.shape[0])[:, None] == row, cum, 0.0), axis=0)
+    return load_row(g, bos, row, L, cols, i_h, H, D)
+
+
+@helper
 def diag_scores(a, ga, b, gb):
     """[R, S]: s[r, c] = sum_d a[r, d] b[c, d] exp(ga[r, d] - gb[c, d]), in fp32.
 
@@ -189,13 +220,14 @@ FWD_STATE = f'''
 def chunk_fwd_state(k, v, gk_cum, gv_cum, h0, hs, ht, cu, chunk_off,
                     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
                     BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr,
-                    PREC: tl.constexpr):
+                    PREC: tl.constexpr, FUSED_CUMSUM: tl.constexpr):
     """The state entering every chunk: hs[slot0 + c] (and hs[slot0 + nc] = the final state).
 
     Grid (K-blocks, V-blocks, sequences * H); one sequential walk over the chunks of a sequence
     with a [BK, BV] fp32 block of h in registers:
         h <- exp(bk_last)[:, None] * h * exp(bv_last)[None, :]
              + (k * exp(bk_last - bk))^T (v * exp(bv_last - bv))
+    With FUSED_CUMSUM (fwd_cumsum="fused", KEY decay), gk_cum holds the raw log-gates (cum_gates).
     """
 {at_depth(4, _walk_start("k", "h", "HAS_H0", "h0"))}
     for c in range(0, nc):
