@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from scandsl.autotune._space import Param, SearchSpace
+from scandsl.lowering._partials import sum_partials
 from scandsl.lowering._source import load_source
 from scandsl.lowering._tiles import dot_pad as _pow2
 from scandsl.lowering.chunk_delta_source import generate_source
@@ -325,8 +326,8 @@ class _ChunkDelta(torch.autograd.Function):
                 BK=bwd_bk, BV=par_bv, NK=nk, VALUE_GATE=gated, **shapes, num_warps=cfg["bwd_warps"],
                 num_stages=cfg["num_stages"],
             )  # fmt: skip
-        dbeta = dbeta.sum(0).to(beta.dtype)
-        dg = dg.sum(0).to(g.dtype) if ctx.has_g else None
+        dbeta = sum_partials(dbeta, beta.dtype)
+        dg = sum_partials(dg, g.dtype) if ctx.has_g else None
         dvg = dvg.to(vg.dtype) if gated and ctx.needs_input_grad[9] else None
         return dq, dk, dv, dbeta, dg, dh0, None, None, None, dvg
 

@@ -38,6 +38,7 @@ import re
 
 import torch
 from scandsl.lowering import epilogue
+from scandsl.lowering._partials import sum_partials
 from scandsl.lowering._source import load_source
 from scandsl.lowering._tiles import cdiv
 
@@ -362,7 +363,7 @@ def backward(
         lf, (shape, dtype), buf = leaves[i], metas[i], grads[i]
         assert buf is not None
         if not lf.per_step:  # the programs' partial sums, then the leaf's own shape
-            grads[i] = buf.sum(0).reshape(shape).to(dtype)
+            grads[i] = sum_partials(buf, dtype).reshape(shape)
         elif buf.shape != shape:
             grads[i] = buf.reshape(shape)
     return grads
