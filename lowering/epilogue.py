@@ -31,7 +31,7 @@ from scandsl.lowering._tiles import cdiv, pow2
 
 from scandsl._expr import BINARY, Const, Dot, Input, MatVec, Node, Op, Outer, Read, walk
 
-__all__ = ["plan", "run", "generate_source", "POISON"]
+__all__ = ["plan", "bind", "run", "generate_source", "POISON"]
 
 _UNARY = {
     "neg": "-{0}",
@@ -282,16 +282,26 @@ def forward(
     return out
 
 
+def bind(
+    output: Node, values: dict[Node, torch.Tensor], scaled: dict[Node, float], sizes
+) -> tuple[list[torch.Tensor], float] | None:
+    """The leaf values in :func:`plan`'s order and the one scale of the scaled leaves, or ``None``
+    when the kernels do not take ``output`` with these values (:func:`fusable`)."""
+    if not fusable(output, values, scaled, sizes):
+        return None
+    leaves = plan(output)
+    assert leaves is not None
+    return [values[lf.node] for lf in leaves], next(iter(scaled.values()), 1.0)
+
+
 def run(
     output: Node, values: dict[Node, torch.Tensor], scaled: dict[Node, float], sizes, out_dtype
 ) -> torch.Tensor | None:
     """``output`` evaluated by one generated kernel, ``[B, T, H, V]`` in ``out_dtype``; ``None``
     when it is not fusable here. ``values`` binds every leaf; ``scaled`` maps leaves that enter
     multiplied by a scale (the op's raw query) to that scale."""
-    if not fusable(output, values, scaled, sizes):
+    bound = bind(output, values, scaled, sizes)
+    if bound is None:
         return None
-    leaves = plan(output)
-    assert leaves is not None
-    tensors = [values[lf.node] for lf in leaves]
-    scale = next(iter(scaled.values()), 1.0)
+    tensors, scale = bound
     return forward(output, tensors, frozenset(scaled), scale, sizes, out_dtype)

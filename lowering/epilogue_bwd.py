@@ -400,10 +400,8 @@ def apply(
     output: Node, values: dict[Node, torch.Tensor], scaled: dict[Node, float], sizes, out_dtype
 ) -> torch.Tensor | None:
     """Like :func:`epilogue.run`, differentiable: ``None`` when the kernels do not take it."""
-    if not epilogue.fusable(output, values, scaled, sizes):
+    bound = epilogue.bind(output, values, scaled, sizes)
+    if bound is None:
         return None
-    leaves = epilogue.plan(output)
-    assert leaves is not None
-    tensors = [values[lf.node] for lf in leaves]
-    scale = next(iter(scaled.values()), 1.0)
+    tensors, scale = bound
     return EpilogueFunction.apply(output, frozenset(scaled), scale, dict(sizes), out_dtype, *tensors)
