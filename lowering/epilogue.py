@@ -218,16 +218,21 @@ def epilogue_kernel(out, {", ".join(leaf_args(leaves))}, scale, R, T, H: tl.cons
 
 
 @functools.lru_cache(maxsize=256)
+def module_name(prefix: str, output: Node, extra: object = None) -> str:
+    """A readable module name per expression (what SCANDSL_DUMP writes): its read-out states and
+    ops, and a hash of the expression (and ``extra``) — mamba's and s4's differ in the read's query."""
+    parts = sorted({n.state for n in walk(output) if isinstance(n, Read)}) + sorted(
+        {n.fn for n in walk(output) if isinstance(n, Op)}
+    )
+    key = repr(output) if extra is None else repr((output, extra))
+    return prefix + "_" + "_".join(parts) + "_" + hashlib.sha256(key.encode()).hexdigest()[:6]
+
+
 def _kernel(output: Node, scaled_leaves: frozenset):
     leaves = plan(output)
     assert leaves is not None
     src = generate_source(output, leaves, scaled_leaves)
-    # a readable stem per expression (what SCANDSL_DUMP writes): its read-out states and ops
-    parts = sorted({n.state for n in walk(output) if isinstance(n, Read)}) + sorted(
-        {n.fn for n in walk(output) if isinstance(n, Op)}
-    )
-    tag = hashlib.sha256(repr(output).encode()).hexdigest()[:6]  # mamba's and s4's differ in the read's query
-    return load_source(src, name="epilogue_" + "_".join(parts) + "_" + tag).epilogue_kernel
+    return load_source(src, name=module_name("epilogue", output)).epilogue_kernel
 
 
 def fusable(output: Node, values: dict[Node, torch.Tensor], scaled: dict[Node, float], sizes) -> bool:

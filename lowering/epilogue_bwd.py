@@ -33,7 +33,6 @@ are still about 4x their bytes at copy bandwidth.
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 
 import torch
@@ -42,7 +41,7 @@ from scandsl.lowering._partials import sum_partials
 from scandsl.lowering._source import load_source
 from scandsl.lowering._tiles import cdiv
 
-from scandsl._expr import Const, Dot, Input, MatVec, Node, Op, Outer, Read, walk
+from scandsl._expr import Const, Dot, Input, MatVec, Node, Op, Outer, Read
 
 __all__ = ["generate_backward_source", "EpilogueFunction", "apply"]
 
@@ -303,11 +302,8 @@ def epilogue_bwd_kernel({params}, scale, R, T, H: tl.constexpr, {", ".join(sizes
 @functools.lru_cache(maxsize=256)
 def _kernel(output: Node, stored: frozenset[int], scaled: frozenset):
     src = generate_backward_source(output, stored, scaled)
-    parts = sorted({n.state for n in walk(output) if isinstance(n, Read)}) + sorted(
-        {n.fn for n in walk(output) if isinstance(n, Op)}
-    )
-    tag = hashlib.sha256(repr((output, sorted(stored))).encode()).hexdigest()[:6]
-    return load_source(src, name="epilogue_bwd_" + "_".join(parts) + "_" + tag).epilogue_bwd_kernel
+    name = epilogue.module_name("epilogue_bwd", output, sorted(stored))
+    return load_source(src, name=name).epilogue_bwd_kernel
 
 
 def stored_leaves(output: Node, needs: tuple[bool, ...], scaled: frozenset) -> frozenset[int]:
