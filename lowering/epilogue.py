@@ -217,7 +217,6 @@ def epilogue_kernel(out, {", ".join(leaf_args(leaves))}, scale, R, T, H: tl.cons
 '''
 
 
-@functools.lru_cache(maxsize=256)
 def module_name(prefix: str, output: Node, extra: object = None) -> str:
     """A readable module name per expression (what SCANDSL_DUMP writes): its read-out states and
     ops, and a hash of the expression (and ``extra``) — mamba's and s4's differ in the read's query."""
@@ -228,6 +227,7 @@ def module_name(prefix: str, output: Node, extra: object = None) -> str:
     return prefix + "_" + "_".join(parts) + "_" + hashlib.sha256(key.encode()).hexdigest()[:6]
 
 
+@functools.lru_cache(maxsize=256)
 def _kernel(output: Node, scaled_leaves: frozenset):
     leaves = plan(output)
     assert leaves is not None
