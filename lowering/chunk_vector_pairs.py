@@ -66,16 +66,11 @@ if I > 0:
     for k0 in range(0, K, BK):
         offs_k = k0 + tl.arange(0, BK)
         b_q = load_rows(q, bos, rows_i, L, offs_k, i_h, H, K) * scale  # [SC, BK]
-        if FUSED_CUMSUM:  # gk_cum holds raw log-gates: the chunk's sums, the query rows and ref gathered
-            bk = cum_gates(gk_cum, bos, rows_c, L, offs_k, i_h, H, K, True)  # [C, BK]
-            bkq = gate_rows(bk, gk_cum, bos, rows_i - QSHIFT, L, offs_k, i_h, H, K, True)  # [SC, BK]
-            ref = gate_row(bk, gk_cum, bos, I * SC - QSHIFT, L, offs_k, i_h, H, K, True)  # [BK]
-            b_k = load_rows(k, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
-        else:
-            bkq = load_rows(gk_cum, bos, rows_i - QSHIFT, L, offs_k, i_h, H, K)  # [SC, BK]
-            ref = load_row(gk_cum, bos, I * SC - QSHIFT, L, offs_k, i_h, H, K)  # [BK]
-            b_k = load_rows(k, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
-            bk = load_rows(gk_cum, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
+        # with FUSED_CUMSUM gk_cum holds raw log-gates: the chunk's sums, query rows and ref gathered
+        bk = cum_gates(gk_cum, bos, rows_c, L, offs_k, i_h, H, K, FUSED_CUMSUM)  # [C, BK]
+        bkq = gate_rows(bk, gk_cum, bos, rows_i - QSHIFT, L, offs_k, i_h, H, K, FUSED_CUMSUM)  # [SC, BK]
+        ref = gate_row(bk, gk_cum, bos, I * SC - QSHIFT, L, offs_k, i_h, H, K, FUSED_CUMSUM)  # [BK]
+        b_k = load_rows(k, bos, rows_c, L, offs_k, i_h, H, K)  # [C, BK]
         q_r = (b_q * tl.exp(tl.minimum(bkq - ref[None, :], 0.0))).to(DT)  # exponent <= 0
         k_r = (b_k * tl.exp(tl.minimum(ref[None, :] - bk, 0.0))).to(DT)  # exact for keys before the sub-chunk
         a_off += tl.dot(q_r, tl.trans(k_r), input_precision=PREC)

@@ -51,12 +51,9 @@ def _has_value(sig: CoreSig) -> bool:
 # ---------------------------------------------------------------- state walks (both axes)
 
 _STATE_KEY = """
-    if FUSED_CUMSUM:  # gk_cum holds the raw log-gates (fwd_cumsum="fused"): the chunk's sums here
-        bk = cum_gates(gk_cum, bos, rows, L, offs_k, i_h, H, K, True)  # [C, BK]
-        bk_last = gate_row(bk, gk_cum, bos, L - 1, L, offs_k, i_h, H, K, True)  # [BK]
-    else:
-        bk_last = load_row(gk_cum, bos, L - 1, L, offs_k, i_h, H, K)  # [BK] log-decay of the whole chunk
-        bk = load_rows(gk_cum, bos, rows, L, offs_k, i_h, H, K)  # [C, BK]
+    # with FUSED_CUMSUM (fwd_cumsum="fused") gk_cum holds the raw log-gates: the chunk's sums here
+    bk = cum_gates(gk_cum, bos, rows, L, offs_k, i_h, H, K, FUSED_CUMSUM)  # [C, BK]
+    bk_last = gate_row(bk, gk_cum, bos, L - 1, L, offs_k, i_h, H, K, FUSED_CUMSUM)  # [BK] the whole chunk's
     h = h * tl.exp(bk_last)[:, None]
     b_k = b_k * tl.exp(tl.minimum(bk_last[None, :] - bk, 0.0))  # keys decayed to the chunk end
 """
