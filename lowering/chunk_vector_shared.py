@@ -35,7 +35,18 @@ from scandsl.lowering.chunk_vector_templates import (
     chunk_program,
 )
 
-__all__ = ["BWD_DA", "BWD_DQK_SHARED", "SCRATCH_SCORES", "slots"]
+__all__ = ["BWD_DA", "BWD_DQK_SHARED", "SCORES_PROGRAM", "SCRATCH_SCORES", "slots"]
+
+# program (chunk, head) of a backward-scores kernel: the chunk's first step / length / state slot,
+# its row ranges and its first scratch row (chunk_bwd_da, and chunk_bwd_da_key of chunk_vector_split)
+SCORES_PROGRAM = """
+i_c, i_h = tl.program_id(0), tl.program_id(1)
+bos, L, slot = chunk_coords(cu, chunk_seq, chunk_loc, i_c, C)
+DT = do.dtype.element_ty
+rows_c = tl.arange(0, C)
+o_s = tl.arange(0, SC)
+base = (i_c.to(tl.int64) * H + i_h) * C  # first scratch row of this (chunk, head)
+"""
 
 BWD_DA = f'''
 
@@ -48,12 +59,7 @@ def chunk_bwd_da(do, v, gv_cum, da, dat, ddg, cu, chunk_seq, chunk_loc,
     da_ij = sum_v do_iv v_jv [exp(bvq_iv - bv_jv)] on causal pairs (j <= i - QSHIFT), rebased per
     sub-chunk like chunk_bwd_dqk; K appears only because the launcher passes the common sizes.
     """
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
-    bos, L, slot = chunk_coords(cu, chunk_seq, chunk_loc, i_c, C)
-    DT = do.dtype.element_ty
-    rows_c = tl.arange(0, C)
-    o_s = tl.arange(0, SC)
-    base = (i_c.to(tl.int64) * H + i_h) * C  # first scratch row of this (chunk, head)
+{at_depth(4, SCORES_PROGRAM)}
     ns = (L + SC - 1) // SC
     for I in range(0, ns):
         rows_i = I * SC + o_s

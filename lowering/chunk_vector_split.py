@@ -57,7 +57,7 @@ from __future__ import annotations
 import textwrap
 
 from scandsl.lowering.chunk_vector_pairs import FWD_A_PAIRS
-from scandsl.lowering.chunk_vector_shared import SCRATCH_SCORES
+from scandsl.lowering.chunk_vector_shared import SCORES_PROGRAM, SCRATCH_SCORES
 from scandsl.lowering.chunk_vector_templates import (
     KEY_DIAG,
     KEY_ROWS,
@@ -166,12 +166,7 @@ def chunk_bwd_da_key(do, v, da, dat, ddg, cu, chunk_seq, chunk_loc,
     i - QSHIFT, row j of dat the columns of later sub-chunks and the cell j + QSHIFT (of d^T),
     and ddg the causal part of the row's own sub-chunk. All C rows are written.
     """
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
-    bos, L, slot = chunk_coords(cu, chunk_seq, chunk_loc, i_c, C)
-    DT = do.dtype.element_ty
-    rows_c = tl.arange(0, C)
-    o_s = tl.arange(0, SC)
-    base = (i_c.to(tl.int64) * H + i_h) * C  # first scratch row of this (chunk, head)
+{at_depth(4, SCORES_PROGRAM)}
     d = tl.full([C, C], 0.0, dtype=tl.float32)  # d_ij = do_i . v_j
     for v0 in range(0, V, BV):
         offs_v = v0 + tl.arange(0, BV)
