@@ -1,6 +1,6 @@
 """A/B of scan forward kernel variants at the Mamba-1 shape, in one process (GPU).
 
-    python3 bench/gpu_ab_scan.py --out F.json [--variant NAME ...] [--budget-s 90]
+    python3 bench/gpu_ab_scan.py --out F.json [--variant NAME ...] [--budget-s 90] [--grad]
 
 A variant is a source rewrite of the generated ``scan_fwd_kernel`` (the experiments below, kept
 out of the generator until one pays) plus config overrides. Run 1 (2026-11-24,
@@ -10,6 +10,11 @@ was then the rewrite ``kq_late``; the ``fma*`` variants were a config key (``exp
 checked against the default's output, then timed two ways: the op as a CUDA graph replay after
 an L2 flush (``bench/_harness.py::graph_ms``) and every kernel's device time from the torch
 profiler (``gpu_profile.kernel_ms``), so the scan kernel's own time is in the report.
+
+``unfused`` runs the op as before the skip term moved into the read-out (``scan.takes_skip``
+patched off): the scan kernel, then the separate epilogue kernel for ``o + D ⊙ x`` (and its
+generated backward). With ``--grad``, ``default`` and ``unfused`` are also timed forward+backward
+(CUDA graph, and the kernels' profiler times), their gradients compared with ``default``'s.
 """
 
 from __future__ import annotations
@@ -135,18 +140,24 @@ VARIANTS = {  # name: (rewrite, config overrides)
     "kq_early_bt16": ("kq_early", {"BT": 16}),
     "gates_ahead_bt16": ("gates_ahead", {"BT": 16}),
     **{f"fma{n}": (f"fma{n}", {}) for n in (8, 4, 2, 1)},
+    "unfused": ("none", {}),
 }
+SKIP_OFF = {"unfused"}  # variants whose op keeps the separate epilogue
+GRAD_VARIANTS = ("default", "unfused")  # timed forward+backward too with --grad
 
 
-def _patch(rewrite: str, over: dict, default_config, kernels) -> None:
+def _patch(rewrite: str, over: dict, default_config, kernels, takes_skip) -> None:
     fn = REWRITES[rewrite]
 
     @functools.cache
-    def patched(sig, value_gated=False):
-        src = scan.generate_source(sig, value_gated=value_gated)
-        return load_source(fn(src), name=f"scan_ab_{rewrite}") if fn else kernels(sig, value_gated)
+    def patched(sig, value_gated=False, skip=False):
+        if fn is None:
+            return kernels(sig, value_gated, skip)
+        src = scan.generate_source(sig, value_gated=value_gated, skip=skip)
+        return load_source(fn(src), name=f"scan_ab_{rewrite}{'_skip' if skip else ''}")
 
     scan.kernels = patched
+    scan.takes_skip = takes_skip
     scan.default_config = lambda *a, **kw: {**default_config(*a, **kw), **over}
     scan._resolve.cache_clear()
 
@@ -156,13 +167,14 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], help=f"one of {sorted(VARIANTS)} (repeatable)")
     ap.add_argument("--budget-s", type=float, default=90.0)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--grad", action="store_true", help=f"time {GRAD_VARIANTS} forward+backward too")
     a = ap.parse_args()
     names = ["default"] + [v for v in (a.variant or list(VARIANTS)) if v != "default"]
     fn, _ = op_spec("mamba")
     args = make_op_inputs("mamba", SHAPE, torch.bfloat16, torch.device("cuda"), seed=0)
-    default_config, kernels = scan.default_config, scan.kernels
+    default_config, kernels, takes_skip = scan.default_config, scan.kernels, scan.takes_skip
     report: dict = {"device": torch.cuda.get_device_name(), "shape": list(SHAPE), "variants": {}}
-    out, start, ref = Path(a.out), time.perf_counter(), None
+    out, start, ref, ref_grads = Path(a.out), time.perf_counter(), None, None
     for name in names:
         rewrite, over = VARIANTS[name]
         row: dict = {"rewrite": rewrite, "config": over}
@@ -170,7 +182,8 @@ def main() -> None:
             row["skipped"] = "budget"
         else:
             try:
-                _patch(rewrite, over, default_config, kernels)
+                skip = takes_skip if name not in SKIP_OFF else (lambda sig: False)
+                _patch(rewrite, over, default_config, kernels, skip)
 
                 def call():
                     with torch.no_grad():
@@ -183,12 +196,37 @@ def main() -> None:
                 row["o_err"] = rel_err(o, ref)
                 row["ms"], row["noise"] = graph_ms(call, [])
                 row["kernel_ms"] = kernel_ms(call, name_width=40)
+                if a.grad and name in GRAD_VARIANTS:
+                    grads = _fwd_bwd(fn, args, row)
+                    ref_grads = ref_grads or grads
+                    row["grad_err"] = {k: rel_err(g, ref_grads[k]) for k, g in grads.items()}
             except Exception as err:  # a variant that breaks: recorded, next
                 row["error"] = f"{type(err).__name__}: {err}"[:400]
         report["variants"][name] = row
         print(name, json.dumps(row), flush=True)
         out.write_text(json.dumps(report, indent=1))
-    scan.default_config, scan.kernels = default_config, kernels
+    scan.default_config, scan.kernels, scan.takes_skip = default_config, kernels, takes_skip
+
+
+def _fwd_bwd(fn, args: dict, row: dict) -> dict[str, torch.Tensor]:
+    """Time the op forward+backward into ``row``; the gradients of one call, in fp32."""
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in args.items()}
+    do = None
+
+    def call():
+        nonlocal do
+        o = fn(**leaves, strategy="scan")[0]
+        if do is None:
+            gen = torch.Generator(device=o.device).manual_seed(1)
+            do = torch.randn(o.shape, generator=gen, device=o.device).to(o.dtype)
+        o.backward(do)
+
+    call()
+    torch.cuda.synchronize()
+    grads = {k: v.grad.float().clone() for k, v in leaves.items()}
+    row["fb_ms"], row["fb_noise"] = graph_ms(call, list(leaves.values()))
+    row["fb_kernel_ms"] = kernel_ms(call, name_width=40)
+    return grads
 
 
 if __name__ == "__main__":

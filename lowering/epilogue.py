@@ -31,7 +31,7 @@ from scandsl.lowering._tiles import cdiv, pow2
 
 from scandsl._expr import BINARY, Const, Dot, Input, MatVec, Node, Op, Outer, Read, walk
 
-__all__ = ["plan", "bind", "run", "generate_source", "POISON"]
+__all__ = ["plan", "skip_term", "bind", "run", "generate_source", "POISON"]
 
 _UNARY = {
     "neg": "-{0}",
@@ -119,6 +119,27 @@ def plan(output: Node) -> tuple[_Leaf, ...] | None:
     if not _leaves(output, found):
         return None
     return tuple(found.values())
+
+
+def skip_term(output: Node, read: Read) -> tuple[Node, Input] | None:
+    """``(D, x)`` when ``output`` is ``read + D ⊙ x`` (either order of either operation): ``D`` a
+    time-invariant node on the read's one axis (a per-(head, channel) parameter), ``x`` a
+    per-step input on it. Mamba's and S4's ``S q + D ⊙ x``: a core strategy that takes a skip
+    term (``takes_skip``, scandsl._core) adds it in its read-out, and no epilogue runs."""
+    if not (isinstance(output, Op) and output.fn == "add" and len(read.axes) == 1):
+        return None
+    a, b = output.args
+    if b == read:
+        a, b = b, a
+    if a != read or not (isinstance(b, Op) and b.fn == "mul"):
+        return None
+    d, x = b.args
+    if isinstance(d, Input) and d.time:
+        d, x = x, d
+    per_step = any(isinstance(n, Read) or (isinstance(n, Input) and n.time) for n in walk(d))
+    if isinstance(x, Input) and x.time and x.axes == read.axes == d.axes and not per_step:
+        return d, x
+    return None
 
 
 def leaf_args(leaves: tuple[_Leaf, ...]) -> list[str]:

@@ -88,9 +88,9 @@ from scandsl.lowering._tiles import cdiv as _cdiv
 from scandsl.lowering._tiles import pow2
 from scandsl.lowering.scan_source import generate_source, module_name
 
-from scandsl._core import CoreInputs, CoreSig, Decay, Shape, Transition
+from scandsl._core import CoreInputs, CoreSig, Decay, Readout, Shape, Transition
 
-__all__ = ["supports", "run", "search_space", "default_config", "generate_source", "kernels"]
+__all__ = ["supports", "run", "search_space", "default_config", "generate_source", "kernels", "takes_skip"]
 
 # Tests flip this to NaN-fill every buffer the kernels are supposed to overwrite.
 POISON_OUTPUTS = False
@@ -120,14 +120,23 @@ def value_gates(sig: CoreSig) -> tuple[str, ...]:
     return ("vector",)
 
 
+def takes_skip(sig: CoreSig) -> bool:
+    """Whether the read-out adds a skip term ``D ⊙ v_t`` (``CoreInputs.D``; Mamba's and S4's
+    ``D ⊙ x``): with the AFTER read-out, ``o_t`` and ``v_t`` sit on the same row of a block,
+    whose value the kernel loads anyway, so the term costs a ``[BV]`` load a program and an FMA
+    an output, where the separate epilogue kernel re-reads ``o`` and ``x``."""
+    return sig.readout is Readout.AFTER
+
+
 @functools.cache
-def kernels(sig: CoreSig, value_gated: bool = False):
+def kernels(sig: CoreSig, value_gated: bool = False, skip: bool = False):
     """The generated module for ``sig``: ``scan_fwd_kernel`` (the walk forward), the split
     forward's ``scan_chunk_totals_kernel``, ``scan_chunk_states_kernel`` and
     ``scan_chunk_out_kernel``, and ``scan_bwd_kernel``. Cached: generating the source costs
     ~0.5 ms of host time a call, more than the kernel at the Mamba-1 shape."""
     return load_source(
-        generate_source(sig, value_gated=value_gated), name=module_name(sig, value_gated=value_gated)
+        generate_source(sig, value_gated=value_gated, skip=skip),
+        name=module_name(sig, value_gated=value_gated, skip=skip),
     )
 
 
@@ -225,7 +234,9 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
     cfg, bad = _resolve(sig, Shape(x.B, x.T, x.H, x.K, x.V), config=config)
     if bad is not None:
         raise ValueError(f"scan strategy: invalid config {cfg}: {bad}")
-    tensors = (x.q, x.k, x.v, x.g, x.gk, x.gv, x.A, x.initial_state, x.vg)
+    if x.D is not None and not takes_skip(sig):
+        raise ValueError(f"scan strategy: a skip term D needs readout=after, got {sig.describe()}")
+    tensors = (x.q, x.k, x.v, x.g, x.gk, x.gv, x.A, x.initial_state, x.vg, x.D)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     o, ht = _ScanFunction.apply(
         sig, cfg, x.scale, x.cu_seqlens, x.out_dtype or x.v.dtype, x.output_final_state, save, *tensors
@@ -270,7 +281,7 @@ def _forward_split(mod, sig, cfg, args, scale, meta, B, T, N, NK, NV):
     Passes 1 and 3 put (chunk, head) on the grid's first axis, the only one that takes more
     than 65535 programs (T = 2^20 in chunks of 64 is 16384 chunks a head).
     """
-    _, _, v, _, _, _, _, _, h0, _, ht, _, cu_seqlens, _ = args
+    _, _, v, _, _, _, _, _, _, h0, _, ht, _, cu_seqlens, _ = args
     H, K, V, L, dev = meta["H"], meta["K"], meta["V"], cfg["split_L"], v.device
     chunks = chunk_map(cu_seqlens, B, T, L, dev)  # varlen: one host sync, for the grid
     n_chunks = chunks.chunk_seq.numel()
@@ -293,15 +304,15 @@ def _forward_split(mod, sig, cfg, args, scale, meta, B, T, N, NK, NV):
 class _ScanFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, sig, cfg, scale, cu_seqlens, out_dtype, output_final_state, save, *tensors):
-        q, k, v, g, gk, gv, A, h0, vg = (_contig(t) for t in tensors)
+        q, k, v, g, gk, gv, A, h0, vg, D = (_contig(t) for t in tensors)
         B, T, H, K, V, N, NK, NV, chunk_offsets, n_ckpt = _geometry(cfg, "", v, q, cu_seqlens)
         dev = v.device
         R = B * T
         o = _empty(NK, B, T, H, V, dtype=out_dtype if NK == 1 else torch.float32, device=dev)
         ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if output_final_state else None
         hc = _empty(n_ckpt, H, K, V, dtype=torch.float32, device=dev) if save else None
-        mod = kernels(sig, value_gated=vg is not None)
-        args = (q, k, v, v if vg is None else vg, g, gk, gv, A, h0, o, ht, hc, cu_seqlens, chunk_offsets)
+        mod = kernels(sig, value_gated=vg is not None, skip=D is not None)
+        args = (q, k, v, v if vg is None else vg, g, gk, gv, A, D, h0, o, ht, hc, cu_seqlens, chunk_offsets)
         meta = dict(
             H=H, K=K, V=V, BT=cfg["BT"], BK=cfg["BK"], BV=cfg["BV"], CT=cfg["bwd_BT"],
             USE_H0=h0 is not None, STORE_HT=output_final_state, SAVE_CKPT=save,
@@ -313,13 +324,13 @@ class _ScanFunction(torch.autograd.Function):
             mod.scan_fwd_kernel[(NV, NK, N * H)](*args, scale, T, R, **meta)
         o = o[0] if NK == 1 else sum_partials(o, out_dtype)
         if save:
-            ctx.save_for_backward(q, k, v, g, gk, gv, A, h0, vg, hc, cu_seqlens, chunk_offsets)
+            ctx.save_for_backward(q, k, v, g, gk, gv, A, h0, vg, D, hc, cu_seqlens, chunk_offsets)
             ctx.meta = (sig, cfg, scale, [None if t is None else t.dtype for t in tensors])
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, g, gk, gv, A, h0, vg, hc, cu_seqlens, chunk_offsets = ctx.saved_tensors
+        q, k, v, g, gk, gv, A, h0, vg, D, hc, cu_seqlens, chunk_offsets = ctx.saved_tensors
         sig, cfg, scale, dtypes = ctx.meta
         B, T, H, K, V, N, NK, NV, _, _ = _geometry(cfg, "bwd_", v, q, cu_seqlens)
         dev, R, f32 = v.device, B * T, torch.float32
@@ -339,16 +350,17 @@ class _ScanFunction(torch.autograd.Function):
             dgv = buf(NK, N, H, V) if sig.decay_static else buf(NK, B, T, H, V)
         dA = buf(N, H, V, K) if A is not None else None
         dh0 = buf(N, H, K, V) if (h0 is not None and need[7]) else None
-        mod = kernels(sig, value_gated=vg is not None)
+        dD = buf(N, H, V) if D is not None else None  # per-sequence partials of Σ_t do ⊙ v
+        mod = kernels(sig, value_gated=vg is not None, skip=D is not None)
         mod.scan_bwd_kernel[(NV, NK, N * H)](
-            q, k, v, vg, g, gk, gv, A, hc, do.contiguous(), _contig(dht), dq, dk, dv, dvg, dg, dgk, dgv, dA, dh0,
+            q, k, v, vg, g, gk, gv, A, D, hc, do.contiguous(), _contig(dht), dq, dk, dv, dvg, dg, dgk, dgv, dA, dD, dh0,
             cu_seqlens, chunk_offsets, scale, T, R, N,
             H=H, K=K, V=V, BT=cfg["bwd_BT"], BK=cfg["bwd_BK"], BV=cfg["bwd_BV"], CT=cfg["bwd_BT"],
             USE_DHT=dht is not None, STORE_DH0=dh0 is not None, IS_VARLEN=cu_seqlens is not None,
             num_warps=cfg["bwd_num_warps"], num_stages=cfg["bwd_num_stages"],
         )  # fmt: skip
         grads = []
-        for i, (part, dtype) in enumerate(zip((dq, dk, dv, dg, dgk, dgv, dA, dh0, dvg), dtypes)):
+        for i, (part, dtype) in enumerate(zip((dq, dk, dv, dg, dgk, dgv, dA, dh0, dvg, dD), dtypes)):
             if part is None or not need[i]:
                 grads.append(None)
                 continue

@@ -12,7 +12,8 @@ one block ahead (``n_<name>``, kept in the storage dtype) and hand them to the s
   ``b_a1``: ``Λ_{t+1}`` for the backward's adjoint scan;
 - ``b_u``: the step inputs ``U_t`` (0 on padded rows);
 - ``b_hs``: the states ``S_t`` of the block's rows, ``b_h``: the state entering the block ``[BK, BV]``;
-- ``b_dhs``: ``dL/dS_t``; ``b_dl``: ``dL/d log Λ_t`` (elementwise).
+- ``b_dhs``: ``dL/dS_t``; ``b_dl``: ``dL/d log Λ_t`` (elementwise);
+- ``b_D``: with a skip term (``CoreInputs.D``), its ``[BV]`` parameter, zero outside K-block 0.
 
 Row masks: ``m_t`` (step exists), ``m_t1`` (step ``t+1`` exists and lies in this block).
 """
@@ -150,23 +151,30 @@ def row_loads(sig: CoreSig, kernel: str, value_gated: bool = False) -> list[RowL
     return loads
 
 
-def bwd_dv(value_gated: bool) -> str:
-    """Store ``dv`` (and ``dvg``) from ``b_dv = Σ_k dS_t[v, k] k_t[k]``, the value's gradient."""
+def bwd_dv(value_gated: bool, skip: bool = False) -> str:
+    """Store ``dv`` (and ``dvg``) from ``b_dv = Σ_k dS_t[v, k] k_t[k]``, the value's gradient.
+
+    With ``skip`` the read-out's ``D ⊙ v_t`` adds ``D ⊙ do_t`` to ``dv`` (not to ``dvg``: the
+    term reads the first factor alone) and the block's ``Σ_t do_t ⊙ v_t`` to ``b_dD``."""
     rows = "(r_t[:, None] * H + i_h) * V + o_v[None, :]"
     mask = "m_t[:, None] & m_v[None, :]"
     part = "i_k.to(tl.int64) * R * H * V"  # this K-block's partial (NK > 1)
-    if not value_gated:
-        return f"tl.store(dv + {part} + {rows}, b_dv, mask={mask})"
-    return "\n".join([
-        "# the value was v ⊙ vg: each factor's gradient is the other times b_dv",
-        f"tl.store(dv + {part} + {rows}, b_dv * b_vg, mask={mask})",
-        f"tl.store(dvg + {part} + {rows}, b_dv * b_v, mask={mask})",
-    ])  # fmt: skip
+    dv = "b_dv" if not value_gated else "b_dv * b_vg"
+    lines = ["# the value was v ⊙ vg: each factor's gradient is the other times b_dv"] if value_gated else []
+    if skip:
+        lines.append("# o_t's skip term D ⊙ v_t adds D ⊙ do_t to dv (b_D is 0 outside K-block 0)")
+        dv += " + b_D[None, :] * b_do"
+    lines.append(f"tl.store(dv + {part} + {rows}, {dv}, mask={mask})")
+    if value_gated:
+        lines.append(f"tl.store(dvg + {part} + {rows}, b_dv * b_v, mask={mask})")
+    if skip:
+        lines.append("b_dD += tl.sum(b_do * b_v, axis=0)  # [BV], dD = Σ_t do_t ⊙ v_t (padded rows load 0)")
+    return "\n".join(lines)
 
 
-def static_loads(sig: CoreSig, readout: bool = True) -> str:
+def static_loads(sig: CoreSig, readout: bool = True, skip: bool = False) -> str:
     """Time-invariant operands, loaded once per program (``[BK, BV]`` tiles of ``[H, V, K]``);
-    without ``readout`` (the split forward's pass 1), not the query."""
+    without ``readout`` (the split forward's pass 1), not the query (nor the skip term's D)."""
     lines = []
     if sig.decay is Decay.CHANNEL:
         lines.append("b_A = tl.load(A + p_hkv, mask=m_s, other=0.0).to(tl.float32)  # [BK, BV]")
@@ -179,6 +187,12 @@ def static_loads(sig: CoreSig, readout: bool = True) -> str:
         lines.append("b_kS = tl.load(k + p_hkv, mask=m_s, other=0.0).to(tl.float32)  # [BK, BV]")
     if sig.query_static and readout:
         lines.append("b_qS = tl.load(q + p_hkv, mask=m_s, other=0.0).to(tl.float32) * scale  # [BK, BV]")
+    if skip and readout:
+        # with several K-blocks the host sums their partial outputs: the term joins one of them
+        lines.append(
+            "b_D = tl.load(D + i_h * V + o_v, mask=m_v, other=0.0).to(tl.float32) * (i_k == 0)"
+            "  # [BV], the skip term's D"
+        )
     return "\n".join(lines) or "pass  # no time-invariant operands"
 
 
@@ -226,16 +240,17 @@ def _rows(width: str, lane: str, rows: str = "r_t") -> str:
     return f"({rows}[:, None] * H + i_h) * {width} + {lane}[None, :]"
 
 
-def fwd_readout(sig: CoreSig) -> str:
-    """Store the block's outputs into ``o_base`` (this K-block's partial when NK > 1)."""
+def fwd_readout(sig: CoreSig, skip: bool = False) -> str:
+    """Store the block's outputs into ``o_base`` (this K-block's partial when NK > 1); with
+    ``skip`` (AFTER only, :func:`scandsl.lowering.scan.takes_skip`) the read-out adds
+    ``D ⊙ v_t``, from the value the block loaded anyway."""
     store = "tl.store(o_base + {p}, b_o.to(o.dtype.element_ty), mask={m}[:, None] & m_v[None, :])"
     if sig.readout is Readout.AFTER:
-        return "\n".join(
-            [
-                f"b_o = {_readout(sig, 'b_q')}  # [BT, BV], o_t = S_t q_t",
-                store.format(p=_rows("V", "o_v"), m="m_t"),
-            ]
-        )
+        read = f"b_o = {_readout(sig, 'b_q')}  # [BT, BV], o_t = S_t q_t"
+        if skip:
+            read = f"b_o = {_readout(sig, 'b_q')} + b_D[None, :] * b_v  # [BT, BV], o_t = S_t q_t + D ⊙ v_t"
+        return "\n".join([read, store.format(p=_rows("V", "o_v"), m="m_t")])
+    assert not skip, "a skip term needs the AFTER read-out (o_t and v_t on the same row)"
     # BEFORE: o_(t+1) = S_t q_(t+1), so each row serves the next step and the block's first
     # step reads the carried state: no shifted state (and no second exp) is needed.
     o0 = "tl.sum(b_h * b_qS, axis=0)" if sig.query_static else "tl.sum(b_h * b_q0[:, None], axis=0) * scale"
@@ -324,8 +339,9 @@ def bwd_decay_grad(sig: CoreSig) -> str:
     return "\n".join(lines)
 
 
-def bwd_static_init(sig: CoreSig) -> str:
-    """fp32 accumulators, over the program's whole sequence, for time-invariant operands."""
+def bwd_static_init(sig: CoreSig, skip: bool = False) -> str:
+    """fp32 accumulators, over the program's whole sequence, for time-invariant operands (and
+    the skip term's ``[BV]`` ``b_dD``)."""
     names = []
     if sig.key_static:
         names.append("b_dkS")
@@ -333,11 +349,15 @@ def bwd_static_init(sig: CoreSig) -> str:
         names.append("b_dqS")
     if sig.decay is Decay.CHANNEL:
         names.append("b_dlS" if sig.decay_static else "b_dA")
-    return "\n".join(f"{n} = tl.zeros([BK, BV], dtype=tl.float32)" for n in names) or "pass"
+    lines = [f"{n} = tl.zeros([BK, BV], dtype=tl.float32)" for n in names]
+    if skip:
+        lines.append("b_dD = tl.zeros([BV], dtype=tl.float32)")
+    return "\n".join(lines) or "pass"
 
 
-def bwd_static_store(sig: CoreSig) -> str:
-    """Per-sequence partials ``[N, H, V, K]`` (``[NK, N, H, V]`` for a static ``gv``), summed by the host."""
+def bwd_static_store(sig: CoreSig, skip: bool = False) -> str:
+    """Per-sequence partials ``[N, H, V, K]`` (``[NK, N, H, V]`` for a static ``gv``, ``[N, H, V]``
+    for the skip term's ``dD``), summed by the host."""
     p = "i_n.to(tl.int64) * H * V * K + p_hkv"
     lines = []
     if sig.key_static:
@@ -352,6 +372,8 @@ def bwd_static_store(sig: CoreSig) -> str:
         )
     elif sig.decay is Decay.CHANNEL:
         lines.append(f"tl.store(dA + {p}, b_dA, mask=m_s)")
+    if skip:  # every K-block summed the same do ⊙ v: K-block 0 stores it (its partial has the term)
+        lines.append("if i_k == 0:\n    tl.store(dD + i_nh.to(tl.int64) * V + o_v, b_dD, mask=m_v)")
     return "\n".join(lines) or "pass"
 
 

@@ -3,8 +3,11 @@
 ``generate_source(sig, config)`` returns one readable Triton module holding the forward
 kernel ``scan_fwd_kernel`` and the backward kernel ``scan_bwd_kernel``. The templates below
 fix the algorithm; the named slots of :mod:`scandsl.lowering.scan_slots` fill in what the
-signature changes (decay form, static operands, read-out after / before). Tile sizes enter
-as ``tl.constexpr`` arguments, so one source serves every config of a signature.
+signature changes (decay form, static operands, read-out after / before) and two variants:
+``value_gated``, the value as ``v ⊙ vg``, and ``skip``, the read-out plus ``D ⊙ v_t`` (mamba's and
+s4's ``D ⊙ x``), whose gradients ``dD = Σ_t do_t ⊙ v_t`` and ``dv += D ⊙ do_t`` the backward
+adds, as it loads ``do`` and ``v`` per block anyway. Tile sizes enter as ``tl.constexpr``
+arguments, so one source serves every config of a signature.
 
 The algorithm (Blelloch 1990, "Prefix sums and their applications"; as used for linear
 recurrences by Martin & Cundy 2018 and for Mamba by Gu & Dao 2023): a diagonal recurrence
@@ -137,7 +140,7 @@ _FWD = '''
 
 @triton.jit
 def {name}(
-    q, k, v, vg, g, gk, gv, A, h0, o, ht, hc, cu_seqlens, chunk_offsets, {chunk_args}scale, T, R,
+    q, k, v, vg, g, gk, gv, A, D, h0, o, ht, hc, cu_seqlens, chunk_offsets, {chunk_args}scale, T, R,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, CT: tl.constexpr,{chunk_const}
     USE_H0: tl.constexpr, STORE_HT: tl.constexpr, SAVE_CKPT: tl.constexpr, IS_VARLEN: tl.constexpr,
@@ -218,7 +221,7 @@ _BWD = '''
 
 @triton.jit
 def scan_bwd_kernel(
-    q, k, v, vg, g, gk, gv, A, hc, do, dht, dq, dk, dv, dvg, dg, dgk, dgv, dA, dh0,
+    q, k, v, vg, g, gk, gv, A, D, hc, do, dht, dq, dk, dv, dvg, dg, dgk, dgv, dA, dD, dh0,
     cu_seqlens, chunk_offsets, scale, T, R, N,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, CT: tl.constexpr,
@@ -295,8 +298,9 @@ b_dl = tl.where(m_t[:, None, None], b_dhs * (b_hs - b_u), 0.0)  # [BT, BK, BV] d
 """
 
 
-def module_name(sig: CoreSig, value_gated: bool = False) -> str:
+def module_name(sig: CoreSig, value_gated: bool = False, skip: bool = False) -> str:
     bits = ["scan", sig.decay.value, sig.readout.value] + (["vg"] if value_gated else [])
+    bits += ["skip"] if skip else []
     bits += [n.split("_")[0] + "S" for n in ("key_static", "query_static", "decay_static") if getattr(sig, n)]
     return "_".join(bits)
 
@@ -314,21 +318,26 @@ def _take(loads: list[slot.RowLoad]) -> str:
     return _ind("\n".join(ld.take() for ld in loads), 2)
 
 
-def generate_source(sig: CoreSig, config: dict | None = None, value_gated: bool = False) -> str:
+def generate_source(
+    sig: CoreSig, config: dict | None = None, value_gated: bool = False, skip: bool = False
+) -> str:
     """The Triton module for ``sig``. ``config`` (tiles, warps) does not change the text;
-    ``value_gated`` makes the value the product of ``v`` and ``vg`` (both loaded per block)."""
+    ``value_gated`` makes the value the product of ``v`` and ``vg`` (both loaded per block);
+    ``skip`` adds the skip term ``D ⊙ v_t`` to the read-out (``CoreInputs.D``, AFTER only), and
+    its gradients to the backward. Without one the kernels take ``D`` / ``dD`` as ``None``."""
     del config  # tiles are constexpr arguments; kept for the strategy-wide signature
     gate = value_gated
     none = sig.decay is Decay.NONE
     program = _ind(_PROGRAM + _LANES, 1)
     common = {
-        "static_loads": _ind(slot.static_loads(sig), 1),
+        "static_loads": _ind(slot.static_loads(sig, skip=skip), 1),
         "decay": _ind(slot.decay(sig, "", "m_t"), 2),
         "step_input": _ind(slot.step_input(sig, gate), 2),
         "scan": _ind(_SCAN_NONE if none else _SCAN, 2),
         "decay_kind": sig.decay.value + (", static" if sig.decay_static else ""),
     }
-    readout = _ind(f"# -- slot: read-out ({sig.readout.value}) --\n" + slot.fwd_readout(sig), 2)
+    kind = sig.readout.value + (", skip term" if skip else "")
+    readout = _ind(f"# -- slot: read-out ({kind}) --\n" + slot.fwd_readout(sig, skip), 2)
     o_base = "o_base = o + i_k.to(tl.int64) * R * H * V  # this K-block's partial output (NK > 1)\n"
     chunk = {"chunk_args": "chunk_seq, chunk_loc, hb, la, ", "chunk_const": " L: tl.constexpr,"}
     chunk_program = _ind(_CHUNK_PROGRAM + _LANES + _CHUNK_TILE, 1)
@@ -400,12 +409,12 @@ def generate_source(sig: CoreSig, config: dict | None = None, value_gated: bool 
         decay_next=_ind(slot.decay(sig, "1", "m_t1"), 2) if not none else "        pass",
         rscan=_ind(_RSCAN_NONE if none else _RSCAN, 2),
         k_tile="b_kS[None, :, :]" if sig.key_static else "b_k[:, :, None]",
-        dv=_ind(slot.bwd_dv(gate), 2),
+        dv=_ind(slot.bwd_dv(gate, skip), 2),
         dk=_ind(slot.bwd_dk(sig), 2),
         dq=_ind(slot.bwd_dq(sig), 2),
         decay_grad=_ind(("" if none else _DL) + slot.bwd_decay_grad(sig), 2),
         carry_extra=_ind(slot.bwd_carry_extra(sig), 2),
-        static_init=_ind(slot.bwd_static_init(sig), 1),
-        static_store=_ind(slot.bwd_static_store(sig), 1),
+        static_init=_ind(slot.bwd_static_init(sig, skip), 1),
+        static_store=_ind(slot.bwd_static_store(sig, skip), 1),
     )
     return _HEADER.format(describe=sig.describe()) + "".join(kernels) + bwd

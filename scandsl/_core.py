@@ -24,6 +24,10 @@ model-specific.  Per (batch, head), with the state ``S`` in math orientation
   ``v_t ⊙ vg_t`` with ``vg [B,T,H,V]`` ("vector", Mamba's ``dt ⊙ x``) or ``[B,T,H]``
   ("scalar", DeltaNet's ``β_t v_t``), multiplied in its kernels; the others get the product.
 - With ``query_static`` the read-out is ``o_t[v] = Σ_k S_t[v,k] q[h,v,k]`` (S4's ``C``).
+- A strategy whose ``takes_skip(sig)`` holds also takes a skip term: with ``D [H,V]`` the
+  output is ``o_t + D ⊙ v_t``, ``v`` the value's first factor (the value itself when it has no
+  gate), computed in its read-out (Mamba's and S4's ``D ⊙ x``; the entry swaps the factors
+  when ``x`` is the gate).
 - ``scale`` multiplies ``q`` inside the kernel.
 
 Varlen: with ``cu_seqlens`` (``[N+1]``, ``B == 1``) each sequence starts from its own
@@ -133,6 +137,7 @@ class CoreInputs:
     A: torch.Tensor | None = None
     beta: torch.Tensor | None = None
     vg: torch.Tensor | None = None  # value gate: the value is v ⊙ vg (see value_gates above)
+    D: torch.Tensor | None = None  # skip term: the output adds D ⊙ v, D [H, V] (see takes_skip above)
     # q, k, v of mixed dtypes stay in the widest on tensor cores (else the narrowest): the spec's
     # output branches on a read-out (Spec.branches_on_readout), which amplifies their rounding
     keep_wide: bool = False
@@ -259,6 +264,8 @@ def core_reference(sig: CoreSig, x: CoreInputs) -> tuple[torch.Tensor, torch.Ten
         finals.append(S.transpose(-1, -2))
     if rows:
         outs = outs.index_put(tuple(_row_index(rows, x.v.device)), torch.cat([r[3] for r in rows], 0))
+    if x.D is not None:
+        outs = outs + x.D.to(cdt) * x.v.to(cdt)  # the skip term reads v alone, not v ⊙ vg
     out_dtype = x.out_dtype or x.v.dtype
     final = torch.stack(finals, 0).to(torch.float64 if cdt == torch.float64 else torch.float32)
     return outs.to(out_dtype), (final if x.output_final_state else None)

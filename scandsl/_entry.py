@@ -3,7 +3,9 @@
 Validation lives here once (not per model): shapes, dtypes, devices, gate signs,
 ``cu_seqlens``. Then either the reference interpreter runs the spec, or each core stage
 of its normal form runs on a kernel strategy between PyTorch prologue / epilogue (the
-epilogue as generated kernels, forward and backward, where ``lowering/epilogue.py`` fuses it).
+epilogue as generated kernels, forward and backward, where ``lowering/epilogue.py`` fuses it;
+an output ``S q + D ⊙ x`` needs none where the core's strategy adds the skip term ``D ⊙ x`` in
+its read-out, as the scan does: :func:`_fuse_skip`).
 """
 
 from __future__ import annotations
@@ -217,6 +219,28 @@ def _ungate(x: CoreInputs, sig, module) -> CoreInputs:
     return x
 
 
+def _fuse_skip(spec, stage: Stage, x: CoreInputs, module, env, sizes, lead) -> bool:
+    """Hand the output's skip term ``D ⊙ x`` (:func:`epilogue.skip_term`) to the core, whose
+    output is then the op's (no epilogue kernel, forward or backward), when its strategy
+    ``takes_skip`` and ``x`` is the value the kernels load: the value itself, or one factor of
+    ``v ⊙ vg`` (mamba's ``dt ⊙ x``: the factors commute, so ``x`` becomes ``v``)."""
+    takes_skip = getattr(module, "takes_skip", lambda sig: False)
+    term = epilogue.skip_term(spec.output, stage.reads()[0])
+    if term is None or len(stage.values) != 1 or not takes_skip(stage.sig):
+        return False
+    d, skip_x = term
+    gated = _value_factors(stage)
+    if x.vg is None:  # one value tensor (the product, where the strategy ungated it)
+        if stage.values[0] != skip_x:
+            return False
+    elif gated is not None and gated[1] == skip_x:  # on the value's axis: vg is [B,T,H,V] as v is
+        x.v, x.vg = x.vg, x.v
+    elif gated is None or gated[0] != skip_x:
+        return False
+    x.D = _eval_operand(d, env, sizes, lead, per_step=False).contiguous()  # [H, V]
+    return True
+
+
 def _run_kernels(spec, strategy: str, inputs, sizes, initial, scale, cu_seqlens, out_dtype):
     nf = spec.normal_form
     raw_q = Input(spec.scaled, spec.input_decls[spec.scaled].axes, True) if spec.scaled else None
@@ -224,6 +248,7 @@ def _run_kernels(spec, strategy: str, inputs, sizes, initial, scale, cu_seqlens,
     lead = tuple(v_any.shape[:3])
     env = _leaf_env(spec, inputs, scale if spec.scaled else 1.0)
     finals: dict[str, torch.Tensor] = {}
+    output = None  # the op's output, when a core's read-out computed all of it
     for stage in nf.stages:
         x = _stage_inputs(
             stage, env, sizes, lead, scale, raw_q, inputs, initial, cu_seqlens, spec.branches_on_readout
@@ -231,9 +256,15 @@ def _run_kernels(spec, strategy: str, inputs, sizes, initial, scale, cu_seqlens,
         x = _contiguous(x)
         chosen, config = _choose(spec, stage, strategy, x)
         module = load_strategy(chosen)
-        if isinstance(spec.output, Read) and len(stage.values) == 1 and spec.output == stage.reads()[0]:
+        x = _ungate(x, stage.sig, module)
+        skip = _fuse_skip(spec, stage, x, module, env, sizes, lead)
+        if skip or (
+            isinstance(spec.output, Read) and len(stage.values) == 1 and spec.output == stage.reads()[0]
+        ):
             x.out_dtype = out_dtype  # the output is this read-out: written in its final dtype at once
-        o, final = module.run(stage.sig, _ungate(x, stage.sig, module), config)
+        o, final = module.run(stage.sig, x, config)
+        if skip:
+            output = o
         col = 0
         for state, read, node in zip(stage.states, stage.reads(), stage.values):
             width = sizes[node.axes[0]] if node.axes else 1
@@ -242,6 +273,8 @@ def _run_kernels(spec, strategy: str, inputs, sizes, initial, scale, cu_seqlens,
             fs = final[..., col : col + width].transpose(-1, -2)  # [N, H, V, K] math orientation
             finals[state] = fs if node.axes else fs.squeeze(-2)
             col += width
+    if output is not None:
+        return output, finals
     fused = _fused_epilogue(spec, env, sizes, out_dtype)
     return (evaluate(spec.output, env, sizes) if fused is None else fused), finals
 
@@ -267,7 +300,7 @@ def _fused_epilogue(spec, env: _Env, sizes, out_dtype) -> torch.Tensor | None:
 
 
 def _contiguous(x: CoreInputs) -> CoreInputs:
-    for name in ("q", "k", "v", "g", "gk", "gv", "A", "beta", "vg"):
+    for name in ("q", "k", "v", "g", "gk", "gv", "A", "beta", "vg", "D"):
         t = getattr(x, name)
         if t is not None and not t.is_contiguous():
             setattr(x, name, t.contiguous())
