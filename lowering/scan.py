@@ -70,6 +70,19 @@ every share (1/8: 0.363, 1/4: 0.375, all: 0.590 ms), and so did computing the ne
 ahead (BT=16: 0.440). The MUFU bound of the 537M exp2s is ~0.145 ms. Forward+backward of the op
 3.71 ms (same file).
 
+Skip term in the read-out (``takes_skip``; mamba's and s4's ``D ⊙ x``), measured 2026-11-24
+08:51 UTC on an H100 80GB HBM3, Mamba-1 shape, bf16, one process
+(``bash bench/device_run.sh '125 ab python3 bench/gpu_ab_scan.py --variant unfused --grad ...'``,
+``bench/results/gpu_ab_scan_skip_run1.json``; ``unfused`` is the separate epilogue): mamba's
+forward 0.395 -> 0.328 ms graph-timed (4.5x the 0.072 ms floor; the issue's target of 0.219 is
+not reached: the scan kernel itself is 0.319), the scan kernel 0.321 -> 0.319 ms (the term costs
+nothing measurable), the epilogue's 0.067 ms gone; forward+backward 3.487 -> 3.093 ms (the
+epilogue's two kernels, 0.145 ms, and half of the partial sums, 0.399 -> 0.197 ms, gone; the
+backward kernel 2.221 -> 2.242 ms with dD and D ⊙ do). ``python3 -m scandsl.bench run --part scan``
+in the same call (``bench/results/gpu_bench_scan_skip_run1.json``, outputs and gradients checked
+against the reference): mamba 0.328 / 3.091 ms fwd / fwd+bwd, s4 0.211 / 1.698 ms (0.282 / 2.038
+in ``gpu_bench_scan_run2.json``, an earlier machine, not an A/B).
+
 Kernel source: :mod:`scandsl.lowering.scan_source` (templates) and
 :mod:`scandsl.lowering.scan_slots` (what each signature changes).
 """
