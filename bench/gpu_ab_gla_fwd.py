@@ -106,8 +106,10 @@ def ab(op: str, shape: Shape, rounds: int, res: dict, save) -> None:
                 ref_o, ref_g = o.detach(), g
             chk = {"o_vs_reference": rel_err(o, o_ref), "o_vs_default": rel_err(o, ref_o)}
             chk["o_vs_fla"] = None if o_fla is None else rel_err(o, o_fla)
+            with torch.no_grad():  # the forward without gradients (infer_wide's path)
+                chk["o_nograd_vs_reference"] = rel_err(ours(over)(), o_ref)
             chk.update({f"d{k}_vs_default": rel_err(a, b) for k, a, b in zip(grads_of, g, ref_g)})
-            ok[name] = chk["o_vs_reference"] < 2e-2 and all(
+            ok[name] = chk["o_vs_reference"] < 2e-2 and chk["o_nograd_vs_reference"] < 2e-2 and all(
                 v < 1e-2 for k, v in chk.items() if k.endswith("default")
             )
             r["check"][name] = {**chk, "ok": ok[name]}
@@ -134,14 +136,24 @@ def ab(op: str, shape: Shape, rounds: int, res: dict, save) -> None:
     if SMOKE:
         return
     timed = {"fla": fla_fwd, **{n: ours(VARIANTS[n]) for n in VARIANTS if ok[n]}}
-    samples: dict[str, list[float]] = defaultdict(list)
-    for _ in range(rounds):
-        for name, call in timed.items():
-            samples[name].append(triton.testing.do_bench(call, warmup=25, rep=200))
-    for name, ms in samples.items():
-        r["fwd_ms"][name] = {"median": round(statistics.median(ms), 4), "min": round(min(ms), 4),
-                             "rounds": [round(m, 4) for m in ms]}  # fmt: skip
-    save()
+
+    def no_grad(call):
+        def run():
+            with torch.no_grad():
+                return call()
+
+        return run
+
+    # with gradients enabled (training: what the backward needs is saved), then without (inference,
+    # and the benchmark harness's fwd column)
+    for key, calls in (("fwd_ms", timed), ("fwd_nograd_ms", {n: no_grad(c) for n, c in timed.items()})):
+        samples: dict[str, list[float]] = defaultdict(list)
+        for _ in range(rounds):
+            for name, call in calls.items():
+                samples[name].append(triton.testing.do_bench(call, warmup=25, rep=200))
+        r[key] = {name: {"median": round(statistics.median(ms), 4), "min": round(min(ms), 4),
+                         "rounds": [round(m, 4) for m in ms]} for name, ms in samples.items()}  # fmt: skip
+        save()
     for name in [n for n in VARIANTS if ok[n]]:
         call = ours(VARIANTS[name])
 
@@ -152,6 +164,7 @@ def ab(op: str, shape: Shape, rounds: int, res: dict, save) -> None:
         save()
     for name, call in timed.items():
         r["kernels"][name] = kernel_ms(call)
+        r.setdefault("kernels_nograd", {})[name] = kernel_ms(no_grad(call))
         save()
     use({})
 
@@ -163,7 +176,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--ops", default="gla,rwkv6")
     ap.add_argument("--smoke", action="store_true", help="the checks only, on the CPU (fp16, no FLA)")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="NAME=JSON config overrides (repeatable): these and the default instead of VARIANTS")
     a = ap.parse_args()
+    if a.variant:
+        picked = dict(v.split("=", 1) for v in a.variant)
+        VARIANTS.clear()
+        VARIANTS.update({"default": {}, **{k: json.loads(v) for k, v in picked.items()}})
     shape = Shape(*map(int, a.shape.split(",")))
     res: dict = {"device": "cpu (interpreter)" if SMOKE else torch.cuda.get_device_name(), "shape": a.shape, "variants": VARIANTS,
                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip

@@ -81,13 +81,15 @@ _TILES = (
     "diag_BV",
     "da_BV",
     "pairs_BK",
+    "wide_BK",
 )
 DQK_MODES = ("fused", "shared_scores", "split")
 FWD_MODES = ("fused", "split", "pairs")
 FWD_DIAGS = ("fold", "cols")  # fwd_mode="pairs": the walk over the pairs inside a sub-chunk
 DQK_DIAGS = ("cube", "cols")  # dqk_mode="split": the sub-chunk's own pairs in chunk_bwd_dqk_intra
 DA_SCORES = ("blocks", "full")  # the backward's V-wide scores: per sub-chunk, or one [C, C] product (KEY)
-FWD_CUMSUMS = ("kernel", "fused")  # the forward's key log-gate sums: chunk_local_cumsum, or per kernel
+# the forward's key log-gate sums: chunk_local_cumsum, every kernel its own, or the state walk's
+FWD_CUMSUMS = ("kernel", "fused", "state")
 
 
 def supports(sig: CoreSig) -> str | None:
@@ -170,6 +172,13 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
         # scores kernel gathering the rows it needs from that tile; the backward runs the cumsum
         # kernel itself. Predicted: the pass's write and one read fewer, ~0.05-0.09 ms of gla's 0.94
         "fwd_cumsum": "kernel",
+        # infer_wide, without gradients (KEY decay, fwd_mode="pairs"): states every 2 x chunk steps,
+        # scores at chunk (chunk_fwd_o_wide, K in wide_BK slices, wide_stages deep); False runs the
+        # training forward (and so does any other decay or fwd_mode). Nothing is saved for a backward
+        # there, so the states the backward reads at every chunk need not be written
+        "infer_wide": False,
+        "wide_BK": min(kp, 64),
+        "wide_stages": 2,
         "num_stages": 2,
         "fp32_dot": "ieee",
     }
@@ -183,6 +192,12 @@ def default_config(sig: CoreSig, shape: Shape) -> dict:
         cfg.update(chunk=32, fwd_BK=min(kp, 64), state_BK=min(kp, 32), state_warps=4, dv_BV=min(vp, 64),
                    dqk_BK=min(kp, 64), dqk_BV=min(vp, 32), diag_BV=min(vp, 16), dqk_mode="split",
                    da_BV=min(vp, 64), num_stages=3)  # fmt: skip
+        # the state walk stores the gate sums (fwd_cumsum="state") and, without gradients, walks chunks
+        # of 64 (infer_wide). Timed on the H100 against FLA in one process (2026-11-24, bench/gpu_ab_gla_fwd.py
+        # through bench/gpu_ab_gla_wide.sh, bench/results/gpu_ab_gla_wide_run*.json): gla fwd 0.928 ->
+        # 0.882 ms with gradients (the walk 0.240 -> 0.293, the 0.091 cumsum pass gone), fwd+bwd 3.24 ->
+        # 3.18; without gradients the walk at 64 0.239 and chunk_fwd_o_wide 0.207 at 2 stages (0.265 at 3)
+        cfg.update(fwd_cumsum="state", infer_wide=True)
     return cfg
 
 
@@ -209,9 +224,13 @@ def _check_config(sig: CoreSig, cfg: dict, shape: Shape) -> str | None:
         return f"dqk_diag={cfg['dqk_diag']!r} must be one of {DQK_DIAGS}"
     if cfg["fwd_cumsum"] not in FWD_CUMSUMS:
         return f"fwd_cumsum={cfg['fwd_cumsum']!r} must be one of {FWD_CUMSUMS}"
+    if cfg["fwd_cumsum"] == "state" and sig.decay not in (Decay.KEY, Decay.OUTER):
+        return f"fwd_cumsum='state' sums key log-gates; {sig.decay.name} decay has none: use 'kernel'"
     if cfg["fwd_cumsum"] == "fused" and (sig.decay is not Decay.KEY or cfg["fwd_mode"] != "pairs"):
         return (f"fwd_cumsum='fused' is built for KEY decay with fwd_mode='pairs', not {sig.decay.name} "
                 f"with fwd_mode={cfg['fwd_mode']!r}; use fwd_cumsum='kernel'")  # fmt: skip
+    if cfg["infer_wide"] not in (False, True):
+        return f"infer_wide={cfg['infer_wide']!r} must be True or False"
     if cfg["da_scores"] not in DA_SCORES:
         return f"da_scores={cfg['da_scores']!r} must be one of {DA_SCORES}"
     if cfg["da_scores"] == "full" and sig.decay is not Decay.KEY:
@@ -242,8 +261,10 @@ def _check_config(sig: CoreSig, cfg: dict, shape: Shape) -> str | None:
     # calibrated on sm_90 compiles, where the default tiles take 12-38 KiB
     for kernel, (bk, bv) in {"fwd": ("fwd_BK", "fwd_BV"), "state": ("state_BK", "state_BV"),
                              "dv": ("dv_BK", "dv_BV"), "dqk": ("dqk_BK", "dqk_BV"),
-                             "da": ("dqk_BK", "da_BV")}.items():  # fmt: skip
-        nbytes = 2 * max(1, cfg["num_stages"]) * (c * cfg[bk] + cfg[bk] * cfg[bv] + c * cfg[bv])
+                             "da": ("dqk_BK", "da_BV"), "wide": ("wide_BK", "fwd_BV")}.items():  # fmt: skip
+        rows = 2 * c if cfg["infer_wide"] and kernel in ("state", "wide") else c  # chunks without gradients
+        stages = cfg["wide_stages"] if kernel == "wide" else cfg["num_stages"]
+        nbytes = 2 * max(1, stages) * (rows * cfg[bk] + cfg[bk] * cfg[bv] + rows * cfg[bv])
         if nbytes > 200 * 1024:
             return f"{kernel}: staged tiles need ~{nbytes // 1024} KiB of shared memory (> 200)"
     return None
@@ -280,6 +301,9 @@ def search_space(sig: CoreSig, shape: Shape) -> SearchSpace:
             Param("fwd_a_stages", (3, 2, 1)),
             Param("pairs_BK", blocks),
             Param("fwd_cumsum", FWD_CUMSUMS),
+            Param("infer_wide", (True, False)),
+            Param("wide_BK", blocks),
+            Param("wide_stages", (2, 1, 3)),
             Param("num_stages", (2, 1, 3)),
             Param("fp32_dot", ("ieee",)),
         ),
@@ -292,14 +316,11 @@ class _ChunkVector(torch.autograd.Function):
     def forward(ctx, P: launch.Plan, q, k, v, gk, gv, h0, output_final_state: bool, out_dtype):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         launch.POISON["on"] = POISON_OUTPUTS
-        fused = launch.fused_cumsum(P)  # the forward's kernels sum the raw key log-gates themselves
-        if P.key:
-            gk_cum = gk.contiguous() if fused else launch.cumsum(P, gk.contiguous())
-        else:
-            gk_cum = None
+        gk_cum, gk_out = _key_sums(P, gk)
         gv_cum = launch.cumsum(P, gv.contiguous()) if P.value else None
         h0c = h0.float().contiguous() if h0 is not None else None
-        hs, ht = launch.fwd_state(P, k, v, gk_cum, gv_cum, h0c, output_final_state)
+        hs, ht = launch.fwd_state(P, k, v, gk_cum, gv_cum, h0c, output_final_state, gk_out)
+        gk_cum = gk_out if gk_out is not None else gk_cum  # the walk's sums, for every kernel after it
         ox = a = None  # o without its zero-step pairs (value decay); the split forward's scores
         if P.cfg["fwd_mode"] in ("split", "pairs"):
             o, a = launch.fwd_o_split(P, q, k, v, gk_cum, hs, out_dtype)
@@ -339,6 +360,26 @@ class _ChunkVector(torch.autograd.Function):
         return None, dq, dk, dv, dgk, dgv, dh0, None, None
 
 
+def _key_sums(P: launch.Plan, gk) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(what the state walk reads for the key log-gates, the tensor it stores their sums to).
+
+    ``fwd_cumsum="kernel"``: chunk_local_cumsum's sums, nothing stored; ``"fused"``: the raw gates
+    (every forward kernel sums them); ``"state"``: the raw gates, and the walk stores the sums to a
+    new fp32 tensor the kernels after it read (one pass over the gates fewer than "kernel")."""
+    if not P.key:
+        return None, None
+    mode = P.cfg["fwd_cumsum"]
+    if mode == "kernel":
+        return launch.cumsum(P, gk.contiguous()), None
+    gk = gk.contiguous()
+    return gk, (launch.empty(*gk.shape, dtype=torch.float32, device=gk.device) if mode == "state" else None)
+
+
+def _wide_applies(sig: CoreSig, cfg: dict) -> bool:
+    """Whether ``infer_wide`` changes anything: it is built for KEY decay with fwd_mode="pairs"."""
+    return sig.decay is Decay.KEY and cfg["fwd_mode"] == "pairs"
+
+
 def _validate(sig: CoreSig, x: CoreInputs) -> None:
     reason = supports(sig)
     if reason is not None:
@@ -373,4 +414,23 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
     out_dtype = x.out_dtype or x.v.dtype
     gk = x.gk if plan.key else None
     gv = x.gv if plan.value else None
+    leaves = (x.q, x.k, x.v, gk, gv, x.initial_state)
+    if cfg["infer_wide"] and _wide_applies(sig, cfg) and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in leaves)):
+        wide = launch.Plan(sig, x, {**cfg, "chunk": 2 * cfg["chunk"]})
+        return _forward_wide(plan, wide, x, out_dtype)
     return _ChunkVector.apply(plan, x.q, x.k, x.v, gk, gv, x.initial_state, x.output_final_state, out_dtype)
+
+
+@torch.no_grad()
+def _forward_wide(P: launch.Plan, W: launch.Plan, x: CoreInputs, out_dtype: torch.dtype):
+    """The forward when nothing needs its gradient (``infer_wide``, KEY decay, ``fwd_mode="pairs"``):
+    the state walk at W's chunks, twice P's, so half the states are written and read; the scores
+    at P's, whose halves chunk_fwd_o_wide completes with the one block between them."""
+    launch.POISON["on"] = POISON_OUTPUTS
+    mode = "state" if W.cfg["fwd_cumsum"] == "fused" else W.cfg["fwd_cumsum"]  # the o kernel reads sums
+    q, k, v = x.q.contiguous(), x.k.contiguous(), x.v.contiguous()
+    gk_cum, gk_out = _key_sums(W.with_config(fwd_cumsum=mode), x.gk)
+    h0 = x.initial_state.float().contiguous() if x.initial_state is not None else None
+    hs, ht = launch.fwd_state(W, k, v, gk_cum, None, h0, x.output_final_state, gk_out)
+    gk_cum = gk_out if gk_out is not None else gk_cum
+    return launch.fwd_o_wide(W, P, q, k, v, gk_cum, hs, out_dtype), ht

@@ -111,16 +111,18 @@ def fused_cumsum(P: Plan) -> bool:
     return P.cfg["fwd_cumsum"] == "fused"
 
 
-def fwd_state(P: Plan, k, v, gk_cum, gv_cum, h0, output_final_state: bool):
+def fwd_state(P: Plan, k, v, gk_cum, gv_cum, h0, output_final_state: bool, gk_out=None):
     """(hs [slots, H, K, V] in k's dtype: the state entering every chunk, final state or None).
-    With :func:`fused_cumsum`, ``gk_cum`` is the raw log-gate ``gk``."""
+    With :func:`fused_cumsum`, ``gk_cum`` is the raw log-gate ``gk``; so it is with ``gk_out``
+    (``fwd_cumsum="state"``), the fp32 tensor the walk stores the chunk-local sums to."""
     cfg, dev = P.cfg, v.device
     hs = empty(P.slots, P.H, P.K, P.V, dtype=k.dtype, device=dev)
     ht = empty(P.N, P.H, P.K, P.V, dtype=torch.float32, device=dev) if output_final_state else None
     bk, bv = cfg["state_BK"], cfg["state_BV"]
     P.kernels.chunk_fwd_state[(cdiv(P.K, bk), cdiv(P.V, bv), P.N * P.H)](
-        k, v, _or(gk_cum, k), _or(gv_cum, k), _or(h0, k), hs, _or(ht, k), P.cu, P.chunk_off,
-        BK=bk, BV=bv, HAS_H0=h0 is not None, STORE_FINAL=ht is not None, FUSED_CUMSUM=fused_cumsum(P),
+        k, v, _or(gk_cum, k), _or(gv_cum, k), _or(h0, k), hs, _or(ht, k), _or(gk_out, k), P.cu, P.chunk_off,
+        BK=bk, BV=bv, HAS_H0=h0 is not None, STORE_FINAL=ht is not None,
+        FUSED_CUMSUM=fused_cumsum(P) or gk_out is not None, STORE_CUM=gk_out is not None,
         num_warps=cfg["state_warps"], num_stages=cfg["num_stages"], **P.common(),
     )  # fmt: skip
     return hs, ht
@@ -146,31 +148,54 @@ def fwd_o_split(P: Plan, q, k, v, gk_cum, hs, out_dtype: torch.dtype):
     for :func:`bwd_dv_split` (:mod:`scandsl.lowering.chunk_vector_split`, ``chunk_vector_pairs``).
     With :func:`fused_cumsum` (``fwd_mode="pairs"`` only), ``gk_cum`` is the raw log-gate ``gk``."""
     cfg, dev = P.cfg, v.device
-    C, SC = cfg["chunk"], cfg["sub"]
     o = empty(P.B, P.T, P.H, P.V, dtype=out_dtype, device=dev)
+    a = fwd_scores(P, q, k, gk_cum)
     if P.TC:
-        a = empty(P.TC, P.H, C, C, dtype=torch.float32, device=dev)
-        if cfg["fwd_mode"] == "pairs":
-            P.kernels.chunk_fwd_a_pairs[(P.TC, P.H)](
-                q, k, gk_cum, a, P.cu, P.chunk_seq, P.chunk_loc, P.scale,
-                H=P.H, K=P.K, C=C, SC=SC, BK=cfg["fwd_BK"], KD=cfg["pairs_BK"], FOLD=cfg["fwd_diag"] == "fold",
-                PREC=cfg["fp32_dot"], FUSED_CUMSUM=fused_cumsum(P),
-                num_warps=cfg["fwd_warps"], num_stages=cfg["fwd_a_stages"],
-            )  # fmt: skip
-        else:
-            P.kernels.chunk_fwd_a[(P.TC * (C // SC), P.H)](
-                q, k, gk_cum, a, P.cu, P.chunk_seq, P.chunk_loc, P.scale,
-                H=P.H, K=P.K, C=C, SC=SC, BK=cfg["fwd_BK"], BKD=cfg["diag_BK"], PREC=cfg["fp32_dot"],
-                num_warps=cfg["fwd_warps"], num_stages=cfg["num_stages"],
-            )  # fmt: skip
         P.kernels.chunk_fwd_o_split[(cdiv(P.V, cfg["fwd_BV"]), P.TC, P.H)](
             q, k, v, gk_cum, hs, a, o, P.cu, P.chunk_seq, P.chunk_loc, P.scale,
-            SC=SC, BK=cfg["fwd_BK"], BV=cfg["fwd_BV"], FUSED_CUMSUM=fused_cumsum(P),
+            SC=cfg["sub"], BK=cfg["fwd_BK"], BV=cfg["fwd_BV"], FUSED_CUMSUM=fused_cumsum(P),
             num_warps=cfg["fwd_warps"], num_stages=cfg["num_stages"], **P.common(),
         )  # fmt: skip
-    else:
-        a = empty(0, dtype=torch.float32, device=dev)
     return o, a
+
+
+def fwd_scores(P: Plan, q, k, gk_cum) -> torch.Tensor:
+    """The chunks' causal score matrices A [chunks, H, C, C] in fp32 (``fwd_mode`` "pairs" or "split")."""
+    cfg = P.cfg
+    C, SC = cfg["chunk"], cfg["sub"]
+    a = empty(P.TC, P.H, C, C, dtype=torch.float32, device=q.device)
+    if not P.TC:
+        return a
+    if cfg["fwd_mode"] == "pairs":
+        P.kernels.chunk_fwd_a_pairs[(P.TC, P.H)](
+            q, k, gk_cum, a, P.cu, P.chunk_seq, P.chunk_loc, P.scale,
+            H=P.H, K=P.K, C=C, SC=SC, BK=cfg["fwd_BK"], KD=cfg["pairs_BK"], FOLD=cfg["fwd_diag"] == "fold",
+            PREC=cfg["fp32_dot"], FUSED_CUMSUM=fused_cumsum(P),
+            num_warps=cfg["fwd_warps"], num_stages=cfg["fwd_a_stages"],
+        )  # fmt: skip
+    else:
+        P.kernels.chunk_fwd_a[(P.TC * (C // SC), P.H)](
+            q, k, gk_cum, a, P.cu, P.chunk_seq, P.chunk_loc, P.scale,
+            H=P.H, K=P.K, C=C, SC=SC, BK=cfg["fwd_BK"], BKD=cfg["diag_BK"], PREC=cfg["fp32_dot"],
+            num_warps=cfg["fwd_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+    return a
+
+
+def fwd_o_wide(W: Plan, P: Plan, q, k, v, gk_cum, hs, out_dtype: torch.dtype) -> torch.Tensor:
+    """o without gradients (``infer_wide``): ``hs`` holds the states entering W's chunks (twice P's),
+    ``gk_cum`` the key log-gate sums over W's chunks; the scores run on P's chunks, the halves of
+    W's (their sums differ from P's own by a constant a chunk, which no score reads)."""
+    cfg = W.cfg
+    o = empty(W.B, W.T, W.H, W.V, dtype=out_dtype, device=v.device)
+    a = fwd_scores(P.with_config(fwd_cumsum="kernel"), q, k, gk_cum)
+    if W.TC:
+        W.kernels.chunk_fwd_o_wide[(cdiv(W.V, cfg["fwd_BV"]), W.TC, W.H)](
+            q, k, v, gk_cum, hs, a, o, W.cu, W.chunk_seq, W.chunk_loc, P.chunk_off, W.scale,
+            SC=P.cfg["chunk"], BK=cfg["wide_BK"], BV=cfg["fwd_BV"],
+            num_warps=cfg["fwd_warps"], num_stages=cfg["wide_stages"], **W.common(),
+        )  # fmt: skip
+    return o
 
 
 def bwd_dv_split(P: Plan, q, k, do, gk_cum, dhs, a):

@@ -54,6 +54,9 @@ _STATE_KEY = """
     # with FUSED_CUMSUM (fwd_cumsum="fused") gk_cum holds the raw log-gates: the chunk's sums here
     bk = cum_gates(gk_cum, bos, rows, L, offs_k, i_h, H, K, FUSED_CUMSUM)  # [C, BK]
     bk_last = gate_row(bk, gk_cum, bos, L - 1, L, offs_k, i_h, H, K, FUSED_CUMSUM)  # [BK] the whole chunk's
+    if STORE_CUM:  # fwd_cumsum="state": the sums, once per K-block, for the kernels after this walk
+        if i_v == 0:
+            store_rows(gk_out, bk, bos, rows, L, offs_k, i_h, H, K)
     h = h * tl.exp(bk_last)[:, None]
     b_k = b_k * tl.exp(tl.minimum(bk_last[None, :] - bk, 0.0))  # keys decayed to the chunk end
 """

@@ -287,6 +287,51 @@ def chunk_fwd_o_split(q, k, v, gk_cum, hs, a, o, cu, chunk_seq, chunk_loc, scale
 '''
 FWD_SPLIT += FWD_A_PAIRS  # fwd_mode="pairs": chunk_fwd_a_pairs in place of chunk_fwd_a, same module
 
+# infer_wide: a chunk of C steps read out from its entry state and the scores of its two halves
+# (chunk_fwd_a_pairs at chunks of SC = C / 2); the second half's scores against the first half's
+# keys, the one block those miss, as a tensor-core product rebased on the first half's last row
+_WIDE_OUT_BODY = """
+c_s = tl.load(score_off + tl.load(chunk_seq + i_c)) + 2 * tl.load(chunk_loc + i_c)  # its first score chunk
+first = rows_c < SC  # [C] the first half's rows
+b_o = tl.full([C, BV], 0.0, dtype=tl.float32)
+a_x = tl.full([C, C], 0.0, dtype=tl.float32)  # second-half queries against first-half keys
+for k0 in range(0, K, BK):
+    offs_k = k0 + tl.arange(0, BK)
+    b_q = load_rows(q, bos, rows_c, L, offs_k, i_h, H, K) * scale  # [C, BK]
+    bkq = load_rows(gk_cum, bos, rows_c - QSHIFT, L, offs_k, i_h, H, K)  # [C, BK]
+    b_h = load_state(hs, slot, i_h, offs_k, offs_v, H, K, V).to(DT)  # [BK, BV]
+    b_o += tl.dot((b_q * tl.exp(bkq)).to(DT), b_h, input_precision=PREC)
+    # rebased on row SC - 1, the first half's last: later queries, keys up to it, exponents <= 0
+    ref = load_row(gk_cum, bos, SC - 1, L, offs_k, i_h, H, K)  # [BK]
+    q_r = tl.where(first[:, None], 0.0, b_q * tl.exp(tl.minimum(bkq - ref[None, :], 0.0)))
+    rows_k = tl.where(first, rows_c, -1)  # the first half's keys (row -1 loads as zeros)
+    bk = load_rows(gk_cum, bos, rows_k, L, offs_k, i_h, H, K)  # [C, BK]
+    k_r = load_rows(k, bos, rows_k, L, offs_k, i_h, H, K) * tl.exp(tl.minimum(ref[None, :] - bk, 0.0))
+    a_x += tl.dot(q_r.to(DT), tl.trans(k_r.to(DT)), input_precision=PREC)
+# the halves' own scores, block-diagonal, from score chunks c_s and c_s + 1
+half, r = rows_c // SC, rows_c % SC
+p_a = (((c_s + half).to(tl.int64) * H + i_h) * SC + r)[:, None] * SC + r[None, :]
+own = (half[:, None] == half[None, :]) & (rows_c[:, None] < L)
+b_a = tl.load(a + p_a, mask=own, other=0.0) + a_x
+b_v = load_rows(v, bos, rows_c, L, offs_v, i_h, H, V)  # [C, BV]
+b_o += tl.dot(b_a.to(DT), b_v.to(DT), input_precision=PREC)
+store_rows(o, b_o, bos, rows_c, L, offs_v, i_h, H, V)
+"""
+
+FWD_SPLIT += f'''
+
+@triton.jit
+def chunk_fwd_o_wide(q, k, v, gk_cum, hs, a, o, cu, chunk_seq, chunk_loc, score_off, scale,
+                     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, SC: tl.constexpr,
+                     BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    """Outputs of one chunk of C steps, V-block and head, when no gradient is needed
+    (``infer_wide``): the state walk ran at chunks of C, chunk_fwd_a_pairs at chunks of SC = C / 2
+    (its chunk map starts sequence n at score chunk ``score_off[n]``), both on the sums over C.
+    Grid (V-blocks, chunks, H)."""
+{at_depth(4, chunk_program("v"))}
+{at_depth(4, _WIDE_OUT_BODY)}
+'''
+
 _DV_BODY = """
 b_dv = tl.full([C, BV], 0.0, dtype=tl.float32)
 for k0 in range(0, K, BK):  # keys feeding the state handed on

@@ -217,17 +217,19 @@ def reverse_sub_chunks(carry: str, row: str) -> str:
 FWD_STATE = f'''
 
 @triton.jit
-def chunk_fwd_state(k, v, gk_cum, gv_cum, h0, hs, ht, cu, chunk_off,
+def chunk_fwd_state(k, v, gk_cum, gv_cum, h0, hs, ht, gk_out, cu, chunk_off,
                     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
                     BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr,
-                    PREC: tl.constexpr, FUSED_CUMSUM: tl.constexpr):
+                    PREC: tl.constexpr, FUSED_CUMSUM: tl.constexpr, STORE_CUM: tl.constexpr):
     """The state entering every chunk: hs[slot0 + c] (and hs[slot0 + nc] = the final state).
 
     Grid (K-blocks, V-blocks, sequences * H); one sequential walk over the chunks of a sequence
     with a [BK, BV] fp32 block of h in registers:
         h <- exp(bk_last)[:, None] * h * exp(bv_last)[None, :]
              + (k * exp(bk_last - bk))^T (v * exp(bv_last - bv))
-    With FUSED_CUMSUM (fwd_cumsum="fused", KEY decay), gk_cum holds the raw log-gates (cum_gates).
+    With FUSED_CUMSUM (fwd_cumsum="fused" or "state", KEY decay), gk_cum holds the raw log-gates
+    (cum_gates); with STORE_CUM ("state") the V-block-0 programs also store the sums to gk_out, for
+    the kernels after this one, in place of a chunk_local_cumsum pass.
     """
 {at_depth(4, _walk_start("k", "h", "HAS_H0", "h0"))}
     for c in range(0, nc):

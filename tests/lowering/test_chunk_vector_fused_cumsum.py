@@ -97,7 +97,7 @@ def test_fused_config():
     key = SIGS["key"]
     space = chunk_vector.search_space(key, shape)
     base = chunk_vector.default_config(key, shape)
-    assert base["fwd_cumsum"] == "kernel"
+    assert base["fwd_cumsum"] == "state"  # the state walk stores the sums (test_chunk_vector_state_sums.py)
     assert "fwd_cumsum" in {p.name for p in space.params}
     assert space.valid({**base, "fwd_cumsum": "fused"}) is None
     assert "fwd_mode='pairs'" in space.valid({**base, "fwd_cumsum": "fused", "fwd_mode": "split"})
