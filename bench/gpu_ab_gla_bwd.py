@@ -42,6 +42,8 @@ DEVICE, HALF = ("cpu", torch.float16) if SMOKE else ("cuda", torch.bfloat16)
 
 VARIANTS = {
     "default": {},
+    # run 4 (2026-11-24 09:10 UTC): the gate sums from chunk_local_cumsum, as before fwd_cumsum="state"
+    "kernel_cumsum": {"fwd_cumsum": "kernel"},
     # run 2: chunk_bwd_dqk_intra walking the sub-chunk's own pairs (dqk_diag="cols"), and the
     # inter kernel's V-tile (run 1: dqk_BV 16 -> 32 took chunk_bwd_dqk_inter 0.897 -> 0.685 ms)
     "bv32": {"dqk_BV": 32},
