@@ -25,7 +25,17 @@ faster again) builds the same scores one (chunk, head) a program:
 :mod:`scandsl.lowering.chunk_vector_pairs`. With ``fwd_cumsum="fused"`` (KEY decay and
 ``fwd_mode="pairs"`` only; untimed) the forward has no ``chunk_local_cumsum``: its kernels load the
 raw key log-gates and take each chunk's cumulative sum in registers (``cum_gates``, rows past the
-chunk's end loaded as 0 first), and the backward runs the cumsum kernel for its own kernels.
+chunk's end loaded as 0 first), and the backward runs the cumsum kernel for its own kernels; timed
+much slower (the scores kernel 0.80 against 0.37 ms), it stays an option. With
+``fwd_cumsum="state"`` (the default for KEY decay) only ``chunk_fwd_state`` sums them, as it reads
+them anyway, and stores the sums for every kernel after it, forward and backward: no
+``chunk_local_cumsum`` launch for the key gates.
+
+Without gradients (``infer_wide``, the KEY default with ``fwd_mode="pairs"``: nothing is saved for a
+backward) the walk runs at chunks of ``2C`` and stores half the states; the scores stay at chunks of
+``C`` and ``chunk_fwd_o_wide`` (:mod:`scandsl.lowering.chunk_vector_split`) reads each wide chunk
+out of its entry state, its halves' scores and the block between the halves. With gradients the
+forward stores the state at every chunk, which the backward reads.
 
 Algorithm: Yang et al., "Gated Linear Attention Transformers with Hardware-Efficient Training"
 (2024): secondary chunking — between sub-chunks the per-key gates are rebased on a reference row
@@ -415,7 +425,8 @@ def run(sig: CoreSig, x: CoreInputs, config: dict | None = None):
     gk = x.gk if plan.key else None
     gv = x.gv if plan.value else None
     leaves = (x.q, x.k, x.v, gk, gv, x.initial_state)
-    if cfg["infer_wide"] and _wide_applies(sig, cfg) and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in leaves)):
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in leaves)
+    if cfg["infer_wide"] and _wide_applies(sig, cfg) and not needs_grad:
         wide = launch.Plan(sig, x, {**cfg, "chunk": 2 * cfg["chunk"]})
         return _forward_wide(plan, wide, x, out_dtype)
     return _ChunkVector.apply(plan, x.q, x.k, x.v, gk, gv, x.initial_state, x.output_final_state, out_dtype)

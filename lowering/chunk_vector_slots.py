@@ -51,7 +51,7 @@ def _has_value(sig: CoreSig) -> bool:
 # ---------------------------------------------------------------- state walks (both axes)
 
 _STATE_KEY = """
-    # with FUSED_CUMSUM (fwd_cumsum="fused") gk_cum holds the raw log-gates: the chunk's sums here
+    # with FUSED_CUMSUM (fwd_cumsum "fused" or "state") gk_cum holds the raw log-gates: the chunk's sums here
     bk = cum_gates(gk_cum, bos, rows, L, offs_k, i_h, H, K, FUSED_CUMSUM)  # [C, BK]
     bk_last = gate_row(bk, gk_cum, bos, L - 1, L, offs_k, i_h, H, K, FUSED_CUMSUM)  # [BK] the whole chunk's
     if STORE_CUM:  # fwd_cumsum="state": the sums, once per K-block, for the kernels after this walk

@@ -80,14 +80,15 @@ def test_fused_half_inputs():
     _compare(sig, x, _fused(), dtype=torch.float16)
 
 
+@pytest.mark.parametrize("mode", ["fused", "state"])  # "state": test_chunk_vector_state_sums.py
 @pytest.mark.parametrize("name", list(KEYS))
-def test_fused_equals_default_mode(name):
+def test_sums_equal_kernel_mode(name, mode):
     """The same forward as with chunk_local_cumsum, to fp32 rounding (the sums are the same sums)."""
     sig = KEYS[name]
     cu = torch.tensor([0, 3, 40, 69], dtype=torch.int32)
     x = random_core_inputs(sig, T=69, H=1, K=24, V=40, cu_seqlens=cu, seed=69)
     o_ref, ht_ref = chunk_vector.run(sig, x, _fused(fwd_cumsum="kernel"))
-    o, ht = chunk_vector.run(sig, x, _fused())
+    o, ht = chunk_vector.run(sig, x, _fused(fwd_cumsum=mode, state_BV=16))
     torch.testing.assert_close(o, o_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ht, ht_ref, rtol=1e-5, atol=1e-5)
 

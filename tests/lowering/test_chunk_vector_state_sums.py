@@ -1,7 +1,8 @@
 """fwd_cumsum="state" (key decay): the state walk sums the raw key log-gates of each chunk and
 stores the sums for the kernels after it, in place of the chunk_local_cumsum pass; on the
 interpreter: outputs, final states and every gradient against ``core_reference`` (the backward
-reads the walk's sums), and the forward equal to the default mode's.
+reads the walk's sums); its forward equals chunk_local_cumsum's in
+``test_chunk_vector_fused_cumsum.py::test_sums_equal_kernel_mode``.
 
 Buffers are NaN-poisoned, so a row or column the walk fails to store shows. Several V-blocks
 (only the first stores), K in several K-blocks, awkward T (1, 67), varlen with sequences of 0, 1,
@@ -55,15 +56,6 @@ def test_state_sums_varlen_half():
     _compare(sig, x, _state())
     x = random_core_inputs(SIGS["key"], B=1, T=37, H=1, K=24, V=40, seed=75, dtype=torch.float16, requires_grad=True)
     _compare(SIGS["key"], x, _state(), dtype=torch.float16)
-
-
-def test_state_sums_equal_default_mode():
-    sig = SIGS["key"]
-    x = random_core_inputs(sig, B=2, T=69, H=2, K=24, V=40, seed=76)
-    o_ref, ht_ref = chunk_vector.run(sig, x, _state(fwd_cumsum="kernel"))
-    o, ht = chunk_vector.run(sig, x, _state())
-    torch.testing.assert_close(o, o_ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(ht, ht_ref, rtol=1e-5, atol=1e-5)
 
 
 def test_state_sums_config():
