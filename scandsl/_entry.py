@@ -241,6 +241,26 @@ def _fuse_skip(spec, stage: Stage, x: CoreInputs, module, env, sizes, lead) -> b
     return True
 
 
+def source_options(spec, stage: Stage, module) -> dict[str, bool]:
+    """The variant of ``module.generate_source`` an op call runs for ``stage`` (``value_gated``,
+    ``skip``: the kernels multiply the value's two factors, add the skip term), decided from the
+    spec alone as :func:`_ungate` and :func:`_fuse_skip` decide it from the tensors; what
+    ``scandsl show --strategy`` prints."""
+    gated = _value_factors(stage)
+    kinds = getattr(module, "value_gates", lambda sig: ())(stage.sig)
+    value_gated = gated is not None and ("vector" if gated[1].axes else "scalar") in kinds
+    term = epilogue.skip_term(spec.output, stage.reads()[0]) if len(stage.values) == 1 else None
+    takes_skip = getattr(module, "takes_skip", lambda sig: False)(stage.sig)
+    if term is None or not takes_skip:
+        skip = False
+    elif value_gated:
+        assert gated is not None
+        skip = term[1] == gated[0] or term[1] == gated[1]
+    else:
+        skip = stage.values[0] == term[1]
+    return {"value_gated": value_gated, "skip": skip}
+
+
 def _run_kernels(spec, strategy: str, inputs, sizes, initial, scale, cu_seqlens, out_dtype):
     nf = spec.normal_form
     raw_q = Input(spec.scaled, spec.input_decls[spec.scaled].axes, True) if spec.scaled else None

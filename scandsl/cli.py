@@ -78,13 +78,18 @@ def cmd_show(args) -> int:
             con.print(f"  stage {i} {role:6s} = {_pretty(node)}")
     con.print(f"legal strategies: {', '.join(spec.legal_strategies)}")
     if args.strategy:
+        import inspect
+
+        from scandsl._entry import source_options
         from scandsl.lowering import load_strategy
 
         module = load_strategy(args.strategy)
         if module is None or not hasattr(module, "generate_source"):
             raise SystemExit(f"strategy {args.strategy!r}: no generated source in this install")
+        accepts = inspect.signature(module.generate_source).parameters
         for st in spec.normal_form.stages:
-            sources = module.generate_source(st.sig, None)
+            variant = {k: on for k, on in source_options(spec, st, module).items() if k in accepts}
+            sources = module.generate_source(st.sig, None, **variant)
             for kname, src in sources.items() if isinstance(sources, dict) else [("kernel", sources)]:
                 con.rule(f"{args.strategy}: {kname} ({st.sig.describe()})")
                 print(src)

@@ -27,6 +27,35 @@ def test_show_prints_generated_source(capsys, strategy, marker):
     assert marker in out and "tl." in out
 
 
+def test_show_prints_the_variant_the_op_runs(capsys):
+    """mamba on scan runs the module with dt ⊙ x multiplied in the kernel and D ⊙ x in its read-out."""
+    assert main(["--width", "120", "show", "mamba", "--strategy", "scan"]) == 0
+    out = capsys.readouterr().out
+    assert "read-out (after, skip term)" in out and "n_vg" in out
+
+
+@pytest.mark.parametrize("name", ["mamba", "s4", "mamba2"])
+def test_source_options_match_the_op_call(monkeypatch, name):
+    """What ``show`` decides from the spec is the module the op call loads from its tensors."""
+    import torch
+    from scandsl.bench._inputs import make_op_inputs, op_spec
+    from scandsl.lowering import scan
+
+    from scandsl._core import Shape
+    from scandsl._entry import source_options
+    from scandsl.cli import all_specs
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    loaded = []
+    real = scan.kernels
+    monkeypatch.setattr(scan, "kernels", lambda sig, **kw: loaded.append(kw) or real(sig, **kw))
+    fn, _ = op_spec(name)
+    fn(**make_op_inputs(name, Shape(1, 5, 1, 4, 8), torch.float32, "cpu", seed=0), strategy="scan")
+    spec = all_specs()[name][1]
+    (stage,) = spec.normal_form.stages
+    assert loaded == [source_options(spec, stage, scan)]
+
+
 def test_show_unknown_spec():
     with pytest.raises(SystemExit, match="unknown spec 'nope'"):
         main(["show", "nope"])
