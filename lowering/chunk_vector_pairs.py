@@ -55,6 +55,7 @@ against 104). Whether the pass it saves pays for that is for the GPU A/B (``benc
 
 from __future__ import annotations
 
+from scandsl.lowering.chunk_vector_shared import scores_program
 from scandsl.lowering.chunk_vector_templates import at_depth
 
 __all__ = ["FWD_A_PAIRS"]
@@ -157,12 +158,7 @@ def chunk_fwd_a_pairs(q, k, gk_cum, a, cu, chunk_seq, chunk_loc, scale,
     row and step over a KD-wide slice of K: SC steps, or SC / 2 if FOLD. With FUSED_CUMSUM, gk_cum
     holds the raw log-gates: each K-slice sums the chunk's once and gathers the rows it needs.
     """
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
-    bos, L, slot = chunk_coords(cu, chunk_seq, chunk_loc, i_c, C)
-    DT = q.dtype.element_ty
-    rows_c = tl.arange(0, C)
-    o_s = tl.arange(0, SC)
-    base = (i_c.to(tl.int64) * H + i_h) * C  # first scratch row of this (chunk, head)
+{at_depth(4, scores_program("q"))}
     r = rows_c % SC  # [C] each row's place in its sub-chunk
     first = rows_c - r  # [C] and its sub-chunk's first row
     for I in range(0, (L + SC - 1) // SC):

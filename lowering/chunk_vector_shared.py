@@ -35,18 +35,26 @@ from scandsl.lowering.chunk_vector_templates import (
     chunk_program,
 )
 
-__all__ = ["BWD_DA", "BWD_DQK_SHARED", "SCORES_PROGRAM", "SCRATCH_SCORES", "slots"]
+__all__ = ["BWD_DA", "BWD_DQK_SHARED", "SCORES_PROGRAM", "SCRATCH_SCORES", "scores_program", "slots"]
 
-# program (chunk, head) of a backward-scores kernel: the chunk's first step / length / state slot,
-# its row ranges and its first scratch row (chunk_bwd_da, and chunk_bwd_da_key of chunk_vector_split)
-SCORES_PROGRAM = """
+
+
+def scores_program(dtype_of: str) -> str:
+    """Program (chunk, head) of a kernel writing a chunk's [C, C] scores to scratch: the chunk's first
+    step / length / state slot, its row ranges, its first scratch row, and ``DT``, the 16-bit dtype
+    of operand ``dtype_of`` (chunk_bwd_da, chunk_bwd_da_key of chunk_vector_split: ``do``;
+    chunk_fwd_a_pairs of chunk_vector_pairs: ``q``)."""
+    return f"""
 i_c, i_h = tl.program_id(0), tl.program_id(1)
 bos, L, slot = chunk_coords(cu, chunk_seq, chunk_loc, i_c, C)
-DT = do.dtype.element_ty
+DT = {dtype_of}.dtype.element_ty
 rows_c = tl.arange(0, C)
 o_s = tl.arange(0, SC)
 base = (i_c.to(tl.int64) * H + i_h) * C  # first scratch row of this (chunk, head)
 """
+
+
+SCORES_PROGRAM = scores_program("do")  # the backward's score kernels
 
 BWD_DA = f'''
 
