@@ -219,33 +219,11 @@ def _ungate(x: CoreInputs, sig, module) -> CoreInputs:
     return x
 
 
-def _fuse_skip(spec, stage: Stage, x: CoreInputs, module, env, sizes, lead) -> bool:
-    """Hand the output's skip term ``D ⊙ x`` (:func:`epilogue.skip_term`) to the core, whose
-    output is then the op's (no epilogue kernel, forward or backward), when its strategy
-    ``takes_skip`` and ``x`` is the value the kernels load: the value itself, or one factor of
-    ``v ⊙ vg`` (mamba's ``dt ⊙ x``: the factors commute, so ``x`` becomes ``v``)."""
-    takes_skip = getattr(module, "takes_skip", lambda sig: False)
-    term = epilogue.skip_term(spec.output, stage.reads()[0])
-    if term is None or len(stage.values) != 1 or not takes_skip(stage.sig):
-        return False
-    d, skip_x = term
-    gated = _value_factors(stage)
-    if x.vg is None:  # one value tensor (the product, where the strategy ungated it)
-        if stage.values[0] != skip_x:
-            return False
-    elif gated is not None and gated[1] == skip_x:  # on the value's axis: vg is [B,T,H,V] as v is
-        x.v, x.vg = x.vg, x.v
-    elif gated is None or gated[0] != skip_x:
-        return False
-    x.D = _eval_operand(d, env, sizes, lead, per_step=False).contiguous()  # [H, V]
-    return True
-
-
 def source_options(spec, stage: Stage, module) -> dict[str, bool]:
     """The variant of ``module.generate_source`` an op call runs for ``stage`` (``value_gated``,
     ``skip``: the kernels multiply the value's two factors, add the skip term), decided from the
-    spec alone as :func:`_ungate` and :func:`_fuse_skip` decide it from the tensors; what
-    ``scandsl show --strategy`` prints."""
+    spec alone: :func:`_fuse_skip` takes ``skip`` from here, and ``value_gated`` is what
+    :func:`_ungate` leaves of the tensors; ``scandsl show --strategy`` prints that variant."""
     gated = _value_factors(stage)
     kinds = getattr(module, "value_gates", lambda sig: ())(stage.sig)
     value_gated = gated is not None and ("vector" if gated[1].axes else "scalar") in kinds
@@ -259,6 +237,26 @@ def source_options(spec, stage: Stage, module) -> dict[str, bool]:
     else:
         skip = stage.values[0] == term[1]
     return {"value_gated": value_gated, "skip": skip}
+
+
+def _fuse_skip(spec, stage: Stage, x: CoreInputs, module, env, sizes, lead) -> bool:
+    """Hand the output's skip term ``D ⊙ x`` (:func:`epilogue.skip_term`) to the core, whose
+    output is then the op's (no epilogue kernel, forward or backward), where
+    :func:`source_options` says the strategy's kernels take it: ``x`` is the value the kernels
+    load, the value itself or one factor of ``v ⊙ vg`` (mamba's ``dt ⊙ x``: the factors commute,
+    so ``x`` becomes ``v``)."""
+    opts = source_options(spec, stage, module)
+    if not opts["skip"]:
+        return False
+    assert opts["value_gated"] == (x.vg is not None)  # as _ungate left the value
+    term = epilogue.skip_term(spec.output, stage.reads()[0])
+    gated = _value_factors(stage)
+    assert term is not None
+    d, skip_x = term
+    if gated is not None and x.vg is not None and gated[1] == skip_x:  # vg is [B,T,H,V] as v is
+        x.v, x.vg = x.vg, x.v
+    x.D = _eval_operand(d, env, sizes, lead, per_step=False).contiguous()  # [H, V]
+    return True
 
 
 def _run_kernels(spec, strategy: str, inputs, sizes, initial, scale, cu_seqlens, out_dtype):
