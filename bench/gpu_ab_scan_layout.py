@@ -15,7 +15,8 @@ design). Times: the kernel alone as a CUDA graph replay after an L2 flush
 
 Runs (``bench/results/gpu_ab_scan_layout_*.json``, ``gpu_ncu_scan_*.txt``) are discussed in
 ``docs/performance.md`` (session of 2026-11-24 13:27 UTC); the ``gen`` variants of those runs
-were launched from snapshots of the generated source, identical to what ``gen`` loads.
+were launched from snapshots of the generated source, identical to what ``gen`` loaded then; run 3
+timed rewrites since folded into the generator (``shared_gate``, ``SCALED``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def _no_exp(src: str) -> str:
     return _swap(src, [(_DECAY, "b_a = b_gv[:, None, :] * b_A2[None, :, :] * 0.01 + 1.0")])
 
 
-_READ = "b_o = tl.sum(b_hs * b_q[:, :, None].to(tl.float32), axis=1) * scale + b_D[None, :] * b_v"
+_READ = "tl.sum(b_hs * b_q[:, :, None].to(tl.float32), axis=1)"
 _LAST = "    if STORE_HT:\n        tl.store(ht + i_nh.to(tl.int64) * K * V + p_s, b_h, mask=m_s)\n"
 
 
@@ -48,10 +49,19 @@ def _no_read(src: str) -> str:
     """Ablation: no read-out (o = D ⊙ v); the final state is written over o's first rows, which
     keeps the scan alive (nothing else reads it here)."""
     keep = "    tl.store(o + i_nh.to(tl.int64) * K * V + p_s, b_h.to(o.dtype.element_ty), mask=m_s)\n"
-    return _swap(src, [(_READ, "b_o = b_D[None, :] * b_v"), (_LAST, _LAST + keep)])
+    return _swap(src, [(_READ, "tl.zeros_like(b_v)"), (_LAST, _LAST + keep)])
 
 
-ABLATIONS = {"noexp": _no_exp, "noread": _no_read}
+def _even(src: str) -> str:
+    """V a multiple of BV and K of BK (the Mamba-1 shape): the tiles' masks on V and K dropped."""
+    return _swap(src, [(" & m_v[None, :]", ""), (" & m_k[None, :]", "")])
+
+
+ABLATIONS = {  # rewrites of the generated kernel: ablations (wrong by design) and experiments
+    "even": _even,
+    "noexp": _no_exp,
+    "noread": _no_read,
+}
 
 
 def generated(rewrites: list[str]):
@@ -98,7 +108,7 @@ _TYPES = {"q": "*bf16", "k": "*bf16", "v": "*bf16", "vg": "*bf16", "gv": "*bf16"
 def constexprs(meta: dict, B: int, T: int, H: int, K: int, V: int) -> dict:
     """Every constexpr and launch option of one variant's ``scan_fwd_kernel`` at shape (B, T, H, K, V)."""
     return {"H": H, "K": K, "V": V, "BT": meta["BT"], "BK": meta.get("BK", K), "BV": meta["BV"], "CT": 8,
-            "USE_H0": False, "STORE_HT": False, "SAVE_CKPT": False, "IS_VARLEN": False,
+            "USE_H0": False, "STORE_HT": False, "SAVE_CKPT": False, "IS_VARLEN": False, "SCALED": False,
             "num_warps": meta.get("num_warps", 1), "num_stages": meta.get("num_stages", 1),
             **{n: meta[n] for n in ("VI",) if n in meta}}  # fmt: skip
 

@@ -93,6 +93,7 @@ import functools
 
 import torch
 from scandsl.autotune._space import Param, SearchSpace
+from scandsl.lowering import scan_slots
 from scandsl.lowering._chunks import chunk_map
 from scandsl.lowering._config import config_memo
 from scandsl.lowering._partials import sum_partials
@@ -103,7 +104,16 @@ from scandsl.lowering.scan_source import generate_source, module_name
 
 from scandsl._core import CoreInputs, CoreSig, Decay, Readout, Shape, Transition
 
-__all__ = ["supports", "run", "search_space", "default_config", "generate_source", "kernels", "takes_skip"]
+__all__ = [
+    "supports",
+    "run",
+    "search_space",
+    "default_config",
+    "generate_source",
+    "kernels",
+    "takes_skip",
+    "shares_gate",
+]
 
 # Tests flip this to NaN-fill every buffer the kernels are supposed to overwrite.
 POISON_OUTPUTS = False
@@ -141,15 +151,22 @@ def takes_skip(sig: CoreSig) -> bool:
     return sig.readout is Readout.AFTER
 
 
+def shares_gate(sig: CoreSig) -> bool:
+    """Whether a value gate that is the decay's per-step gate (``CoreInputs.vg is gv``: mamba's
+    ``dt``, which scales the input and the decay's exponent) is read once, as the gate."""
+    return scan_slots.shares_gate(sig)
+
+
 @functools.cache
-def kernels(sig: CoreSig, value_gated: bool = False, skip: bool = False):
+def kernels(sig: CoreSig, value_gated: bool = False, skip: bool = False, shared_gate: bool = False):
     """The generated module for ``sig``: ``scan_fwd_kernel`` (the walk forward), the split
     forward's ``scan_chunk_totals_kernel``, ``scan_chunk_states_kernel`` and
     ``scan_chunk_out_kernel``, and ``scan_bwd_kernel``. Cached: generating the source costs
     ~0.5 ms of host time a call, more than the kernel at the Mamba-1 shape."""
+    variant = {"value_gated": value_gated, "skip": skip, "shared_gate": shared_gate}
     return load_source(
-        generate_source(sig, value_gated=value_gated, skip=skip),
-        name=module_name(sig, value_gated=value_gated, skip=skip),
+        generate_source(sig, **variant),
+        name=module_name(sig, **variant),
     )
 
 
@@ -314,9 +331,16 @@ def _forward_split(mod, sig, cfg, args, scale, meta, B, T, N, NK, NV):
         mod.scan_chunk_out_kernel[(n_chunks * H, NV, NK)](*chunk_args, **inner)
 
 
+def _shared_gate(sig: CoreSig, tensors: tuple) -> bool:
+    """The value gate is the decay's gate, the same tensor (``_ScanFunction``'s order)."""
+    gv, vg = tensors[5], tensors[8]
+    return vg is not None and vg is gv and shares_gate(sig)
+
+
 class _ScanFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, sig, cfg, scale, cu_seqlens, out_dtype, output_final_state, save, *tensors):
+        shared = _shared_gate(sig, tensors)
         q, k, v, g, gk, gv, A, h0, vg, D = (_contig(t) for t in tensors)
         B, T, H, K, V, N, NK, NV, chunk_offsets, n_ckpt = _geometry(cfg, "", v, q, cu_seqlens)
         dev = v.device
@@ -324,12 +348,13 @@ class _ScanFunction(torch.autograd.Function):
         o = _empty(NK, B, T, H, V, dtype=out_dtype if NK == 1 else torch.float32, device=dev)
         ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if output_final_state else None
         hc = _empty(n_ckpt, H, K, V, dtype=torch.float32, device=dev) if save else None
-        mod = kernels(sig, value_gated=vg is not None, skip=D is not None)
+        mod = kernels(sig, value_gated=vg is not None, skip=D is not None, shared_gate=shared)
         args = (q, k, v, v if vg is None else vg, g, gk, gv, A, D, h0, o, ht, hc, cu_seqlens, chunk_offsets)
         meta = dict(
             H=H, K=K, V=V, BT=cfg["BT"], BK=cfg["BK"], BV=cfg["BV"], CT=cfg["bwd_BT"],
             USE_H0=h0 is not None, STORE_HT=output_final_state, SAVE_CKPT=save,
-            IS_VARLEN=cu_seqlens is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            IS_VARLEN=cu_seqlens is not None, SCALED=scale != 1.0,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
         if cfg.get("fwd_mode", "walk") == "split":
             _forward_split(mod, sig, cfg, args, scale, meta, B, T, N, NK, NV)
@@ -338,13 +363,13 @@ class _ScanFunction(torch.autograd.Function):
         o = o[0] if NK == 1 else sum_partials(o, out_dtype)
         if save:
             ctx.save_for_backward(q, k, v, g, gk, gv, A, h0, vg, D, hc, cu_seqlens, chunk_offsets)
-            ctx.meta = (sig, cfg, scale, [None if t is None else t.dtype for t in tensors])
+            ctx.meta = (sig, cfg, scale, shared, [None if t is None else t.dtype for t in tensors])
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
         q, k, v, g, gk, gv, A, h0, vg, D, hc, cu_seqlens, chunk_offsets = ctx.saved_tensors
-        sig, cfg, scale, dtypes = ctx.meta
+        sig, cfg, scale, shared, dtypes = ctx.meta
         B, T, H, K, V, N, NK, NV, _, _ = _geometry(cfg, "bwd_", v, q, cu_seqlens)
         dev, R, f32 = v.device, B * T, torch.float32
         need = ctx.needs_input_grad[7:]
@@ -364,7 +389,7 @@ class _ScanFunction(torch.autograd.Function):
         dA = buf(N, H, V, K) if A is not None else None
         dh0 = buf(N, H, K, V) if (h0 is not None and need[7]) else None
         dD = buf(N, H, V) if D is not None else None  # per-sequence partials of Σ_t do ⊙ v
-        mod = kernels(sig, value_gated=vg is not None, skip=D is not None)
+        mod = kernels(sig, value_gated=vg is not None, skip=D is not None, shared_gate=shared)
         mod.scan_bwd_kernel[(NV, NK, N * H)](
             q, k, v, vg, g, gk, gv, A, D, hc, do.contiguous(), _contig(dht), dq, dk, dv, dvg, dg, dgk, dgv, dA, dD, dh0,
             cu_seqlens, chunk_offsets, scale, T, R, N,

@@ -27,6 +27,8 @@ from scandsl._core import CoreSig, Decay, Readout
 __all__ = [
     "RowLoad",
     "late_kq",
+    "gate_name",
+    "shares_gate",
     "row_loads",
     "static_loads",
     "decay",
@@ -120,11 +122,26 @@ def late_kq(sig: CoreSig) -> bool:
     return sig.decay is Decay.CHANNEL and not sig.decay_static
 
 
-def row_loads(sig: CoreSig, kernel: str, value_gated: bool = False) -> list[RowLoad]:
+def gate_name(shared_gate: bool) -> str:
+    """The value gate's fp32 rows in the kernels: ``b_vg``, or with ``shared_gate`` the decay's
+    per-step gate ``b_gv``, the same tensor (Mamba's ``dt`` scales the input and the decay's
+    exponent): read once, which saves a ``[B, T, H, V]`` read in the forward and the backward."""
+    return "b_gv" if shared_gate else "b_vg"
+
+
+def shares_gate(sig: CoreSig) -> bool:
+    """Whether the kernels load a per-step ``[B, T, H, V]`` decay gate ``gv`` a value gate can be."""
+    return sig.decay in (Decay.VALUE, Decay.OUTER, Decay.CHANNEL) and not sig.decay_static
+
+
+def row_loads(
+    sig: CoreSig, kernel: str, value_gated: bool = False, shared_gate: bool = False
+) -> list[RowLoad]:
     """Every per-block operand the ``kernel`` reads: ``"fwd"``, ``"bwd"``, or ``"totals"`` (the
     split forward's pass 1, which reads no query); with ``value_gated`` the value's second
-    factor ``vg`` too."""
-    loads = [RowLoad("v", "v", "V")] + ([RowLoad("vg", "vg", "V")] if value_gated else [])
+    factor ``vg`` too, unless it is the decay's gate (``shared_gate``)."""
+    own = value_gated and not shared_gate
+    loads = [RowLoad("v", "v", "V")] + ([RowLoad("vg", "vg", "V")] if own else [])
     late = kernel != "bwd" and late_kq(sig)
     if not sig.key_static:
         loads.append(RowLoad("k", "k", "K", late=late))
@@ -151,7 +168,7 @@ def row_loads(sig: CoreSig, kernel: str, value_gated: bool = False) -> list[RowL
     return loads
 
 
-def bwd_dv(value_gated: bool, skip: bool = False) -> str:
+def bwd_dv(value_gated: bool, skip: bool = False, shared_gate: bool = False) -> str:
     """Store ``dv`` (and ``dvg``) from ``b_dv = Σ_k dS_t[v, k] k_t[k]``, the value's gradient.
 
     With ``skip`` the read-out's ``D ⊙ v_t`` adds ``D ⊙ do_t`` to ``dv`` (not to ``dvg``: the
@@ -159,7 +176,7 @@ def bwd_dv(value_gated: bool, skip: bool = False) -> str:
     rows = "(r_t[:, None] * H + i_h) * V + o_v[None, :]"
     mask = "m_t[:, None] & m_v[None, :]"
     part = "i_k.to(tl.int64) * R * H * V"  # this K-block's partial (NK > 1)
-    dv = "b_dv" if not value_gated else "b_dv * b_vg"
+    dv = "b_dv" if not value_gated else f"b_dv * {gate_name(shared_gate)}"
     lines = ["# the value was v ⊙ vg: each factor's gradient is the other times b_dv"] if value_gated else []
     if skip:
         lines.append("# o_t's skip term D ⊙ v_t adds D ⊙ do_t to dv (b_D is 0 outside K-block 0)")
@@ -214,11 +231,13 @@ def decay(sig: CoreSig, suffix: str, mask: str) -> str:
     return f"{out} = {expr}  # [BT, BK, BV]"
 
 
-def step_input(sig: CoreSig, value_gated: bool = False, late: bool = False) -> str:
+def step_input(sig: CoreSig, value_gated: bool = False, late: bool = False, shared_gate: bool = False) -> str:
     """``b_u = U_t`` on the block's rows (padded rows load 0); ``b_w`` is the value, ``v ⊙ vg``
-    when ``value_gated`` (the backward keeps both factors for their gradients); ``late``: ``b_k``
+    when ``value_gated`` (the backward keeps both factors for their gradients; with
+    ``shared_gate`` the factor is the decay's gate ``b_gv``, :func:`gate_name`); ``late``: ``b_k``
     arrives in its storage dtype (:func:`late_kq`)."""
-    w = "b_w = b_v * b_vg  # [BT, BV], the value v_t ⊙ vg_t\n" if value_gated else "b_w = b_v\n"
+    vg = gate_name(shared_gate)
+    w = f"b_w = b_v * {vg}  # [BT, BV], the value v_t ⊙ vg_t\n" if value_gated else "b_w = b_v\n"
     if sig.key_static:
         return w + "b_u = b_kS[None, :, :] * b_w[:, None, :]  # [BT, BK, BV], U_t[v, k] = w_t[v] B[v, k]"
     k = "b_k[:, :, None].to(tl.float32)" if late else "b_k[:, :, None]"
@@ -227,12 +246,21 @@ def step_input(sig: CoreSig, value_gated: bool = False, late: bool = False) -> s
 
 def _readout(sig: CoreSig, q: str) -> str:
     """``o[v] = Σ_k S_t[v, k] q[k]`` over the ``[BT, BK, BV]`` state tile (a per-step query comes
-    unscaled into the forward: the sum takes the scale)."""
+    unscaled into the forward: the sum takes the scale, :func:`_scaled`)."""
     if sig.query_static:
         return "tl.sum(b_hs * b_qS[None, :, :], axis=1)"
     if q == "b_q" and late_kq(sig):  # the AFTER query, in its storage dtype (late_kq)
-        return "tl.sum(b_hs * b_q[:, :, None].to(tl.float32), axis=1) * scale"
-    return f"tl.sum(b_hs * {q}[:, :, None], axis=1) * scale"
+        return "tl.sum(b_hs * b_q[:, :, None].to(tl.float32), axis=1)"
+    return f"tl.sum(b_hs * {q}[:, :, None], axis=1)"
+
+
+def _scaled(sig: CoreSig, out: str) -> list[str]:
+    """Multiply a per-step query's read-out ``out`` by the scale, unless the launch says it is 1
+    (``SCALED``, a constexpr: mamba's; dropping the multiply took the Mamba-1 scan kernel from
+    0.304 to 0.296 ms, ``bench/results/gpu_ab_scan_layout_run3.json``)."""
+    if sig.query_static:
+        return []
+    return ["if SCALED:  # a scale of 1 multiplies nothing", f"    {out} = {out} * scale"]
 
 
 def _rows(width: str, lane: str, rows: str = "r_t") -> str:
@@ -246,19 +274,21 @@ def fwd_readout(sig: CoreSig, skip: bool = False) -> str:
     ``D ⊙ v_t``, from the value the block loaded anyway."""
     store = "tl.store(o_base + {p}, b_o.to(o.dtype.element_ty), mask={m}[:, None] & m_v[None, :])"
     if sig.readout is Readout.AFTER:
-        read = f"b_o = {_readout(sig, 'b_q')}  # [BT, BV], o_t = S_t q_t"
+        read = [f"b_o = {_readout(sig, 'b_q')}  # [BT, BV], o_t = S_t q_t", *_scaled(sig, "b_o")]
         if skip:
-            read = f"b_o = {_readout(sig, 'b_q')} + b_D[None, :] * b_v  # [BT, BV], o_t = S_t q_t + D ⊙ v_t"
-        return "\n".join([read, store.format(p=_rows("V", "o_v"), m="m_t")])
+            read.append("b_o += b_D[None, :] * b_v  # o_t = S_t q_t + D ⊙ v_t")
+        return "\n".join([*read, store.format(p=_rows("V", "o_v"), m="m_t")])
     assert not skip, "a skip term needs the AFTER read-out (o_t and v_t on the same row)"
     # BEFORE: o_(t+1) = S_t q_(t+1), so each row serves the next step and the block's first
     # step reads the carried state: no shifted state (and no second exp) is needed.
-    o0 = "tl.sum(b_h * b_qS, axis=0)" if sig.query_static else "tl.sum(b_h * b_q0[:, None], axis=0) * scale"
+    o0 = "tl.sum(b_h * b_qS, axis=0)" if sig.query_static else "tl.sum(b_h * b_q0[:, None], axis=0)"
     return "\n".join(
         [
             f"b_o = {_readout(sig, 'b_q1')}  # [BT, BV], o_(t+1) = S_t q_(t+1)",
+            *_scaled(sig, "b_o"),
             store.format(p=_rows("V", "o_v", "(r_t + 1)"), m="m_t1"),
             f"b_o0 = {o0}  # [BV], o_t0 = S_(t0-1) q_t0",
+            *_scaled(sig, "b_o0"),
             "tl.store(o_base + ((bos + i_t * BT) * H + i_h) * V + o_v, b_o0.to(o.dtype.element_ty), mask=m_v)",
         ]
     )

@@ -4,10 +4,12 @@
 kernel ``scan_fwd_kernel`` and the backward kernel ``scan_bwd_kernel``. The templates below
 fix the algorithm; the named slots of :mod:`scandsl.lowering.scan_slots` fill in what the
 signature changes (decay form, static operands, read-out after / before) and two variants:
-``value_gated``, the value as ``v ⊙ vg``, and ``skip``, the read-out plus ``D ⊙ v_t`` (mamba's and
-s4's ``D ⊙ x``), whose gradients ``dD = Σ_t do_t ⊙ v_t`` and ``dv += D ⊙ do_t`` the backward
-adds, as it loads ``do`` and ``v`` per block anyway. Tile sizes enter as ``tl.constexpr``
-arguments, so one source serves every config of a signature.
+``value_gated``, the value as ``v ⊙ vg`` (``shared_gate``: ``vg`` is the decay's gate ``gv``, as
+mamba's ``dt``, read once), and ``skip``, the read-out plus ``D ⊙ v_t`` (mamba's and s4's
+``D ⊙ x``), whose gradients ``dD = Σ_t do_t ⊙ v_t`` and ``dv += D ⊙ do_t`` the backward adds,
+as it loads ``do`` and ``v`` per block anyway. Tile sizes enter as ``tl.constexpr`` arguments, so
+one source serves every config of a signature; so does ``SCALED`` (the forward multiplies its
+read-out by the scale only when it is not 1).
 
 The algorithm (Blelloch 1990, "Prefix sums and their applications"; as used for linear
 recurrences by Martin & Cundy 2018 and for Mamba by Gu & Dao 2023): a diagonal recurrence
@@ -144,6 +146,7 @@ def {name}(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, CT: tl.constexpr,{chunk_const}
     USE_H0: tl.constexpr, STORE_HT: tl.constexpr, SAVE_CKPT: tl.constexpr, IS_VARLEN: tl.constexpr,
+    SCALED: tl.constexpr,
 ):
     """{doc}"""
 {program}
@@ -298,9 +301,11 @@ b_dl = tl.where(m_t[:, None, None], b_dhs * (b_hs - b_u), 0.0)  # [BT, BK, BV] d
 """
 
 
-def module_name(sig: CoreSig, value_gated: bool = False, skip: bool = False) -> str:
+def module_name(
+    sig: CoreSig, value_gated: bool = False, skip: bool = False, shared_gate: bool = False
+) -> str:
     bits = ["scan", sig.decay.value, sig.readout.value] + (["vg"] if value_gated else [])
-    bits += ["skip"] if skip else []
+    bits += (["sharedgate"] if shared_gate else []) + (["skip"] if skip else [])
     bits += [n.split("_")[0] + "S" for n in ("key_static", "query_static", "decay_static") if getattr(sig, n)]
     return "_".join(bits)
 
@@ -319,20 +324,28 @@ def _take(loads: list[slot.RowLoad]) -> str:
 
 
 def generate_source(
-    sig: CoreSig, config: dict | None = None, value_gated: bool = False, skip: bool = False
+    sig: CoreSig,
+    config: dict | None = None,
+    value_gated: bool = False,
+    skip: bool = False,
+    shared_gate: bool = False,
 ) -> str:
     """The Triton module for ``sig``. ``config`` (tiles, warps) does not change the text;
     ``value_gated`` makes the value the product of ``v`` and ``vg`` (both loaded per block);
-    ``skip`` adds the skip term ``D ⊙ v_t`` to the read-out (``CoreInputs.D``, AFTER only), and
-    its gradients to the backward. Without one the kernels take ``D`` / ``dD`` as ``None``."""
+    ``shared_gate`` (with ``value_gated``, where :func:`slot.shares_gate`) says ``vg`` is the
+    decay's gate ``gv``, read once; ``skip`` adds the skip term ``D ⊙ v_t`` to the read-out
+    (``CoreInputs.D``, AFTER only), and its gradients to the backward. Without one the kernels
+    take ``D`` / ``dD`` as ``None``."""
     del config  # tiles are constexpr arguments; kept for the strategy-wide signature
+    if shared_gate and not (value_gated and slot.shares_gate(sig)):
+        raise ValueError(f"shared_gate needs a value gate and a per-step gv decay gate, not {sig.describe()}")
     gate = value_gated
     none = sig.decay is Decay.NONE
     program = _ind(_PROGRAM + _LANES, 1)
     common = {
         "static_loads": _ind(slot.static_loads(sig, skip=skip), 1),
         "decay": _ind(slot.decay(sig, "", "m_t"), 2),
-        "step_input": _ind(slot.step_input(sig, gate), 2),
+        "step_input": _ind(slot.step_input(sig, gate, shared_gate=shared_gate), 2),
         "scan": _ind(_SCAN_NONE if none else _SCAN, 2),
         "decay_kind": sig.decay.value + (", static" if sig.decay_static else ""),
     }
@@ -345,7 +358,7 @@ def generate_source(
     walk = {"chunk_args": "", "chunk_const": "", "program": program, "first": "0", "end": "NT_n"}
 
     # the forward may take k in its storage dtype (slot.late_kq); the backward converts it first
-    fwd_input = _ind(slot.step_input(sig, gate, late=slot.late_kq(sig)), 2)
+    fwd_input = _ind(slot.step_input(sig, gate, late=slot.late_kq(sig), shared_gate=shared_gate), 2)
 
     def fwd(name: str, loads: list[slot.RowLoad], **fields: str) -> str:
         return _FWD.format(
@@ -357,7 +370,7 @@ def generate_source(
             prefetch_next=_prefetch(loads, "i_t + 1", 2),
         )
 
-    out_loads = slot.row_loads(sig, "fwd", gate)
+    out_loads = slot.row_loads(sig, "fwd", gate, shared_gate)
     kernels = [
         fwd(
             "scan_fwd_kernel",
@@ -369,7 +382,7 @@ def generate_source(
         ),
         fwd(
             "scan_chunk_totals_kernel",
-            slot.row_loads(sig, "totals", gate),
+            slot.row_loads(sig, "totals", gate, shared_gate),
             **chunk,
             program=chunk_program,
             first="j0",
@@ -397,7 +410,7 @@ def generate_source(
             exit=_ind("# the final state is pass 2's", 1),
         ),
     ]
-    bwd_loads = slot.row_loads(sig, "bwd", gate)
+    bwd_loads = slot.row_loads(sig, "bwd", gate, shared_gate)
     bwd = _BWD.format(
         **common,
         program=program,
@@ -409,7 +422,7 @@ def generate_source(
         decay_next=_ind(slot.decay(sig, "1", "m_t1"), 2) if not none else "        pass",
         rscan=_ind(_RSCAN_NONE if none else _RSCAN, 2),
         k_tile="b_kS[None, :, :]" if sig.key_static else "b_k[:, :, None]",
-        dv=_ind(slot.bwd_dv(gate, skip), 2),
+        dv=_ind(slot.bwd_dv(gate, skip, shared_gate), 2),
         dk=_ind(slot.bwd_dk(sig), 2),
         dq=_ind(slot.bwd_dq(sig), 2),
         decay_grad=_ind(("" if none else _DL) + slot.bwd_decay_grad(sig), 2),

@@ -132,7 +132,15 @@ def _eval_operand(node: Node, env, sizes, lead: tuple[int, int, int], per_step: 
 
 
 def _stage_inputs(
-    stage: Stage, env, sizes, lead, scale: float, raw_q: Node | None, inputs, initial, cu_seqlens,
+    stage: Stage,
+    env,
+    sizes,
+    lead,
+    scale: float,
+    raw_q: Node | None,
+    inputs,
+    initial,
+    cu_seqlens,
     keep_wide: bool = False,
 ):
     sig = stage.sig
@@ -186,7 +194,9 @@ def _stage_inputs(
         out_dtype=(
             torch.promote_types(v.dtype, torch.float32)
             if fused
-            else torch.promote_types(v.dtype, ops["vg"].dtype) if gated is not None else None
+            else torch.promote_types(v.dtype, ops["vg"].dtype)
+            if gated is not None
+            else None
         ),
     )
 
@@ -221,8 +231,9 @@ def _ungate(x: CoreInputs, sig, module) -> CoreInputs:
 
 def source_options(spec, stage: Stage, module) -> dict[str, bool]:
     """The variant of ``module.generate_source`` an op call runs for ``stage`` (``value_gated``,
-    ``skip``: the kernels multiply the value's two factors, add the skip term), decided from the
-    spec alone: :func:`_fuse_skip` takes ``skip`` from here, and ``value_gated`` is what
+    ``skip``, ``shared_gate``: the kernels multiply the value's two factors, add the skip term,
+    read the value's gate as the decay's), decided from the spec alone: :func:`_fuse_skip` and
+    :func:`_share_gate` take ``skip`` and ``shared_gate`` from here, and ``value_gated`` is what
     :func:`_ungate` leaves of the tensors; ``scandsl show --strategy`` prints that variant."""
     gated = _value_factors(stage)
     kinds = getattr(module, "value_gates", lambda sig: ())(stage.sig)
@@ -236,7 +247,12 @@ def source_options(spec, stage: Stage, module) -> dict[str, bool]:
         skip = term[1] == gated[0] or term[1] == gated[1]
     else:
         skip = stage.values[0] == term[1]
-    return {"value_gated": value_gated, "skip": skip}
+    gv = stage.operand_nodes().get("gv")
+    shared = value_gated and getattr(module, "shares_gate", lambda sig: False)(stage.sig)
+    shared = (
+        shared and gated is not None and gv in gated and not (skip and term is not None and term[1] == gv)
+    )
+    return {"value_gated": value_gated, "skip": skip, "shared_gate": bool(shared)}
 
 
 def _fuse_skip(spec, stage: Stage, x: CoreInputs, module, env, sizes, lead) -> bool:
@@ -259,6 +275,22 @@ def _fuse_skip(spec, stage: Stage, x: CoreInputs, module, env, sizes, lead) -> b
     return True
 
 
+def _share_gate(spec, stage: Stage, x: CoreInputs, module) -> None:
+    """Hand the core the decay's gate as the value's gate itself (``x.vg is x.gv``) where
+    :func:`source_options` says the kernels read it once (mamba's ``dt ⊙ x`` and
+    ``exp(−dt ⊗ e^{A_log})``). The value's factors commute, so a gate that came as ``x.v`` moves
+    to ``x.vg``; with a skip term :func:`_fuse_skip` has put the term's factor in ``x.v`` already
+    (``source_options`` shares only the other one)."""
+    opts = source_options(spec, stage, module)
+    if not opts["shared_gate"]:
+        return
+    gated = _value_factors(stage)
+    assert gated is not None and x.vg is not None
+    if not opts["skip"] and gated[1] != stage.operand_nodes()["gv"]:
+        x.v, x.vg = x.vg, x.v
+    x.vg = x.gv
+
+
 def _run_kernels(spec, strategy: str, inputs, sizes, initial, scale, cu_seqlens, out_dtype):
     nf = spec.normal_form
     raw_q = Input(spec.scaled, spec.input_decls[spec.scaled].axes, True) if spec.scaled else None
@@ -276,6 +308,7 @@ def _run_kernels(spec, strategy: str, inputs, sizes, initial, scale, cu_seqlens,
         module = load_strategy(chosen)
         x = _ungate(x, stage.sig, module)
         skip = _fuse_skip(spec, stage, x, module, env, sizes, lead)
+        _share_gate(spec, stage, x, module)
         if skip or (
             isinstance(spec.output, Read) and len(stage.values) == 1 and spec.output == stage.reads()[0]
         ):

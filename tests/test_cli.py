@@ -28,10 +28,11 @@ def test_show_prints_generated_source(capsys, strategy, marker):
 
 
 def test_show_prints_the_variant_the_op_runs(capsys):
-    """mamba on scan runs the module with dt ⊙ x multiplied in the kernel and D ⊙ x in its read-out."""
+    """mamba on scan runs the module with dt ⊙ x multiplied in the kernel (dt read once, as the
+    decay's gate) and D ⊙ x in its read-out."""
     assert main(["--width", "120", "show", "mamba", "--strategy", "scan"]) == 0
     out = capsys.readouterr().out
-    assert "read-out (after, skip term)" in out and "n_vg" in out
+    assert "read-out (after, skip term)" in out and "b_w = b_v * b_gv" in out and "n_vg" not in out
 
 
 @pytest.mark.parametrize("name", ["mamba", "s4", "mamba2"])

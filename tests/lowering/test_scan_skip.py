@@ -107,7 +107,7 @@ def test_skip_source():
     sig = TAXONOMY_SIGS["channel"]
     src = scan.generate_source(sig, value_gated=True, skip=True)
     compile(src, "<skip>", "exec")
-    read = "b_D[None, :] * b_v  # [BT, BV], o_t = S_t q_t + D ⊙ v_t"
+    read = "b_o += b_D[None, :] * b_v  # o_t = S_t q_t + D ⊙ v_t"
     for kernel, end in (
         ("scan_fwd_kernel", "scan_chunk_totals_kernel"),
         ("scan_chunk_totals_kernel", "scan_chunk_states_kernel"),
