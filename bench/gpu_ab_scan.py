@@ -150,11 +150,11 @@ def _patch(rewrite: str, over: dict, default_config, kernels, takes_skip) -> Non
     fn = REWRITES[rewrite]
 
     @functools.cache
-    def patched(sig, value_gated=False, skip=False):
+    def patched(sig, value_gated=False, skip=False, shared_gate=False):
         if fn is None:
-            return kernels(sig, value_gated, skip)
-        src = scan.generate_source(sig, value_gated=value_gated, skip=skip)
-        return load_source(fn(src), name=f"scan_ab_{rewrite}{'_skip' if skip else ''}")
+            return kernels(sig, value_gated, skip, shared_gate)
+        src = scan.generate_source(sig, value_gated=value_gated, skip=skip, shared_gate=shared_gate)
+        return load_source(fn(src), name=f"scan_ab_{rewrite}{'_skip' if skip else ''}{'_sg' if shared_gate else ''}")
 
     scan.kernels = patched
     scan.takes_skip = takes_skip
