@@ -89,7 +89,16 @@ def load(path: str):
     return mod
 
 
-def inputs(B, T, H, K, V, dev, seed=0):
+def inputs(B, T, H, K, V, dev, seed=0, harness=False):
+    """q, k, v, dt, A, D: small dt (~0.02) and A = -(1..16) by default; ``harness``: the bench
+    harness's mamba inputs (``make_op_inputs``: dt = softplus(N(0,1) - 2) ~0.13, A in -[1, 16])."""
+    if harness:
+        from scandsl.bench._inputs import make_op_inputs
+
+        from scandsl._core import Shape
+
+        x = make_op_inputs("mamba", Shape(B, T, H, K, V), torch.bfloat16, dev, seed)
+        return [x["q"], x["k"], x["v"], x["dt"], -torch.exp(x["A_log"]), x["D"]]
     g = torch.Generator(device="cpu").manual_seed(seed)
     bf = torch.bfloat16
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
@@ -158,11 +167,12 @@ def main() -> None:
     ap.add_argument(
         "--sass", action="store_true", help="build each variant for sm_90 (no GPU): registers, loop opcodes"
     )
+    ap.add_argument("--harness-inputs", action="store_true", help="the bench harness's mamba inputs")
     ap.add_argument("variants", nargs="+")
     a = ap.parse_args()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     B, T, H, K, V = (int(x) for x in a.shape.split(","))
-    x = None if a.sass else inputs(B, T, H, K, V, dev)
+    x = None if a.sass else inputs(B, T, H, K, V, dev, harness=a.harness_inputs)
     report = {"shape": [B, T, H, K, V], "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "variants": {}}  # fmt: skip
     ref = None

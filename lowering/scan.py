@@ -374,18 +374,22 @@ class _ScanFunction(torch.autograd.Function):
         dev, R, f32 = v.device, B * T, torch.float32
         need = ctx.needs_input_grad[7:]
 
-        def buf(*shape):
-            return _empty(*shape, dtype=f32, device=dev)
+        def buf(*shape, final: torch.dtype | None = None):
+            """fp32 partials, or, where there is one partial (the first axis), the gradient itself
+            in its input's dtype ``final``: the kernel's store rounds as the cast would have, and
+            writes half the bytes of a bf16 input's fp32 partial (no cast pass after)."""
+            one = final in (torch.bfloat16, torch.float16, f32) and shape[0] == 1
+            return _empty(*shape, dtype=final if one else f32, device=dev)
 
         dq = buf(N, H, V, K) if sig.query_static else buf(NV, B, T, H, K)
         dk = buf(N, H, V, K) if sig.key_static else buf(NV, B, T, H, K)
-        dv = buf(NK, B, T, H, V)
-        dvg = buf(NK, B, T, H, V) if vg is not None else None
+        dv = buf(NK, B, T, H, V, final=dtypes[2])
+        dvg = buf(NK, B, T, H, V, final=dtypes[8]) if vg is not None and not shared else None
         dg = buf(NV * NK, B, T, H) if g is not None else None
         dgk = buf(NV, B, T, H, K) if gk is not None else None
         dgv = None
-        if gv is not None:
-            dgv = buf(NK, N, H, V) if sig.decay_static else buf(NK, B, T, H, V)
+        if gv is not None:  # shared: the gate's gradient from both its roles, summed in the kernel
+            dgv = buf(NK, N, H, V) if sig.decay_static else buf(NK, B, T, H, V, final=dtypes[5])
         dA = buf(N, H, V, K) if A is not None else None
         dh0 = buf(N, H, K, V) if (h0 is not None and need[7]) else None
         dD = buf(N, H, V) if D is not None else None  # per-sequence partials of Σ_t do ⊙ v

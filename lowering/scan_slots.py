@@ -182,7 +182,11 @@ def bwd_dv(value_gated: bool, skip: bool = False, shared_gate: bool = False) -> 
         lines.append("# o_t's skip term D ⊙ v_t adds D ⊙ do_t to dv (b_D is 0 outside K-block 0)")
         dv += " + b_D[None, :] * b_do"
     lines.append(f"tl.store(dv + {part} + {rows}, {dv}, mask={mask})")
-    if value_gated:
+    if value_gated and shared_gate:
+        lines.append(
+            "b_dvg = b_dv * b_v  # [BT, BV], the gate's gradient as the value's factor: joins dgv below"
+        )
+    elif value_gated:
         lines.append(f"tl.store(dvg + {part} + {rows}, b_dv * b_v, mask={mask})")
     if skip:
         lines.append("b_dD += tl.sum(b_do * b_v, axis=0)  # [BV], dD = Σ_t do_t ⊙ v_t (padded rows load 0)")
@@ -343,9 +347,12 @@ def bwd_carry_extra(sig: CoreSig) -> str:
     return f"b_dh += {q0} * b_do0[None, :]  # o_t0 = S_(t0-1) q_t0"
 
 
-def bwd_decay_grad(sig: CoreSig) -> str:
-    """Reduce ``b_dl = dL/d log Λ_t`` onto the decay's own axes and store / accumulate it."""
+def bwd_decay_grad(sig: CoreSig, shared_gate: bool = False) -> str:
+    """Reduce ``b_dl = dL/d log Λ_t`` onto the decay's own axes and store / accumulate it; with
+    ``shared_gate`` the per-step ``gv`` rows also take the gradient of its role as the value's
+    factor (``b_dvg``, :func:`bwd_dv`): one ``[B, T, H, V]`` store for the one tensor."""
     d = sig.decay
+    also = " + b_dvg" if shared_gate else ""
     if d is Decay.NONE:
         return "pass  # no decay"
     p_v = f"dgv + i_k.to(tl.int64) * R * H * V + {_rows('V', 'o_v')}"
@@ -360,11 +367,13 @@ def bwd_decay_grad(sig: CoreSig) -> str:
     if d in (Decay.KEY, Decay.OUTER):
         lines.append(f"tl.store({p_k}, tl.sum(b_dl, axis=2), mask={m_tk})  # [BT, BK]")
     if d in (Decay.VALUE, Decay.OUTER):
-        lines.append(f"tl.store({p_v}, tl.sum(b_dl, axis=1), mask={m_tv})  # [BT, BV]")
+        lines.append(f"tl.store({p_v}, tl.sum(b_dl, axis=1){also}, mask={m_tv})  # [BT, BV]")
     if d is Decay.CHANNEL and sig.decay_static:
         lines.append("b_dlS += tl.sum(b_dl, axis=0)  # [BK, BV], dL/d log Λ summed over time")
     elif d is Decay.CHANNEL:  # log Λ[v, k] = gv_t[v] A[v, k]
-        lines.append(f"tl.store({p_v}, tl.sum(b_dl * b_A[None, :, :], axis=1), mask={m_tv})  # [BT, BV]")
+        lines.append(
+            f"tl.store({p_v}, tl.sum(b_dl * b_A[None, :, :], axis=1){also}, mask={m_tv})  # [BT, BV]"
+        )
         lines.append("b_dA += tl.sum(b_dl * b_gv[:, None, :], axis=0)  # [BK, BV]")
     return "\n".join(lines)
 

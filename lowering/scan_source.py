@@ -425,7 +425,7 @@ def generate_source(
         dv=_ind(slot.bwd_dv(gate, skip, shared_gate), 2),
         dk=_ind(slot.bwd_dk(sig), 2),
         dq=_ind(slot.bwd_dq(sig), 2),
-        decay_grad=_ind(("" if none else _DL) + slot.bwd_decay_grad(sig), 2),
+        decay_grad=_ind(("" if none else _DL) + slot.bwd_decay_grad(sig, shared_gate), 2),
         carry_extra=_ind(slot.bwd_carry_extra(sig), 2),
         static_init=_ind(slot.bwd_static_init(sig, skip), 1),
         static_store=_ind(slot.bwd_static_store(sig, skip), 1),

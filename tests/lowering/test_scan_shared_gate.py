@@ -6,7 +6,8 @@ rows they load anyway (``shared_gate``), forward and backward, and the gradient 
 tensor gathers both roles. ``SCALED`` (a constexpr from ``scale != 1``) leaves the read-out's
 multiply out. Core level: outputs, final state and every gradient against ``core_reference``
 at awkward sizes, on NaN-poisoned buffers (``test_scan``'s fixtures), walk and split forward.
-Op level: mamba runs the shared variant (with and without its skip term), s4 cannot.
+Op level: mamba runs the shared variant (with and without its skip term), s4 cannot. The
+backward stores a gradient with one partial in its input's dtype (bf16 here) directly.
 """
 
 from __future__ import annotations
@@ -79,6 +80,30 @@ def test_shared_gate_small_tiles_and_split(name: str, variants, split_calls):
     assert split_calls and all(variants)
 
 
+@pytest.mark.parametrize("BK", [16, 8])
+def test_bf16_gradients(BK: int, variants, monkeypatch):
+    """bf16 inputs: with one K-block the kernel stores dv and the gate's gradient in bf16 itself,
+    with two it stores fp32 partials the host sums; both within bf16's tolerance."""
+    sig = TAXONOMY_SIGS["channel"]
+    x = _inputs(sig, B=1, T=37, H=2, seed=16, dtype=torch.bfloat16)
+    assert x.gv is not None
+    x.gv = x.gv.detach().to(torch.bfloat16).requires_grad_()  # a bf16 gate, as mamba's dt
+    x = _shared(x)
+    made: list[tuple[int, torch.dtype]] = []
+    empty = scan._empty
+    monkeypatch.setattr(
+        scan,
+        "_empty",
+        lambda *shape, dtype, device: (
+            made.append((len(shape), dtype)) or empty(*shape, dtype=dtype, device=device)
+        ),
+    )
+    _compare(sig, x, _cfg(x.K, BT=16, BK=BK, BV=16, bwd={"BT": 8, "BK": BK}), torch.bfloat16)
+    assert variants and all(variants)
+    direct = [d for n, d in made if n == 5 and d == torch.bfloat16]  # [1, B, T, H, V] in bf16
+    assert len(direct) == (3 if BK == 16 else 0)  # the output, dv and the gate's gradient
+
+
 def test_equal_copy_is_not_shared(variants):
     """A gate equal in value but another tensor is loaded twice: same result as the shared run."""
     sig = TAXONOMY_SIGS["channel"]
@@ -108,7 +133,8 @@ def test_source():
     assert "tl.load(vg" not in src and "n_vg" not in src
     assert src.count("b_w = b_v * b_gv") == 4  # walk, split passes 1 and 3, backward
     bwd = src[src.index("def scan_bwd_kernel(") :]
-    assert "b_dv * b_gv" in bwd and "tl.store(dvg" in bwd  # each role's gradient, summed by autograd
+    assert "b_dv * b_gv" in bwd and "tl.store(dvg" not in bwd  # one gradient for the one tensor:
+    assert "b_dvg = b_dv * b_v" in bwd and "axis=1) + b_dvg, mask=" in bwd  # both roles, one store
     assert src.count("if SCALED:") == 2  # the walk's and pass 3's read-outs
     assert "tl.load(vg" in scan.generate_source(sig, value_gated=True)
     with pytest.raises(ValueError, match="shared_gate"):
@@ -120,7 +146,11 @@ def test_source():
 # ---------------------------------------------------------------- op level
 def test_source_options():
     stage = ops.mamba_spec.normal_form.stages[0]
-    assert source_options(ops.mamba_spec, stage, scan) == {"value_gated": True, "skip": True, "shared_gate": True}
+    assert source_options(ops.mamba_spec, stage, scan) == {
+        "value_gated": True,
+        "skip": True,
+        "shared_gate": True,
+    }
     s4 = ops.s4_spec.normal_form.stages[0]
     assert source_options(ops.s4_spec, s4, scan)["shared_gate"] is False
 
