@@ -132,15 +132,7 @@ def _eval_operand(node: Node, env, sizes, lead: tuple[int, int, int], per_step: 
 
 
 def _stage_inputs(
-    stage: Stage,
-    env,
-    sizes,
-    lead,
-    scale: float,
-    raw_q: Node | None,
-    inputs,
-    initial,
-    cu_seqlens,
+    stage: Stage, env, sizes, lead, scale: float, raw_q: Node | None, inputs, initial, cu_seqlens,
     keep_wide: bool = False,
 ):
     sig = stage.sig
@@ -194,9 +186,7 @@ def _stage_inputs(
         out_dtype=(
             torch.promote_types(v.dtype, torch.float32)
             if fused
-            else torch.promote_types(v.dtype, ops["vg"].dtype)
-            if gated is not None
-            else None
+            else torch.promote_types(v.dtype, ops["vg"].dtype) if gated is not None else None
         ),
     )
 
@@ -255,13 +245,12 @@ def source_options(spec, stage: Stage, module) -> dict[str, bool]:
     return {"value_gated": value_gated, "skip": skip, "shared_gate": bool(shared)}
 
 
-def _fuse_skip(spec, stage: Stage, x: CoreInputs, module, env, sizes, lead) -> bool:
+def _fuse_skip(spec, stage: Stage, x: CoreInputs, opts: dict[str, bool], env, sizes, lead) -> bool:
     """Hand the output's skip term ``D ⊙ x`` (:func:`epilogue.skip_term`) to the core, whose
     output is then the op's (no epilogue kernel, forward or backward), where
     :func:`source_options` says the strategy's kernels take it: ``x`` is the value the kernels
     load, the value itself or one factor of ``v ⊙ vg`` (mamba's ``dt ⊙ x``: the factors commute,
-    so ``x`` becomes ``v``)."""
-    opts = source_options(spec, stage, module)
+    so ``x`` becomes ``v``). ``opts``: :func:`source_options` of the stage's strategy."""
     if not opts["skip"]:
         return False
     assert opts["value_gated"] == (x.vg is not None)  # as _ungate left the value
@@ -275,13 +264,12 @@ def _fuse_skip(spec, stage: Stage, x: CoreInputs, module, env, sizes, lead) -> b
     return True
 
 
-def _share_gate(spec, stage: Stage, x: CoreInputs, module) -> None:
+def _share_gate(stage: Stage, x: CoreInputs, opts: dict[str, bool]) -> None:
     """Hand the core the decay's gate as the value's gate itself (``x.vg is x.gv``) where
     :func:`source_options` says the kernels read it once (mamba's ``dt ⊙ x`` and
     ``exp(−dt ⊗ e^{A_log})``). The value's factors commute, so a gate that came as ``x.v`` moves
     to ``x.vg``; with a skip term :func:`_fuse_skip` has put the term's factor in ``x.v`` already
     (``source_options`` shares only the other one)."""
-    opts = source_options(spec, stage, module)
     if not opts["shared_gate"]:
         return
     gated = _value_factors(stage)
@@ -307,8 +295,9 @@ def _run_kernels(spec, strategy: str, inputs, sizes, initial, scale, cu_seqlens,
         chosen, config = _choose(spec, stage, strategy, x)
         module = load_strategy(chosen)
         x = _ungate(x, stage.sig, module)
-        skip = _fuse_skip(spec, stage, x, module, env, sizes, lead)
-        _share_gate(spec, stage, x, module)
+        opts = source_options(spec, stage, module)  # once a stage: the op's host path
+        skip = _fuse_skip(spec, stage, x, opts, env, sizes, lead)
+        _share_gate(stage, x, opts)
         if skip or (
             isinstance(spec.output, Read) and len(stage.values) == 1 and spec.output == stage.reads()[0]
         ):
